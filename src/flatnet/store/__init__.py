@@ -1,0 +1,25 @@
+"""Datastores: ``open_store(url)`` picks SQLite (a path or ``sqlite://PATH``) or etcd."""
+
+from __future__ import annotations
+
+from flatnet.errors import ConfigError
+from flatnet.store.base import KV, Event, Store, Watch
+
+__all__ = ["KV", "Event", "Store", "Watch", "open_store"]
+
+
+def open_store(url: str) -> Store:
+    """``sqlite:///var/lib/flatnet/store.db`` or a plain path; ``etcd://HOST:PORT``."""
+    if url.startswith("etcd://"):
+        from flatnet.store.etcd import EtcdStore
+
+        endpoint = url[len("etcd://") :].rstrip("/")
+        if not endpoint:
+            raise ConfigError(f"datastore url '{url}' names no etcd endpoint")
+        return EtcdStore(endpoint)
+    path = url[len("sqlite://") :] if url.startswith("sqlite://") else url
+    if not path or "://" in path:
+        raise ConfigError(f"datastore url '{url}' is neither sqlite://PATH nor etcd://HOST:PORT")
+    from flatnet.store.sqlite import SqliteStore
+
+    return SqliteStore(path)

@@ -1,0 +1,267 @@
+"""The embedded datastore: a revisioned key-value space in one SQLite file.
+
+Safe for several processes: WAL journal, every write in ``BEGIN IMMEDIATE``.
+Tables: ``kv`` (current values), ``log`` (one row per change; its rowid is
+the revision), ``leases``. Expired leases are swept by whichever process
+writes or watches next, so keys vanish with a delete event even when their
+owner died. Watches poll the log (every ``poll`` seconds); the log keeps the
+newest ``history`` revisions, older ones are compacted.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from flatnet.errors import CompactedError, StoreError
+from flatnet.store.base import KV, Event
+
+__all__ = ["SqliteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL,
+    create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log (rev INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL,
+    value TEXT NOT NULL, type TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl REAL NOT NULL,
+    expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease);
+"""
+
+
+def _end(prefix: str) -> str:
+    return prefix + "\U0010ffff"
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path, poll: float = 0.02, history: int = 100_000) -> None:
+        self.path = str(path)
+        self.poll = poll
+        self.history = history
+        self._lock = threading.RLock()
+        self._db = self._connect()
+        with self._lock, self._db:
+            self._db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open SQLite store '{self.path}': {e}") from e
+        return db
+
+    # -- transactions -------------------------------------------------------
+    def _write(self, fn):  # type: ignore[no-untyped-def]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._sweep(time.time())
+                    out = fn(self._db)
+                    self._db.execute("COMMIT")
+                    return out
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"SQLite store '{self.path}': {e}") from e
+
+    def _log(self, db: sqlite3.Connection, key: str, value: str, kind: str) -> int:
+        cur = db.execute("INSERT INTO log(key, value, type) VALUES (?,?,?)", (key, value, kind))
+        rev = int(cur.lastrowid or 0)
+        if rev % 1000 == 0 and rev > self.history:
+            floor = rev - self.history
+            db.execute("DELETE FROM log WHERE rev <= ?", (floor,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (floor,))
+        return rev
+
+    def _set(self, db: sqlite3.Connection, key: str, value: str, lease: int) -> int:
+        rev = self._log(db, key, value, "put")
+        db.execute(
+            "INSERT INTO kv VALUES (?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET "
+            "value=excluded.value, mod_rev=excluded.mod_rev, lease=excluded.lease",
+            (key, value, rev, rev, lease),
+        )
+        return rev
+
+    def _remove(self, db: sqlite3.Connection, key: str) -> int:
+        db.execute("DELETE FROM kv WHERE key=?", (key,))
+        return self._log(db, key, "", "delete")
+
+    def _sweep(self, now: float) -> None:
+        db = self._db
+        for (lid,) in db.execute("SELECT id FROM leases WHERE expires < ?", (now,)).fetchall():
+            self._drop_lease(db, lid)
+
+    def _drop_lease(self, db: sqlite3.Connection, lid: int) -> None:
+        keys = db.execute("SELECT key FROM kv WHERE lease=? ORDER BY key", (lid,)).fetchall()
+        for (key,) in keys:
+            self._remove(db, key)
+        db.execute("DELETE FROM leases WHERE id=?", (lid,))
+
+    @staticmethod
+    def _kv(row: tuple) -> KV:  # type: ignore[type-arg]
+        return KV(row[0], row[1], row[2], row[3], row[4])
+
+    def _check_lease(self, db: sqlite3.Connection, lease: int) -> None:
+        if lease and not db.execute("SELECT 1 FROM leases WHERE id=?", (lease,)).fetchone():
+            raise StoreError(f"lease {lease} not found (expired or revoked)")
+
+    # -- reads --------------------------------------------------------------
+    def _read(self, sql: str, args: tuple) -> list[tuple]:  # type: ignore[type-arg]
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"SQLite store '{self.path}': {e}") from e
+
+    def get(self, key: str) -> KV | None:
+        self._expire_due()
+        rows = self._read("SELECT * FROM kv WHERE key=?", (key,))
+        return self._kv(rows[0]) if rows else None
+
+    def range(self, prefix: str) -> list[KV]:
+        self._expire_due()
+        rows = self._read(
+            "SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, _end(prefix))
+        )
+        return [self._kv(r) for r in rows]
+
+    def revision(self) -> int:
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name='log'", ())
+        return int(rows[0][0]) if rows else 0
+
+    def _expire_due(self) -> None:
+        due = self._read("SELECT 1 FROM leases WHERE expires < ? LIMIT 1", (time.time(),))
+        if due:
+            self._write(lambda db: None)
+
+    # -- writes -------------------------------------------------------------
+    def put(self, key: str, value: str, lease: int = 0) -> int:
+        def fn(db: sqlite3.Connection) -> int:
+            self._check_lease(db, lease)
+            return self._set(db, key, value, lease)
+
+        return int(self._write(fn))
+
+    def create(self, key: str, value: str, lease: int = 0) -> bool:
+        return self.cas(key, value, 0, lease)
+
+    def cas(self, key: str, value: str, revision: int, lease: int = 0) -> bool:
+        def fn(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT mod_rev FROM kv WHERE key=?", (key,)).fetchone()
+            if (row[0] if row else 0) != revision:
+                return False
+            self._check_lease(db, lease)
+            self._set(db, key, value, lease)
+            return True
+
+        return bool(self._write(fn))
+
+    def delete(self, key: str, revision: int | None = None) -> bool:
+        def fn(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT mod_rev FROM kv WHERE key=?", (key,)).fetchone()
+            if not row or (revision is not None and row[0] != revision):
+                return False
+            self._remove(db, key)
+            return True
+
+        return bool(self._write(fn))
+
+    # -- leases -------------------------------------------------------------
+    def grant(self, ttl: float) -> int:
+        def fn(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "INSERT INTO leases(ttl, expires) VALUES (?, ?)", (ttl, time.time() + ttl)
+            )
+            return int(cur.lastrowid or 0)
+
+        return int(self._write(fn))
+
+    def keepalive(self, lease: int) -> bool:
+        def fn(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE leases SET expires = ? + ttl WHERE id=?", (time.time(), lease))
+            return cur.rowcount == 1
+
+        return bool(self._write(fn))
+
+    def revoke(self, lease: int) -> None:
+        self._write(lambda db: self._drop_lease(db, lease))
+
+    # -- watch --------------------------------------------------------------
+    def watch(self, prefix: str, from_revision: int) -> SqliteWatch:
+        return SqliteWatch(self, prefix, from_revision)
+
+    def _events_after(self, db: sqlite3.Connection, prefix: str, last: int) -> list[Event]:
+        row = db.execute("SELECT v FROM meta WHERE k='compacted'").fetchone()
+        if row and last < row[0]:
+            raise CompactedError(f"revision {last + 1} was compacted (oldest kept {row[0] + 1})")
+        rows = db.execute(
+            "SELECT rev, key, value, type FROM log WHERE rev > ? AND key >= ? AND key < ? "
+            "ORDER BY rev LIMIT 1000",
+            (last, prefix, _end(prefix)),
+        ).fetchall()
+        return [Event(r[3], r[1], r[2], r[0]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class SqliteWatch:
+    """Polls the change log from its own connection; a thread feeds a queue."""
+
+    def __init__(self, store: SqliteStore, prefix: str, from_revision: int) -> None:
+        self._store, self._prefix = store, prefix
+        self._last = max(from_revision, 1) - 1
+        self._q: queue.Queue[Event | BaseException] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sqlite-watch")
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._store.path, timeout=30, check_same_thread=False)
+        try:
+            while not self._stop.is_set():
+                if db.execute(
+                    "SELECT 1 FROM leases WHERE expires < ? LIMIT 1", (time.time(),)
+                ).fetchone():
+                    self._store._expire_due()
+                events = self._store._events_after(db, self._prefix, self._last)
+                for ev in events:
+                    self._q.put(ev)
+                    self._last = ev.revision
+                if not events:
+                    self._stop.wait(self._store.poll)
+        except BaseException as e:  # handed to the consumer
+            self._q.put(e)
+        finally:
+            db.close()
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        try:
+            item = self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            ev = self.next_event()
+            if ev is not None:
+                yield ev
