@@ -1,0 +1,145 @@
+"""Frozen data shared by the control plane and the data plane, and the store's key layout.
+
+Keys (all under ``/flatnet/``)::
+
+    config                         the cluster's NetworkConfig (JSON)
+    subnets/10.244.3.0-24          a node's subnet lease (Lease JSON), tied to a TTL lease
+    nodes/<node>                   the node's record: name, underlayIP, podSubnet
+    ipam/10.244.3.0-24/10.244.3.7  one pod IP allocation (Allocation JSON)
+    pods/<namespace>/<name>        a pod as the API server would hold it (lab, CLI)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from flatnet.errors import ConfigError
+
+__all__ = [
+    "PREFIX",
+    "Allocation",
+    "Lease",
+    "NetworkConfig",
+    "PodRecord",
+    "subnet_key",
+    "subnet_of_key",
+]
+
+PREFIX = "/flatnet/"
+BACKENDS = ("host-gw", "vxlan", "udp", "none")
+
+
+def subnet_key(subnet: ipaddress.IPv4Network) -> str:
+    return f"{PREFIX}subnets/{subnet.network_address}-{subnet.prefixlen}"
+
+
+def subnet_of_key(key: str) -> ipaddress.IPv4Network:
+    addr, plen = key.rsplit("/", 1)[1].split("-")
+    return ipaddress.IPv4Network(f"{addr}/{plen}")
+
+
+def _net(value: str, what: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=True)
+    except ValueError as e:
+        raise ConfigError(f"{what}: '{value}' is not a valid IPv4 network CIDR ({e})") from e
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The cluster network: pod CIDR, node subnet size, service CIDR, backend, MTU."""
+
+    pod_cidr: str = "10.244.0.0/16"
+    node_subnet_length: int = 24
+    service_cidr: str = "10.96.0.0/12"
+    backend: str = "vxlan"
+    mtu: int = 1500
+    lease_ttl: float = 86400.0
+
+    def __post_init__(self) -> None:
+        pod = _net(self.pod_cidr, "network.podCIDR")
+        _net(self.service_cidr, "network.serviceCIDR")
+        if not pod.prefixlen < self.node_subnet_length <= 30:
+            raise ConfigError(
+                f"network.nodeSubnetLength: {self.node_subnet_length} must be longer than "
+                f"the pod CIDR's /{pod.prefixlen} and at most 30")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"network.backend: '{self.backend}' is not one of "
+                              f"{', '.join(BACKENDS)}")
+        if not 576 <= self.mtu <= 65535:
+            raise ConfigError(f"network.mtu: {self.mtu} is out of range 576..65535")
+
+    @property
+    def pod_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.pod_cidr)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> NetworkConfig:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A node's hold on a pod subnet, with what its peers need to reach it."""
+
+    subnet: str
+    node: str
+    underlay_ip: str
+    backend: str = ""
+    backend_data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Lease:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One pod IP, owned by (container ID, interface name) on a node."""
+
+    ip: str
+    container_id: str
+    ifname: str
+    node: str
+    pod: str = ""
+    created: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Allocation:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    name: str
+    namespace: str
+    node: str
+    ip: str = ""
+    netns: str = ""
+    mode: str = "bridge"
+    labels: dict[str, str] = field(default_factory=dict)
+    container_id: str = ""
+    phase: str = "Pending"
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}pods/{self.namespace}/{self.name}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PodRecord:
+        return cls(**json.loads(text))
