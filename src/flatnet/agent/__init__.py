@@ -1,0 +1,1 @@
+"""The node agent: subnet lease, node bridge, masquerade, pod plumbing, CNI endpoint."""

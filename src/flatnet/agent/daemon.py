@@ -1,0 +1,215 @@
+"""The node agent process: ``flatnet agent``.
+
+Start-up, in order: open the store, agree on the cluster config, claim (or
+re-claim) the node subnet under a TTL lease, set up the node (sysctls,
+bridge, masquerade), then serve the CNI plugin on a unix socket. Background
+threads renew the lease and reclaim IPs of pods whose namespace vanished
+without a DEL. The agent never switches its own threads into another
+namespace: ``ns`` (None on a real host) names where its kernel objects go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import signal
+import socketserver
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from flatnet.agent.node import setup_node
+from flatnet.agent.pods import PodNetwork
+from flatnet.cni import protocol
+from flatnet.cni.protocol import Request
+from flatnet.errors import CNIError, ConfigError
+from flatnet.ipam import PodIPAM, lease_subnet, save_config
+from flatnet.kernel import netns
+from flatnet.kernel.nft import Nft
+from flatnet.model import Lease, NetworkConfig
+from flatnet.store import Store, open_store
+
+__all__ = ["Agent", "AgentOptions"]
+
+log = logging.getLogger("flatnet.agent")
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    node: str
+    store_url: str
+    socket_path: str = "/run/flatnet/agent.sock"
+    underlay_ip: str = ""
+    bridge: str = "fl0"
+    ns: str | None = None
+    network: NetworkConfig | None = None  # proposed if the store has none yet
+    reclaim_grace: float = 60.0
+    reclaim_every: float = 30.0
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        self.store: Store | None = None
+        self.lease: Lease | None = None
+        self.pods: PodNetwork | None = None
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle ---------------------------------------------------------
+    def start(self) -> None:
+        o = self.opts
+        self.store = open_store(o.store_url)
+        cfg = save_config(self.store, o.network or NetworkConfig())
+        underlay = o.underlay_ip or underlay_address(o.ns)
+        self._ttl_lease = self.store.grant(cfg.lease_ttl)
+        self.lease = lease_subnet(self.store, cfg, o.node, underlay, self._ttl_lease)
+        self.nft = Nft(o.ns)
+        setup_node(o.ns, o.bridge, self.lease.subnet, cfg.pod_cidr, cfg.mtu, self.nft)
+        ipam = PodIPAM(self.store, self.lease.subnet, o.node)
+        self.pods = PodNetwork(o.ns, o.bridge, ipam, cfg.mtu)
+        self.config = cfg
+        self._serve()
+        self._spawn(self._keepalive_loop, "lease-keepalive")
+        self._spawn(self._reclaim_loop, "ip-reclaim")
+        self.ready.set()
+        log.info("node %s ready: subnet %s, underlay %s, socket %s", o.node,
+                 self.lease.subnet, underlay, o.socket_path)
+
+    def _spawn(self, fn: Any, name: str) -> None:
+        t = threading.Thread(target=fn, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _serve(self) -> None:
+        path = self.opts.socket_path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket of a previous run of this agent
+        agent = self
+
+        class Conn(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                raw = self.rfile.read()
+                try:
+                    msg = json.loads(raw)
+                    code, out = protocol.handle(agent, msg["env"], msg["stdin"])
+                except (ValueError, KeyError) as e:
+                    code, out = 1, protocol.error_json("1.1.0", 6, f"bad request: {e}")
+                self.wfile.write(json.dumps({"code": code, "stdout": out}).encode())
+
+        old = os.umask(0o077)
+        try:
+            self._server = socketserver.ThreadingUnixStreamServer(path, Conn)
+        finally:
+            os.umask(old)
+        self._server.daemon_threads = True
+        self._spawn(self._server.serve_forever, "cni-server")
+
+    def stop(self) -> None:
+        """Stop serving; the data plane stays in the kernel (pods keep working)."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            with_suppress_unlink(self.opts.socket_path)
+        if self.store is not None:
+            self.store.close()
+
+    def run_forever(self) -> None:
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        done.wait()
+        self.stop()
+
+    # -- background ---------------------------------------------------------
+    def _keepalive_loop(self) -> None:
+        assert self.store is not None
+        period = max(1.0, self.config.lease_ttl / 3)
+        while not self._stop.wait(period):
+            try:
+                if not self.store.keepalive(self._ttl_lease):
+                    log.warning("subnet lease expired; re-claiming")
+                    self._ttl_lease = self.store.grant(self.config.lease_ttl)
+                    self.lease = lease_subnet(self.store, self.config, self.opts.node,
+                                              self.lease.underlay_ip if self.lease else "",
+                                              self._ttl_lease)
+            except Exception as e:  # keep trying: the store may be back soon
+                log.warning("lease keep-alive failed: %s", e)
+
+    def _reclaim_loop(self) -> None:
+        while not self._stop.wait(self.opts.reclaim_every):
+            try:
+                assert self.pods is not None
+                freed = self.pods.orphans(self.opts.reclaim_grace)
+                if freed:
+                    log.info("reclaimed IPs of vanished pods: %s", ", ".join(freed))
+            except Exception as e:
+                log.warning("IP reclaim failed: %s", e)
+
+    # -- CNI handler --------------------------------------------------------
+    def _net(self, req: Request) -> PodNetwork:
+        if self.pods is None or not self.ready.is_set():
+            raise CNIError(11, "flatnet agent is starting; try again later")
+        return self.pods
+
+    def add(self, req: Request) -> dict[str, Any]:
+        att = self._net(req).add(req.container_id, req.netns, req.ifname, req.pod)
+        prev = req.config.get("prevResult") or {}
+        interfaces = list(prev.get("interfaces", []))
+        base = len(interfaces)
+        interfaces += [{"name": att.host_veth, "mac": att.host_mac},
+                       {"name": att.ifname, "mac": att.pod_mac, "sandbox": att.netns,
+                        "mtu": att.mtu}]
+        ips = list(prev.get("ips", [])) + [
+            {"address": att.address, "gateway": att.gateway, "interface": base + 1}]
+        return {"interfaces": interfaces, "ips": ips,
+                "routes": [{"dst": "0.0.0.0/0", "gw": att.gateway}],
+                "dns": prev.get("dns", {})}
+
+    def delete(self, req: Request) -> None:
+        self._net(req).delete(req.container_id, req.ifname)
+
+    def check(self, req: Request) -> None:
+        if not req.config.get("prevResult"):
+            raise CNIError(7, "CHECK needs prevResult in the network configuration")
+        self._net(req).check(req.container_id, req.netns, req.ifname)
+
+    def gc(self, req: Request, valid: set[tuple[str, str]]) -> None:
+        self._net(req).gc(valid)
+
+    def status(self, req: Request) -> None:
+        if not self.ready.is_set():
+            raise CNIError(50, "flatnet agent has not leased a subnet yet")
+
+    def rss_kib(self) -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def with_suppress_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def underlay_address(ns: str | None) -> str:
+    """The node's underlay IP: the source address of its default route, else the
+    first global IPv4 address."""
+    with netns.iproute(ns) as ipr:
+        for r in ipr.get_default_routes(family=2):
+            oif = r.get("RTA_OIF")
+            for a in ipr.get_addr(index=oif, family=2):
+                return str(a.get("IFA_ADDRESS"))
+        for a in ipr.get_addr(family=2):
+            if a.get("IFA_ADDRESS") and not a.get("IFA_ADDRESS").startswith("127."):
+                return str(a.get("IFA_ADDRESS"))
+    raise ConfigError("cannot find the node's underlay IP: give --underlay-ip")
+
+

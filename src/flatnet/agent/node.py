@@ -1,0 +1,52 @@
+"""How it works — the node's own plumbing, made once at agent start.
+
+Objects, in this order, all in the node's namespace (the host's own on a real
+host, a lab node's namespace in a lab):
+
+1. sysctls: ``net.ipv4.ip_forward=1`` (the node routes for its pods) and
+   ``net.bridge.bridge-nf-call-iptables=1`` when br_netfilter is there (so
+   bridged replies of NATed flows are un-NATed by conntrack);
+2. the bridge ``fl0``: MAC pinned at creation (derived from the gateway IP, so
+   it does not change as ports come and go), the gateway ``<subnet>.1/len``;
+3. one nftables table ``ip flatnet-nat``, replaced atomically: pod→pod stays
+   un-NATed, pod→anywhere outside the pod CIDR is masqueraded (random-fully).
+
+Per pod the cost is one veth pair and one IP (see :mod:`flatnet.agent.pods`);
+nothing here grows with the number of pods or peers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from flatnet.kernel import links, netns
+from flatnet.kernel.nft import Nft
+
+__all__ = ["NAT_TABLE", "masquerade_script", "setup_node"]
+
+NAT_TABLE = "flatnet-nat"
+
+
+def masquerade_script(pod_cidr: str) -> str:
+    return f"""table ip {NAT_TABLE}
+delete table ip {NAT_TABLE}
+table ip {NAT_TABLE} {{
+  chain postrouting {{
+    type nat hook postrouting priority 100; policy accept;
+    ip saddr {pod_cidr} ip daddr {pod_cidr} return comment "pod to pod: never NAT"
+    ip saddr {pod_cidr} ip daddr != 224.0.0.0/4 masquerade fully-random comment "leaving the cluster"
+  }}
+}}
+"""
+
+
+def setup_node(ns: str | None, bridge: str, subnet: str, pod_cidr: str, mtu: int,
+               nft: Nft) -> int:
+    """Make the node ready for pods; idempotent. Returns the bridge's ifindex."""
+    netns.sysctl(ns, "net.ipv4.ip_forward", "1")
+    netns.sysctl(ns, "net.bridge.bridge-nf-call-iptables", "1")
+    net = ipaddress.IPv4Network(subnet)
+    with netns.iproute(ns) as ipr:
+        idx = links.ensure_bridge(ipr, bridge, f"{net.network_address + 1}/{net.prefixlen}", mtu)
+    nft.apply(masquerade_script(pod_cidr), what=f"table ip {NAT_TABLE}")
+    return idx

@@ -1,0 +1,1 @@
+"""The only package that talks to the kernel: netlink (pyroute2), nftables, namespaces."""

@@ -1,0 +1,85 @@
+"""Links, addresses and routes through pyroute2, translated into KernelError.
+
+Every call takes an open IPRoute (bound to one namespace by the caller, see
+:func:`flatnet.kernel.netns.iproute`) so a request does one netlink socket per
+namespace, not one per object.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from flatnet.errors import KernelError
+
+__all__ = [
+    "add_route",
+    "bridge_mac",
+    "delete_link",
+    "ensure_bridge",
+    "get_link",
+    "host_veth_name",
+    "link_addrs",
+]
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    """Deterministic host-side veth name (≤15 chars), found again on DEL without state."""
+    return "fl" + hashlib.sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+
+
+def bridge_mac(gateway: str) -> str:
+    """A pinned locally-administered MAC derived from the gateway IP (0a:58:<ip>)."""
+    return "0a:58:" + ":".join(f"{int(o):02x}" for o in gateway.split("."))
+
+
+def get_link(ipr: IPRoute, name: str) -> Any | None:
+    try:
+        links = ipr.get_links(ifname=name)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise KernelError(f"failed to look up link '{name}': {e}") from e
+    return links[0] if links else None
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Delete link ``name``; False when it was already gone."""
+    try:
+        ipr.link("del", ifname=name)
+        return True
+    except NetlinkError as e:
+        if e.code in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise KernelError(f"failed to delete link '{name}': {e}") from e
+
+
+def ensure_bridge(ipr: IPRoute, name: str, gateway_cidr: str, mtu: int) -> int:
+    """Create (or adopt) the node bridge holding the gateway address; returns its index."""
+    gw, plen = gateway_cidr.split("/")
+    try:
+        if get_link(ipr, name) is None:
+            ipr.link("add", ifname=name, kind="bridge", address=bridge_mac(gw), mtu=mtu)
+        idx = ipr.link_lookup(ifname=name)[0]
+        ipr.link("set", index=idx, address=bridge_mac(gw), mtu=mtu, state="up")
+        if (gw, int(plen)) not in link_addrs(ipr, idx):
+            ipr.addr("add", index=idx, address=gw, prefixlen=int(plen))
+        return int(idx)
+    except NetlinkError as e:
+        raise KernelError(f"failed to set up bridge '{name}' with {gateway_cidr}: {e}") from e
+
+
+def link_addrs(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
+    return [(a.get("IFA_ADDRESS"), a["prefixlen"])
+            for a in ipr.get_addr(index=index, family=2)]
+
+
+def add_route(ipr: IPRoute, dst: str, gateway: str, oif: int) -> None:
+    try:
+        ipr.route("replace", dst=dst, gateway=gateway, oif=oif)
+    except NetlinkError as e:
+        raise KernelError(f"failed to add route {dst} via {gateway}: {e}") from e
