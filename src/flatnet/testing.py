@@ -41,7 +41,13 @@ class EtcdServer:
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="flatnet-etcd-"))
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
+        self.unix_socket = unix_socket
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_url(self) -> str:
+        """A unix-socket URL, reachable from any network namespace on this machine."""
+        return f"etcd://unix://{self.data_dir}/etcd.sock:0"
 
     @property
     def url(self) -> str:
@@ -58,7 +64,7 @@ class EtcdServer:
             "--data-dir",
             str(self.data_dir / "data"),
             "--listen-client-urls",
-            c,
+            c + (",unix://etcd.sock:0" if self.unix_socket else ""),
             "--advertise-client-urls",
             c,
             "--listen-peer-urls",
@@ -74,11 +80,9 @@ class EtcdServer:
         ]
 
     def start(self, timeout: float = 20) -> None:
-        log = open(self.data_dir / "etcd.log", "ab")
-        self.proc = subprocess.Popen(
-            self.argv(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        log.close()
+        with open(self.data_dir / "etcd.log", "ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, cwd=self.data_dir,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
@@ -91,7 +95,8 @@ class EtcdServer:
                     f"etcd exited with {self.proc.returncode}; see {self.data_dir / 'etcd.log'}"
                 )
             try:
-                st = EtcdStore(f"{self.host}:{self.client_port}", timeout=1)
+                ep = self.socket_url if self.unix_socket else self.url
+                st = EtcdStore(ep[len("etcd://"):], timeout=1)
                 try:
                     st.revision()
                     return

@@ -1,0 +1,263 @@
+"""``flatnet``: one entry point; ``main()`` maps every FlatnetError to a message and exit 1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flatnet.errors import ConfigError, FlatnetError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="flatnet: the Kubernetes pod network on the kernel's own parts.")
+lab_app = typer.Typer(no_args_is_help=True, help="Multi-node clusters on one machine.")
+app.add_typer(lab_app, name="lab")
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def agent(node: Annotated[str, typer.Option(help="this node's name")],
+          store: Annotated[str, typer.Option(help="sqlite://PATH or etcd://HOST:PORT")],
+          socket: Annotated[str, typer.Option(help="CNI socket")] = "/run/flatnet/agent.sock",
+          underlay_ip: Annotated[str, typer.Option(help="default: from the default route")] = "",
+          bridge: str = "fl0",
+          pod_cidr: str = "10.244.0.0/16", node_subnet_length: int = 24,
+          backend: str = "vxlan", mtu: int = 1500) -> None:
+    """Run the node agent (in this host's or lab node's own network namespace)."""
+    from flatnet.agent.daemon import Agent, AgentOptions
+    from flatnet.model import NetworkConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    net = NetworkConfig(pod_cidr=pod_cidr, node_subnet_length=node_subnet_length,
+                        backend=backend, mtu=mtu)
+    Agent(AgentOptions(node=node, store_url=store, socket_path=socket,
+                       underlay_ip=underlay_ip, bridge=bridge, network=net)).run_forever()
+
+
+@app.command("install-cni")
+def install_cni(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
+                agent_socket: str = "/run/flatnet/agent.sock", portmap: bool = True) -> None:
+    """Install the CNI plugin binary and a conflist (flatnet + portmap)."""
+    from flatnet.cni.install import install
+
+    exe, conf = install(bin_dir, conf_dir, agent_socket, portmap)
+    out.print(f"installed {exe} and {conf}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def agnhost(ctx: typer.Context) -> None:
+    """Test server/prober for pods: netexec --http-port N | connect HOST:PORT | get URL."""
+    from flatnet import agnhost as a
+
+    raise typer.Exit(a.main(ctx.args))
+
+
+# -- lab ---------------------------------------------------------------------
+def _one_lab(name: str | None) -> str:
+    from flatnet.lab.state import list_labs
+
+    if name:
+        return name
+    labs = list_labs()
+    if len(labs) != 1:
+        raise ConfigError(f"{len(labs)} labs are up ({', '.join(s.name for s in labs) or '-'}); "
+                          "name one with --lab")
+    return labs[0].name
+
+
+@lab_app.command("up")
+def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> None:
+    """Build the lab described in FILE."""
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flatnet.lab import cluster, topo
+
+    t = topo.load(file)
+    if backend:
+        t = replace(t, network=replace(t.network, backend=backend))
+    start = time.monotonic()
+    with Progress(TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done)
+
+        st = cluster.build(t, progress)
+    out.print(f"lab [bold]{st.name}[/]: {len(st.nodes)} node(s), {len(st.pods)} pod(s) ready "
+              f"in {time.monotonic() - start:.1f}s")
+
+
+@lab_app.command("down")
+def lab_down(name: str) -> None:
+    """Remove everything lab NAME made (also after a crash)."""
+    from flatnet.lab.state import LabState
+
+    removed = LabState.load(name).destroy()
+    out.print(f"lab {name} removed ({len(removed)} namespaces)")
+
+
+@lab_app.command("ls")
+def lab_ls() -> None:
+    """List the labs on this machine."""
+    from flatnet.lab.state import list_labs
+
+    t = Table("NAME", "NODES", "PODS", "DATASTORE", "FILE")
+    for s in list_labs():
+        t.add_row(s.name, str(len(s.nodes)), str(len(s.pods)), s.datastore, s.file)
+    out.print(t)
+
+
+def _target_ns(st: Any, target: str) -> str:
+    if target in st.pods:
+        return str(st.pods[target]["ns"])
+    if target in st.nodes:
+        return str(st.nodes[target]["ns"])
+    if target == "external" and st.external:
+        return str(st.external)
+    raise ConfigError(f"lab '{st.name}' has no pod, node or external host named '{target}'")
+
+
+@lab_app.command("exec", context_settings={"allow_extra_args": True,
+                                           "ignore_unknown_options": True})
+def lab_exec(ctx: typer.Context, target: str,
+             lab: Annotated[str | None, typer.Option()] = None) -> None:
+    """Run a command in a pod, node or the external host: exec TARGET -- CMD..."""
+    from flatnet.kernel import netns
+    from flatnet.lab.state import LabState
+
+    st = LabState.load(_one_lab(lab))
+    path = netns.path_of(_target_ns(st, target))
+    if not ctx.args:
+        raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
+
+    def enter() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        netns._setns(fd)
+        os.close(fd)
+
+    env = dict(os.environ, FLATNET_POD_NAME=target)
+    raise typer.Exit(subprocess.call(ctx.args, preexec_fn=enter, env=env))
+
+
+@lab_app.command("cni")
+def lab_cni(node: str, lab: Annotated[str | None, typer.Option()] = None) -> None:
+    """Where a node's CNI config and plugins are, for outside runtimes and harnesses."""
+    from flatnet.kernel import netns
+    from flatnet.lab.state import LabState
+
+    st = LabState.load(_one_lab(lab))
+    if node not in st.nodes:
+        raise ConfigError(f"lab '{st.name}' has no node '{node}'")
+    n = st.nodes[node]
+    print(json.dumps({"netns": netns.path_of(n["ns"]), "confDir": n["confDir"],
+                      "binDir": n["binDir"]}))
+
+
+@lab_app.command("check")
+def lab_check(lab: Annotated[str | None, typer.Option()] = None) -> None:
+    """Probe every pod from every pod (and the external host): reach + source IP seen."""
+    from flatnet.lab import probe
+    from flatnet.lab.state import LabState
+
+    st = LabState.load(_one_lab(lab))
+    results = probe.matrix(st)
+    eps = probe.endpoints(st)
+    t = Table("FROM", "FROM IP", "TO", "TARGET", "RESULT", "SOURCE IP SEEN", title="connectivity")
+    for r in results:
+        own = eps[r.client][1]
+        if not r.ok:
+            verdict = f"[red]FAIL[/] {r.detail[:40]}"
+        elif r.server == "external":
+            verdict = "[green]ok[/] (masqueraded: leaves the cluster)"
+        else:
+            verdict = "[green]ok[/] no NAT" if r.seen_ip == own else "[red]NATed[/]"
+        t.add_row(r.client, own, r.server, r.target, verdict, r.seen_ip)
+    out.print(t)
+    bad = [r for r in results if not r.ok or (r.server != "external"
+                                               and r.seen_ip != eps[r.client][1])]
+    out.print(f"{len(results) - len(bad)}/{len(results)} probes passed")
+    raise typer.Exit(1 if bad else 0)
+
+
+# -- get ---------------------------------------------------------------------
+def _store_for(lab: str | None, store: str | None) -> Any:
+    from flatnet.lab.state import LabState
+    from flatnet.store import open_store
+
+    if store:
+        return open_store(store), None
+    st = LabState.load(_one_lab(lab))
+    return open_store(st.store_url), st
+
+
+@app.command()
+def get(kind: str, lab: Annotated[str | None, typer.Option()] = None,
+        store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
+        output: Annotated[str, typer.Option("-o", "--output", help="json|wide")] = "wide"
+        ) -> None:
+    """Show pods or nodes: get pods|nodes [-o json|wide]."""
+    from flatnet.model import PREFIX, PodRecord
+
+    s, _ = _store_for(lab, store)
+    try:
+        if kind in ("pods", "pod", "po"):
+            items = []
+            for kv in s.range(PREFIX + "pods/"):
+                p = PodRecord.from_json(kv.value)
+                items.append({"name": p.name, "namespace": p.namespace, "node": p.node,
+                              "ip": p.ip, "netns": p.netns, "mode": p.mode,
+                              "labels": p.labels, "phase": p.phase})
+            cols = ["namespace", "name", "node", "ip", "mode", "phase", "netns"]
+        elif kind in ("nodes", "node", "no"):
+            items = [json.loads(kv.value) for kv in s.range(PREFIX + "nodes/")]
+            cols = ["name", "underlayIP", "podSubnet"]
+        else:
+            raise ConfigError(f"unknown kind '{kind}': use pods or nodes")
+    finally:
+        s.close()
+    if output == "json":
+        print(json.dumps({"items": items}, indent=2))
+        return
+    t = Table(*[c.upper() for c in cols])
+    for it in items:
+        t.add_row(*[str(it.get(c, "")) for c in cols])
+    out.print(t)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except FlatnetError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

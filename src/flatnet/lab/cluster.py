@@ -1,0 +1,288 @@
+"""Build a lab from its description, the way a real cluster is put together.
+
+Order (every object is recorded in the state file before the next is made):
+
+1. ``fl-<lab>-sw``: the underlay switch, a namespace holding bridge ``br0``;
+2. per node ``fl-<lab>-n-<node>``: ``eth0`` on the switch with the node's
+   underlay IP; ``fl-<lab>-ext`` the same for the external host, which also
+   runs a test server and is the nodes' default gateway;
+3. the datastore: a SQLite file, or a real etcd inside the switch namespace
+   listening on the underlay (agents reach it over the network, as on real
+   hosts) and on a unix socket for the CLI;
+4. per node: the CNI plugin and conflist installed in the node's own dirs,
+   and ``flatnet agent`` started inside the node namespace; ready when the
+   plugin's STATUS succeeds;
+5. pods, as a runtime creates them: a namespace, the ``loopback`` plugin,
+   then the node's conflist (flatnet + portmap) through the CNI binaries,
+   then one process per container inside the namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from flatnet.cni.install import install
+from flatnet.cni.runtime import Chain, load_conflist
+from flatnet.errors import ConfigError, FlatnetError, KernelError
+from flatnet.ipam import save_config
+from flatnet.kernel import netns
+from flatnet.lab.state import LABS_DIR, LabState
+from flatnet.lab.topo import LabPod, LabTopo
+from flatnet.model import PodRecord
+from flatnet.store import Store, open_store
+
+__all__ = ["Progress", "build", "spawn", "wait_port"]
+
+Progress = Callable[[str, int, int], None]
+REF_CNI = "/usr/lib/cni"
+_lock = threading.Lock()
+LOOPBACK = {"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}
+
+
+def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Start ``argv`` detached (own session) inside namespace ``ns``; returns its PID."""
+    path = netns.path_of(ns)
+
+    def enter() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        netns._setns(fd)
+        os.close(fd)
+
+    with open(log, "ab") as out:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                             start_new_session=True, preexec_fn=enter,
+                             env=dict(os.environ, **(env or {})))
+    return p.pid
+
+
+def wait_port(ns: str, port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    import socket
+
+    def probe() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if netns.run_in(netns.path_of(ns), probe):
+            return
+        time.sleep(0.05)
+    raise KernelError(f"nothing listens on {host}:{port} in '{ns}' after {timeout}s")
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+class _Builder:
+    def __init__(self, topo: LabTopo, progress: Progress) -> None:
+        self.t = topo
+        self.progress = progress
+        self.st = LabState(topo.name, file=os.path.abspath(topo.path), datastore=topo.datastore)
+        self.prefix = f"fl-{topo.name}-"
+        self.plen = int(topo.underlay_cidr.split("/")[1])
+
+    # -- underlay -----------------------------------------------------------
+    def underlay(self) -> None:
+        sw = self.st.add_ns(self.prefix + "sw")
+        with netns.iproute(sw) as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], state="up")
+        members = [(n, self.prefix + "n-" + n, self.t.node_ip(n)) for n in self.t.nodes]
+        if self.t.external:
+            members.append(("external", self.prefix + "ext", self.t.external_ip))
+            self.st.external = self.prefix + "ext"
+        for i, (name, ns, ip) in enumerate(members):
+            self.st.add_ns(ns)
+            self._plug(sw, ns, f"p{i}", ip)
+            if name != "external":
+                self.st.nodes[name] = {"ns": ns, "underlayIP": ip}
+            self.progress("underlay: node namespaces on the switch", i + 1, len(members))
+        self.st.save()
+        if self.t.external:
+            pid = spawn(self.st.external, _py("flatnet.agnhost", "netexec", "--http-port", "8080"),
+                        self.st.dir / "external.log", {"FLATNET_POD_NAME": "external"})
+            self.st.add_process(pid, "external")
+
+    def _plug(self, sw: str, ns: str, port: str, ip: str) -> None:
+        path = netns.path_of(ns)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with netns.iproute(sw) as ipr:
+                ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+                ipr.link("set", index=ipr.link_lookup(ifname=port)[0], state="up",
+                         master=ipr.link_lookup(ifname="br0")[0])
+        finally:
+            os.close(fd)
+        with netns.iproute(path) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            idx = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=idx, address=ip, prefixlen=self.plen)
+            ipr.link("set", index=idx, state="up")
+            if self.t.external and ip != self.t.external_ip:
+                ipr.route("add", dst="0.0.0.0/0", gateway=self.t.external_ip, oif=idx)
+
+    # -- datastore ----------------------------------------------------------
+    def datastore(self) -> tuple[str, str]:
+        """Returns (url for agents, url for this machine's CLI)."""
+        self.st.dir.mkdir(parents=True, exist_ok=True)
+        if self.t.datastore == "sqlite":
+            url = f"sqlite://{self.st.dir / 'store.db'}"
+            self.st.store_url = url
+            self.st.save()
+            return url, url
+        from flatnet.testing import EtcdServer
+
+        sw = self.prefix + "sw"
+        with netns.iproute(sw) as ipr:
+            ipr.addr("add", index=ipr.link_lookup(ifname="br0")[0], address=self.t.store_ip,
+                     prefixlen=self.plen)
+        (self.st.dir / "etcd").mkdir(exist_ok=True)
+        srv = EtcdServer(host=self.t.store_ip, argv_prefix=("ip", "netns", "exec", sw),
+                         data_dir=self.st.dir / "etcd", client_port=2379, peer_port=2380,
+                         unix_socket=True)
+        with open(srv.data_dir / "etcd.log", "ab") as log:
+            proc = subprocess.Popen(srv.argv(), stdout=log, stderr=log, cwd=srv.data_dir,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.st.add_process(proc.pid, "etcd")
+        srv.proc = proc
+        srv.wait_ready(30)
+        self.st.store_url = srv.socket_url
+        self.st.save()
+        return srv.url, srv.socket_url
+
+    # -- agents -------------------------------------------------------------
+    def agents(self, agent_url: str) -> None:
+        total = len(self.t.nodes)
+        for i, node in enumerate(self.t.nodes):
+            d = self.st.dir / "nodes" / node
+            d.mkdir(parents=True, exist_ok=True)
+            sock = str(d / "agent.sock")
+            install(str(d / "bin"), str(d / "net.d"), sock)
+            for plugin in Path(REF_CNI).iterdir():  # one bin dir, as on a host
+                link = d / "bin" / plugin.name
+                if not link.exists():
+                    link.symlink_to(plugin)
+            info = self.st.nodes[node]
+            info.update(socket=sock, confDir=str(d / "net.d"), binDir=str(d / "bin"))
+            argv = _py("flatnet", "agent", "--node", node, "--store", agent_url,
+                       "--socket", sock, "--underlay-ip", info["underlayIP"])
+            self.st.add_process(spawn(info["ns"], argv, d / "agent.log"), f"agent:{node}")
+        for i, node in enumerate(self.t.nodes):
+            self._wait_agent(node)
+            self.progress("agents ready", i + 1, total)
+
+    def _wait_agent(self, node: str, timeout: float = 30) -> None:
+        info = self.st.nodes[node]
+        chain = Chain(load_conflist(info["confDir"]), [info["binDir"]], ns=info["ns"])
+        plugin = {"type": "flatnet", "agentSocket": info["socket"]}
+        chain.conf = dict(chain.conf, cniVersion="1.1.0")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = chain.exec_plugin(plugin, "STATUS", {})
+            if r.code == 0:
+                return
+            time.sleep(0.1)
+        log = Path(info["confDir"]).parent / "agent.log"
+        tail = log.read_text()[-800:] if log.exists() else ""
+        raise FlatnetError(f"agent on node '{node}' not ready after {timeout}s:\n{tail}")
+
+    # -- pods ---------------------------------------------------------------
+    def pods(self, store: Store) -> None:
+        first = [p for p in self.t.pods if p.shares_with is None]
+        later = [p for p in self.t.pods if p.shares_with is not None]
+        done = [0]
+        total = len(self.t.pods)
+
+        def one(p: LabPod) -> None:
+            self.pod(p, store)
+            with _lock:
+                done[0] += 1
+                self.progress("pods running", done[0], total)
+
+        for batch in (first, later):
+            with ThreadPoolExecutor(max_workers=6) as ex:
+                list(ex.map(one, batch))
+        for p in self.t.pods:
+            if not any(p.commands) and p.shares_with is None:
+                self._wait_ready(p)
+
+    def pod(self, p: LabPod, store: Store) -> None:
+        node = self.st.nodes[p.node]
+        cid = uuid.uuid4().hex
+        rec: dict[str, Any] = {"node": p.node, "namespace": p.namespace, "mode": p.mode,
+                               "containerID": cid, "labels": p.labels}
+        if p.mode == "host":
+            ns, ip = node["ns"], node["underlayIP"]
+        elif p.shares_with:
+            other = self.st.pods[p.shares_with]
+            ns, ip = other["ns"], other["ip"]
+        else:
+            ns = self.prefix + "p-" + p.name
+            with _lock:
+                self.st.pods[p.name] = dict(rec, ns=ns, ip="")
+                self.st.add_ns(ns)
+            ip = self._attach(p, ns, cid, node)
+        rec.update(ns=ns, ip=ip)
+        with _lock:
+            self.st.pods[p.name] = rec
+            self.st.save()
+        for i, cmd in enumerate(p.commands or ((),)):
+            argv = list(cmd) or _py("flatnet.agnhost", "netexec", "--http-port", "8080")
+            log = self.st.dir / "pods" / f"{p.name}.{i}.log"
+            log.parent.mkdir(exist_ok=True)
+            pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name})
+            with _lock:
+                self.st.add_process(pid, f"pod:{p.name}")
+        record = PodRecord(p.name, p.namespace, p.node, ip, netns.path_of(ns), p.mode,
+                           p.labels, cid, "Running")
+        store.put(record.key, record.to_json())
+
+    def _attach(self, p: LabPod, ns: str, cid: str, node: dict[str, Any]) -> str:
+        path = netns.path_of(ns)
+        lo = Chain(LOOPBACK, [node["binDir"]], ns=node["ns"])
+        lo.add(cid, path, "lo", pod=(p.namespace, p.name))
+        if p.mode == "none":
+            return ""
+        chain = Chain(load_conflist(node["confDir"]), [node["binDir"]], ns=node["ns"],
+                      cache_dir=str(self.st.dir / "cni-cache"))
+        result = chain.add(cid, path, "eth0", pod=(p.namespace, p.name))
+        return str(result["ips"][0]["address"].split("/")[0])
+
+    def _wait_ready(self, p: LabPod) -> None:
+        wait_port(self.st.pods[p.name]["ns"], 8080)
+
+
+def build(topo: LabTopo, progress: Progress) -> LabState:
+    """Build the lab; on any failure everything made so far is removed."""
+    if (LABS_DIR / topo.name / "state.json").exists():
+        raise ConfigError(f"lab '{topo.name}' exists already; remove it with "
+                          f"'flatnet lab down {topo.name}'")
+    b = _Builder(topo, progress)
+    b.st.save()
+    try:
+        b.underlay()
+        agent_url, cli_url = b.datastore()
+        store = open_store(cli_url)
+        try:
+            save_config(store, topo.network)
+            b.agents(agent_url)
+            b.pods(store)
+        finally:
+            store.close()
+        return b.st
+    except BaseException:
+        b.st.destroy()
+        raise

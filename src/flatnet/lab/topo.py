@@ -1,0 +1,237 @@
+"""A lab file, read into plain frozen data (the description; building is cluster.py).
+
+A lab file is a ``kind: Lab`` document followed by ordinary Kubernetes ``Pod``
+manifests. Every mistake is reported as ``FILE:LINE: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flatnet.errors import ConfigError, LabFileError
+from flatnet.model import NetworkConfig
+
+__all__ = ["LabPod", "LabTopo", "load", "parse"]
+
+_LABEL = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+MODE_ANNOTATION = "flatnet.io/network-mode"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Network(_Strict):
+    podCIDR: str = "10.244.0.0/16"  # noqa: N815
+    nodeSubnetLength: int = 24  # noqa: N815
+    serviceCIDR: str = "10.96.0.0/12"  # noqa: N815
+    backend: str = "vxlan"
+    mtu: int = 1500
+
+
+class _Lab(_Strict):
+    kind: Literal["Lab"]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,11}$")
+    network: _Network = _Network()
+    datastore: Literal["sqlite", "etcd"] = "sqlite"
+    underlay: Literal["l2"] = "l2"
+    underlayCIDR: str = "192.168.50.0/24"  # noqa: N815
+    nodes: list[str] = Field(min_length=1, max_length=60)
+    external: bool = False
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, v: list[str]) -> list[str]:
+        for i, n in enumerate(v):
+            if not re.match(_LABEL, n) or len(n) > 20:
+                raise ValueError(f"node name '{n}' (item {i}) is not a DNS label of ≤20 chars")
+        if len(set(v)) != len(v):
+            raise ValueError("node names must be unique")
+        return v
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", max_length=40)
+    namespace: str = Field(default="default", pattern=_LABEL)
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class _Container(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    command: list[str] | None = None
+    args: list[str] | None = None
+
+
+class _PodSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    nodeName: str  # noqa: N815
+    containers: list[_Container] = Field(min_length=1)
+    hostNetwork: bool = False  # noqa: N815
+
+
+class _Pod(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    apiVersion: Literal["v1"]  # noqa: N815
+    kind: Literal["Pod"]
+    metadata: _Meta
+    spec: _PodSpec
+
+
+@dataclass(frozen=True)
+class LabPod:
+    name: str
+    namespace: str
+    node: str
+    labels: dict[str, str]
+    mode: str  # bridge | host | none | container:<pod>
+    commands: tuple[tuple[str, ...], ...]  # one per container; () runs agnhost netexec
+
+    @property
+    def shares_with(self) -> str | None:
+        return self.mode.split(":", 1)[1] if self.mode.startswith("container:") else None
+
+
+@dataclass(frozen=True)
+class LabTopo:
+    name: str
+    network: NetworkConfig
+    datastore: str
+    underlay: str
+    underlay_cidr: str
+    nodes: tuple[str, ...]
+    external: bool
+    pods: tuple[LabPod, ...] = field(default=())
+    path: str = ""
+
+    def node_ip(self, node: str) -> str:
+        net = ipaddress.IPv4Network(self.underlay_cidr)
+        return str(net.network_address + 11 + self.nodes.index(node))
+
+    @property
+    def external_ip(self) -> str:
+        return str(ipaddress.IPv4Network(self.underlay_cidr).broadcast_address - 1)
+
+    @property
+    def store_ip(self) -> str:
+        return str(ipaddress.IPv4Network(self.underlay_cidr).network_address + 2)
+
+
+def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at path ``loc`` (as deep as it exists)."""
+    best = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        if node is None:
+            break
+        best = node.start_mark.line + 1
+    return best
+
+
+def _check(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+        field_name = ".".join(str(p) for p in loc) or "document"
+        raise LabFileError(path, _line(node, loc), f"{field_name}: {err['msg']}") from None
+
+
+def _mode(p: _Pod) -> str:
+    mode = p.metadata.annotations.get(MODE_ANNOTATION, "host" if p.spec.hostNetwork else "bridge")
+    if mode in ("bridge", "host", "none") or re.match(r"^container:[a-z0-9.-]+$", mode):
+        return mode
+    raise ValueError(f"annotation {MODE_ANNOTATION}: '{mode}' is not bridge, host, none "
+                     "or container:<pod>")
+
+
+def parse(text: str, path: str = "<lab>") -> LabTopo:
+    loader = yaml.SafeLoader(text)
+    docs: list[tuple[yaml.Node, Any]] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            docs.append((node, loader.construct_document(node)))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise LabFileError(path, mark.line + 1 if mark else None, f"not valid YAML: "
+                           f"{getattr(e, 'problem', e)}") from None
+    finally:
+        loader.dispose()
+    docs = [(n, d) for n, d in docs if d is not None]
+    if not docs or not isinstance(docs[0][1], dict) or docs[0][1].get("kind") != "Lab":
+        raise LabFileError(path, 1, "the first document must be 'kind: Lab'")
+    lab = _check(_Lab, docs[0][1], docs[0][0], path)
+    try:
+        net = NetworkConfig(pod_cidr=lab.network.podCIDR,
+                            node_subnet_length=lab.network.nodeSubnetLength,
+                            service_cidr=lab.network.serviceCIDR, backend=lab.network.backend,
+                            mtu=lab.network.mtu)
+        ipaddress.IPv4Network(lab.underlayCIDR)
+    except (ConfigError, ValueError) as e:
+        raise LabFileError(path, _line(docs[0][0], ("network",)), str(e)) from None
+    pods: list[LabPod] = []
+    for node, data in docs[1:]:
+        if not isinstance(data, dict) or data.get("kind") != "Pod":
+            kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
+            raise LabFileError(path, node.start_mark.line + 1,
+                               f"kind '{kind}' is not supported in a lab file (only Pod)")
+        p = _check(_Pod, data, node, path)
+        if p.spec.nodeName not in lab.nodes:
+            raise LabFileError(path, _line(node, ("spec", "nodeName")),
+                               f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
+                               f"nodes ({', '.join(lab.nodes)})")
+        try:
+            mode = _mode(p)
+        except ValueError as e:
+            raise LabFileError(path, _line(node, ("metadata", "annotations")), str(e)) from None
+        cmds = tuple(tuple((c.command or []) + (c.args or [])) for c in p.spec.containers)
+        pods.append(LabPod(p.metadata.name, p.metadata.namespace, p.spec.nodeName,
+                           dict(p.metadata.labels), mode, cmds))
+    _check_pods(pods, path, docs)
+    return LabTopo(lab.name, net, lab.datastore, lab.underlay, lab.underlayCIDR,
+                   tuple(lab.nodes), lab.external, tuple(pods), path)
+
+
+def _check_pods(pods: list[LabPod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:
+    by_name: dict[str, LabPod] = {}
+    for i, p in enumerate(pods):
+        line = docs[i + 1][0].start_mark.line + 1
+        if p.name in by_name:
+            raise LabFileError(path, line, f"pod '{p.name}' is defined twice")
+        by_name[p.name] = p
+    for i, p in enumerate(pods):
+        line = docs[i + 1][0].start_mark.line + 1
+        other = by_name.get(p.shares_with or "")
+        if p.shares_with is not None:
+            if other is None or other.shares_with is not None or other.mode == "none":
+                raise LabFileError(path, line, f"pod '{p.name}': network mode "
+                                   f"'{p.mode}' needs an earlier-listed pod with its own "
+                                   "network (bridge or host)")
+            if pods.index(other) > i or other.node != p.node:
+                raise LabFileError(path, line, f"pod '{p.name}': '{other.name}' must be "
+                                   f"listed before it and run on the same node")
+
+
+def load(path: str | Path) -> LabTopo:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise LabFileError(str(path), None, f"cannot read lab file: {e.strerror}") from e
+    return parse(text, str(path))
