@@ -34,6 +34,7 @@ class EtcdServer:
         data_dir: Path | None = None,
         client_port: int | None = None,
         peer_port: int | None = None,
+        unix_socket: bool = False,
     ) -> None:
         self.host = host
         self.argv_prefix = argv_prefix
@@ -83,7 +84,11 @@ class EtcdServer:
         with open(self.data_dir / "etcd.log", "ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, cwd=self.data_dir,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float) -> None:
         from flatnet.store.etcd import EtcdStore

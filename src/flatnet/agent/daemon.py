@@ -10,6 +10,7 @@ namespace: ``ns`` (None on a real host) names where its kernel objects go.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -157,6 +158,7 @@ class Agent:
     def _net(self, req: Request) -> PodNetwork:
         if self.pods is None or not self.ready.is_set():
             raise CNIError(11, "flatnet agent is starting; try again later")
+        validate_netconf(req.config, self.config)
         return self.pods
 
     def add(self, req: Request) -> dict[str, Any]:
@@ -190,6 +192,22 @@ class Agent:
 
     def rss_kib(self) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def validate_netconf(conf: dict[str, Any], cluster: NetworkConfig) -> None:
+    """Check the fields flatnet reads from its network config (CNI code 7)."""
+    name = conf.get("name", "?")
+    if not isinstance(conf.get("agentSocket", ""), str):
+        raise CNIError(7, f"network '{name}': agentSocket must be a string path")
+    if "podCIDR" in conf:
+        try:
+            cidr = ipaddress.IPv4Network(str(conf["podCIDR"]))
+        except ValueError as e:
+            raise CNIError(7, f"network '{name}': podCIDR '{conf['podCIDR']}' is not a "
+                              f"valid CIDR ({e})") from e
+        if str(cidr) != cluster.pod_cidr:
+            raise CNIError(7, f"network '{name}': podCIDR {cidr} differs from the "
+                              f"cluster's {cluster.pod_cidr}")
 
 
 def with_suppress_unlink(path: str) -> None:

@@ -1,0 +1,51 @@
+# flatnet — `make demo` builds and checks the demo lab; `make test` runs everything.
+# Both install what they need on a fresh Debian machine (as root, non-interactive).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBS := nftables iproute2 iputils-ping etcd-server containernetworking-plugins iperf3 iptables
+STAMP_DEBS := $(VENV)/.debs-installed
+STAMP_PY := $(VENV)/.py-installed
+
+.PHONY: all deps demo test lint unit privileged bench clean
+
+all: test
+
+$(STAMP_DEBS):
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP_PY): pyproject.toml | $(STAMP_DEBS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+deps: $(STAMP_DEBS) $(STAMP_PY)
+
+demo: deps
+	@$(PY) -m flatnet lab down demo >/dev/null 2>&1 || true
+	$(PY) -m flatnet lab up examples/demo.yaml
+	$(PY) -m flatnet get pods --lab demo
+	@status=0; $(PY) -m flatnet lab check --lab demo || status=$$?; \
+	if [ -z "$$KEEP" ]; then $(PY) -m flatnet lab down demo; \
+	else echo "lab kept: flatnet lab exec --lab demo client -- ping 10.244.0.2; flatnet lab down demo"; fi; \
+	exit $$status
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -q -ra tests
+
+bench: deps
+	$(PY) bench/cni_latency.py
+	$(PY) bench/lab_startup.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
