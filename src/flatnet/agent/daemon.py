@@ -103,12 +103,15 @@ class Agent:
                     code, out = 1, protocol.error_json("1.1.0", 6, f"bad request: {e}")
                 self.wfile.write(json.dumps({"code": code, "stdout": out}).encode())
 
+        class Server(socketserver.ThreadingUnixStreamServer):
+            request_queue_size = 1024  # runtimes start many pods at once
+            daemon_threads = True
+
         old = os.umask(0o077)
         try:
-            self._server = socketserver.ThreadingUnixStreamServer(path, Conn)
+            self._server = Server(path, Conn)
         finally:
             os.umask(old)
-        self._server.daemon_threads = True
         self._spawn(self._server.serve_forever, "cni-server")
 
     def stop(self) -> None:

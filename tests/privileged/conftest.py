@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from flatnet.agent.daemon import Agent, AgentOptions
+from flatnet.cni.install import conflist, install
+from flatnet.cni.runtime import Chain
+from flatnet.kernel import netns
+from flatnet.model import NetworkConfig
+from flatnet.store import open_store
+
+pytestmark = pytest.mark.privileged
+
+
+@dataclass
+class Node:
+    name: str
+    ns: str
+    dir: Path
+    agent: Agent
+    made: list[str] = field(default_factory=list)
+
+    @property
+    def socket(self) -> str:
+        return str(self.dir / "agent.sock")
+
+    def pod_ns(self, tag: str) -> str:
+        name = f"{self.name}-p{tag}"
+        netns.create(name)
+        self.made.append(name)
+        return netns.path_of(name)
+
+    def chain(self, version: str = "1.0.0", portmap: bool = False, **extra: object) -> Chain:
+        conf = conflist(self.socket, portmap=portmap)
+        conf["cniVersion"] = version
+        conf["plugins"][0].update(extra)
+        return Chain(conf, [str(self.dir / "bin"), "/usr/lib/cni"], ns=self.ns,
+                     cache_dir=str(self.dir / "cache"))
+
+    def sh(self, ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+        name = ns.rsplit("/", 1)[-1]
+        return subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True)
+
+    def links(self) -> list[str]:
+        out = subprocess.run(["ip", "-n", self.ns, "-j", "link"], capture_output=True, text=True)
+        return [link["ifname"] for link in json.loads(out.stdout)]
+
+    def veths(self) -> set[str]:
+        return {n for n in self.links() if n.startswith("fl") and n != "fl0"}
+
+    def allocations(self) -> list[str]:
+        assert self.agent.pods is not None
+        return [a.ip for a in self.agent.pods.ipam.allocations()]
+
+
+def start_agent(name: str, ns: str, d: Path, net: NetworkConfig | None = None) -> Agent:
+    a = Agent(AgentOptions(node="node1", store_url=f"sqlite://{d / 'store.db'}",
+                           socket_path=str(d / "agent.sock"), underlay_ip="192.168.9.1",
+                           ns=netns.path_of(ns), network=net, reclaim_every=3600))
+    a.start()
+    return a
+
+
+def make_node(uniq: str, tmp_path: Path, net: NetworkConfig | None = None) -> Node:
+    name = f"fl-{uniq}"
+    ns = name + "-n"
+    netns.create(ns)
+    install(str(tmp_path / "bin"), str(tmp_path / "net.d"), str(tmp_path / "agent.sock"))
+    try:
+        agent = start_agent(name, ns, tmp_path, net)
+    except BaseException:
+        netns.delete(ns)
+        raise
+    return Node(name, ns, tmp_path, agent, [ns])
+
+
+@pytest.fixture
+def node(uniq: str, tmp_path: Path) -> Iterator[Node]:
+    n = make_node(uniq, tmp_path)
+    try:
+        yield n
+    finally:
+        n.agent.stop()
+        for ns in reversed(n.made):
+            netns.delete(ns)
+
+
+@pytest.fixture
+def small_node(uniq: str, tmp_path: Path) -> Iterator[Node]:
+    n = make_node(uniq, tmp_path, NetworkConfig(pod_cidr="10.250.0.0/24", node_subnet_length=29))
+    try:
+        yield n
+    finally:
+        n.agent.stop()
+        for ns in reversed(n.made):
+            netns.delete(ns)
+
+
+def store_of(n: Node):  # type: ignore[no-untyped-def]
+    return open_store(f"sqlite://{n.dir / 'store.db'}")
