@@ -1,0 +1,155 @@
+"""A whole lab, as users run it: `flatnet lab up/exec/get/cni/check/down`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flatnet.kernel import netns
+from flatnet.lab.state import LABS_DIR
+
+pytestmark = pytest.mark.lab
+SRC = str(Path(__file__).parents[2] / "src")
+
+LAB = """\
+kind: Lab
+name: {name}
+datastore: {datastore}
+nodes: [node1]
+external: true
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: a, labels: {{app: web}}}}
+spec: {{nodeName: node1, containers: [{{name: main}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: b}}
+spec: {{nodeName: node1, containers: [{{name: main}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostpod}}
+spec: {{nodeName: node1, hostNetwork: true, containers: [{{name: s, command: [sleep, infinity]}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: isolated
+  annotations: {{flatnet.io/network-mode: none}}
+spec: {{nodeName: node1, containers: [{{name: s, command: [sleep, infinity]}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: side
+  annotations: {{flatnet.io/network-mode: "container:a"}}
+spec: {{nodeName: node1, containers: [{{name: s, command: [sleep, infinity]}}, {{name: t, command: [sleep, infinity]}}]}}
+"""
+
+
+def flatnet(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=SRC, COLUMNS="200")
+    r = subprocess.run([sys.executable, "-m", "flatnet", *args], capture_output=True,
+                       text=True, env=env, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def lab_namespaces(name: str) -> list[str]:
+    return [n for n in os.listdir(netns.NS_DIR) if n.startswith(f"fl-{name}-")] \
+        if netns.NS_DIR.exists() else []
+
+
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+def lab(request: pytest.FixtureRequest, uniq: str, tmp_path: Path) -> Iterator[str]:
+    f = tmp_path / "lab.yaml"
+    f.write_text(LAB.format(name=uniq, datastore=request.param))
+    try:
+        flatnet("lab", "up", str(f))
+        yield uniq
+    finally:
+        flatnet("lab", "down", uniq, check=False)
+        assert lab_namespaces(uniq) == []
+        assert not (LABS_DIR / uniq).exists()
+
+
+def pods(name: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    items = json.loads(flatnet("get", "pods", "--lab", name, "-o", "json").stdout)["items"]
+    return {p["name"]: p for p in items}
+
+
+def run(name: str, target: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    return flatnet("lab", "exec", "--lab", name, target, "--", *cmd, check=False)
+
+
+def test_single_node_lab(lab: str) -> None:
+    ps = pods(lab)
+    node = json.loads(flatnet("get", "nodes", "--lab", lab, "-o", "json").stdout)["items"][0]
+    assert set(ps) == {"a", "b", "hostpod", "isolated", "side"}
+    assert {"name", "node", "ip", "netns", "labels"} <= set(ps["a"])
+    assert ps["a"]["labels"] == {"app": "web"}
+    a, b = ps["a"]["ip"], ps["b"]["ip"]
+    # bridge: own IPs in the node subnet, the same seen from inside the pod
+    assert run(lab, "a", "ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3] \
+        == a + "/24"
+    # pod -> pod: ping and TCP, and the server sees the client's own IP
+    assert run(lab, "a", "ping", "-c1", "-W1", b).returncode == 0
+    seen = run(lab, "a", sys.executable, "-m", "flatnet.agnhost", "get",
+               f"http://{b}:8080/clientip")
+    assert seen.stdout.startswith(a + ":"), seen
+    # pod -> external: reached, masqueraded to the node's IP (leaves the cluster)
+    ext = run(lab, "b", sys.executable, "-m", "flatnet.agnhost", "get",
+              "http://192.168.50.254:8080/clientip")
+    assert ext.stdout.startswith(node["underlayIP"] + ":"), ext
+    assert run(lab, "b", "ping", "-c1", "-W1", "192.168.50.254").returncode == 0
+    # node -> pod, no NAT (source is the bridge gateway, a node address)
+    assert run(lab, "node1", "ping", "-c1", "-W1", a).returncode == 0
+    # host mode: the node's network; none: only loopback; container: shares a's network
+    assert ps["hostpod"]["ip"] == node["underlayIP"]
+    assert "eth0" in run(lab, "hostpod", "ip", "-o", "link").stdout
+    iso = run(lab, "isolated", "ip", "-o", "link").stdout.strip().splitlines()
+    assert len(iso) == 1 and ": lo:" in iso[0] and "UP" in iso[0]
+    assert ps["isolated"]["ip"] == ""
+    assert ps["side"]["ip"] == a and ps["side"]["netns"] == ps["a"]["netns"]
+    assert run(lab, "side", sys.executable, "-m", "flatnet.agnhost", "connect",
+               "127.0.0.1:8080").returncode == 0  # a's server, on the shared loopback
+    # the check command agrees
+    check = flatnet("lab", "check", "--lab", lab)
+    assert "probes passed" in check.stdout and "FAIL" not in check.stdout
+    # an outside harness can drive the node's CNI
+    cni = json.loads(flatnet("lab", "cni", "--lab", lab, "node1").stdout)
+    assert os.path.exists(cni["netns"]) and os.access(cni["binDir"] + "/flatnet", os.X_OK)
+    assert os.path.exists(cni["binDir"] + "/portmap")
+    assert any(f.endswith(".conflist") for f in os.listdir(cni["confDir"]))
+
+
+def test_lab_file_mistake_makes_nothing(uniq: str, tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(LAB.format(name=uniq, datastore="sqlite").replace("nodeName: node1, hostNet",
+                                                                   "nodeName: node7, hostNet"))
+    r = flatnet("lab", "up", str(f), check=False)
+    assert r.returncode == 1 and f"{f}:20: spec.nodeName: 'node7'" in r.stderr, r.stderr
+    assert lab_namespaces(uniq) == [] and not (LABS_DIR / uniq).exists()
+
+
+def test_failure_during_build_removes_everything(uniq: str, tmp_path: Path) -> None:
+    f = tmp_path / "lab.yaml"
+    text = LAB.format(name=uniq, datastore="sqlite")
+    bad = text.replace("command: [sleep, infinity]}]}\n---", "command: [/nonexistent]}]}\n---", 1)
+    assert bad != text
+    f.write_text(bad)
+    try:
+        r = flatnet("lab", "up", str(f), check=False)
+        assert r.returncode == 1 and "/nonexistent" in r.stderr
+        assert lab_namespaces(uniq) == [] and not (LABS_DIR / uniq).exists()
+    finally:
+        flatnet("lab", "down", uniq, check=False)
