@@ -95,13 +95,14 @@ class Agent:
 
         class Conn(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                raw = self.rfile.read()
-                try:
-                    msg = json.loads(raw)
-                    code, out = protocol.handle(agent, msg["env"], msg["stdin"])
-                except (ValueError, KeyError) as e:
-                    code, out = 1, protocol.error_json("1.1.0", 6, f"bad request: {e}")
-                self.wfile.write(json.dumps({"code": code, "stdout": out}).encode())
+                raw = self.rfile.read().decode()
+                if raw.startswith("\n"):  # no CNI_* environment at all
+                    head, stdin = "", raw[1:]
+                else:
+                    head, _, stdin = raw.partition("\n\n")
+                env = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
+                code, out = protocol.handle(agent, env, stdin)
+                self.wfile.write(f"{code}\n{out}".encode())
 
         class Server(socketserver.ThreadingUnixStreamServer):
             request_queue_size = 1024  # runtimes start many pods at once
@@ -121,6 +122,8 @@ class Agent:
             self._server.shutdown()
             self._server.server_close()
             with_suppress_unlink(self.opts.socket_path)
+        if self.pods is not None:
+            self.pods.close()
         if self.store is not None:
             self.store.close()
 

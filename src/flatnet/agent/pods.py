@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from flatnet.errors import CNIError, KernelError, NamespaceNotFound
@@ -51,6 +53,16 @@ class PodNetwork:
         self.node_ns, self.bridge, self.ipam, self.mtu = node_ns, bridge, ipam, mtu
         self.plen = ipam.subnet.prefixlen
 
+    @contextlib.contextmanager
+    def _node(self) -> Iterator[IPRoute]:
+        """A netlink socket in the node namespace for one request (pyroute2's sync
+        IPRoute belongs to the thread that made it, so requests cannot share one)."""
+        with netns.iproute(self.node_ns) as ipr:
+            yield ipr
+
+    def close(self) -> None:
+        """Nothing long-lived to release (kept for the agent's shutdown order)."""
+
     def add(self, cid: str, pod_ns: str, ifname: str, pod: str = "") -> Attachment:
         if not os.path.exists(pod_ns):
             raise CNIError(4, f"CNI_NETNS '{pod_ns}' does not exist")
@@ -58,7 +70,7 @@ class PodNetwork:
         with contextlib.ExitStack() as undo:
             alloc = self.ipam.allocate(cid, ifname, pod)
             undo.callback(self.ipam.release, cid, ifname)
-            with netns.iproute(self.node_ns) as ipr:
+            with self._node() as ipr:
                 host_mac = self._make_veth(ipr, host, pod_ns, ifname)
                 undo.callback(self._drop_veth, host)
             pod_mac = self._configure_pod(pod_ns, ifname, alloc.ip)
@@ -89,7 +101,7 @@ class PodNetwork:
                               f"'{self.bridge}': {e}") from e
 
     def _drop_veth(self, host: str) -> None:
-        with netns.iproute(self.node_ns) as ipr:
+        with self._node() as ipr:
             links.delete_link(ipr, host)
 
     def _configure_pod(self, pod_ns: str, ifname: str, ip: str) -> str:
@@ -113,7 +125,7 @@ class PodNetwork:
         if alloc is None:
             raise CNIError(3, f"container '{cid}' interface '{ifname}' has no IP allocation")
         host = links.host_veth_name(cid, ifname)
-        with netns.iproute(self.node_ns) as ipr:
+        with self._node() as ipr:
             link = links.get_link(ipr, host)
             br = ipr.link_lookup(ifname=self.bridge)
             if link is None or not br or link.get("IFLA_MASTER") != br[0]:
@@ -133,7 +145,7 @@ class PodNetwork:
 
     def host_veths(self) -> set[str]:
         """Names of the flatnet host veths on this node."""
-        with netns.iproute(self.node_ns) as ipr:
+        with self._node() as ipr:
             return {n for link in ipr.get_links()
                     if (n := link.get("IFLA_IFNAME", "")).startswith("fl")
                     and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth"}
@@ -145,7 +157,7 @@ class PodNetwork:
         stale = {links.host_veth_name(a.container_id, a.ifname) for a in freed}
         if not older_than:
             stale |= self.host_veths() - keep
-        with netns.iproute(self.node_ns) as ipr:
+        with self._node() as ipr:
             for name in stale - keep:
                 links.delete_link(ipr, name)
         return len(freed)

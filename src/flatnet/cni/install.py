@@ -13,7 +13,11 @@ __all__ = ["conflist", "install"]
 
 
 def conflist(agent_socket: str, portmap: bool = True, name: str = "flatnet") -> dict:  # type: ignore[type-arg]
-    plugins: list[dict] = [{"type": "flatnet", "agentSocket": agent_socket}]  # type: ignore[type-arg]
+    # the socket path is baked into the installed binary; naming it here too
+    # keeps the conflist readable for people (the plugin reads it only if set).
+    plugins: list[dict] = [{"type": "flatnet"}]  # type: ignore[type-arg]
+    if agent_socket != plugin.DEFAULT_SOCKET:
+        plugins[0]["agentSocket"] = agent_socket
     if portmap:
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
     # Debian's reference plugins (1.1.1) speak CNI up to 1.0.0.
@@ -27,7 +31,8 @@ def install(bin_dir: str, conf_dir: str, agent_socket: str = plugin.DEFAULT_SOCK
     b, c = Path(bin_dir), Path(conf_dir)
     b.mkdir(parents=True, exist_ok=True)
     c.mkdir(parents=True, exist_ok=True)
-    src = Path(plugin.__file__).read_text().split("\n", 1)[1]
+    src = Path(plugin.__file__).read_text().split("\n", 1)[1].replace(
+        f'DEFAULT_SOCKET = "{plugin.DEFAULT_SOCKET}"', f"DEFAULT_SOCKET = {agent_socket!r}", 1)
     exe = b / "flatnet"
     tmp = exe.with_suffix(".tmp")
     tmp.write_text(f"#!{sys.executable} -IS\n{src}")

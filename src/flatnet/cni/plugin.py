@@ -1,66 +1,90 @@
 #!/usr/bin/env python3
 """flatnet's CNI plugin: a thin entry that hands the call to the node agent.
 
-Standard library only and nothing heavy imported, so it starts in a few
-milliseconds under ``python -I -S``; ``flatnet install-cni`` copies this file
-as the plugin binary. It forwards CNI_* variables and stdin over the agent's
-unix socket (``agentSocket`` in the network config) and prints the answer.
+It imports only ``os``, ``sys`` and the builtin ``_socket`` (``json`` and
+``socket`` alone cost more than Python's own start-up), so under
+``python -IS`` it costs little more than the interpreter. ``flatnet
+install-cni`` copies this file as the plugin binary with the agent's socket
+path baked into ``DEFAULT_SOCKET``; a network config may still name another
+with ``agentSocket``.
+
+Wire format on the agent's unix socket (plain text, no JSON to parse here):
+request  = ``KEY=VALUE`` lines of the CNI_* environment, an empty line, stdin;
+response = the exit code, a newline, the text for stdout.
 VERSION is answered here; an unreachable agent is CNI error 11 (try again
 later), or 50 for STATUS.
 """
 
-import json
 import os
-import socket
 import sys
+
+import _socket
 
 SUPPORTED = ["0.4.0", "1.0.0", "1.1.0"]
 DEFAULT_SOCKET = "/run/flatnet/agent.sock"
 
 
-def _fail(version, code, msg):
-    out = {"cniVersion": version, "code": code, "msg": msg, "details": ""}
+def _conf(stdin):
+    import json  # only on the slow paths
+
+    try:
+        conf = json.loads(stdin)
+        return conf if isinstance(conf, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _version(conf):
+    v = conf.get("cniVersion")
+    return v if v in SUPPORTED else SUPPORTED[-1]
+
+
+def _fail(stdin, code, msg):
+    import json
+
+    out = {"cniVersion": _version(_conf(stdin)), "code": code, "msg": msg, "details": ""}
     sys.stdout.write(json.dumps(out))
     return 1
 
 
 def _ask(path, request):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         s.settimeout(120)
         s.connect(path)
         s.sendall(request)
-        s.shutdown(socket.SHUT_WR)
+        s.shutdown(_socket.SHUT_WR)
         chunks = []
         while True:
             b = s.recv(65536)
             if not b:
                 break
             chunks.append(b)
-    return json.loads(b"".join(chunks))
+    finally:
+        s.close()
+    code, _, out = b"".join(chunks).partition(b"\n")
+    return int(code), out
 
 
 def main():
     stdin = sys.stdin.read()
-    env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
-    try:
-        conf = json.loads(stdin) if stdin.strip() else {}
-        if not isinstance(conf, dict):
-            conf = {}
-    except ValueError:
-        conf = {}
-    version = conf.get("cniVersion") if conf.get("cniVersion") in SUPPORTED else SUPPORTED[-1]
-    if env.get("CNI_COMMAND") == "VERSION":
-        sys.stdout.write(json.dumps({"cniVersion": version, "supportedVersions": SUPPORTED}))
+    command = os.environ.get("CNI_COMMAND", "")
+    if command == "VERSION":
+        import json
+
+        ver = _version(_conf(stdin))
+        sys.stdout.write(json.dumps({"cniVersion": ver, "supportedVersions": SUPPORTED}))
         return 0
-    path = conf.get("agentSocket") or DEFAULT_SOCKET
-    request = json.dumps({"env": env, "stdin": stdin}).encode()
+    path = _conf(stdin).get("agentSocket") if '"agentSocket"' in stdin else None
+    path = path if isinstance(path, str) and path else DEFAULT_SOCKET
+    env = "".join(f"{k}={v}\n" for k, v in os.environ.items() if k.startswith("CNI_"))
     try:
-        answer = _ask(path, request)
+        code, out = _ask(path, f"{env}\n{stdin}".encode())
     except (OSError, ValueError) as e:
-        code = 50 if env.get("CNI_COMMAND") == "STATUS" else 11
-        return _fail(version, code, f"flatnet agent not reachable at {path}: {e}")
-    sys.stdout.write(answer.get("stdout", ""))
-    return int(answer.get("code", 1))
+        return _fail(stdin, 50 if command == "STATUS" else 11,
+                     f"flatnet agent not reachable at {path}: {e}")
+    sys.stdout.buffer.write(out)
+    return code
 
 
 if __name__ == "__main__":
