@@ -49,10 +49,21 @@ def plugin_peak_rss(chain: Chain, pod_ns: str) -> int:
     conf = json.dumps(dict(plugin, name=chain.conf["name"], cniVersion=chain.conf["cniVersion"]))
     peak = 0
     for cmd in ("ADD", "DEL"):
-        env = dict(os.environ, CNI_COMMAND=cmd, CNI_CONTAINERID="rss", CNI_NETNS=pod_ns,
-                   CNI_IFNAME="eth0", CNI_PATH=":".join(chain.bin_dirs))
-        p = subprocess.Popen([chain._find("flatnet")], stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, env=env, preexec_fn=chain._preexec)
+        env = dict(
+            os.environ,
+            CNI_COMMAND=cmd,
+            CNI_CONTAINERID="rss",
+            CNI_NETNS=pod_ns,
+            CNI_IFNAME="eth0",
+            CNI_PATH=":".join(chain.bin_dirs),
+        )
+        p = subprocess.Popen(
+            [chain._find("flatnet")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=chain._preexec,
+        )
         assert p.stdin is not None
         p.stdin.write(conf.encode())
         p.stdin.close()
@@ -72,26 +83,65 @@ def main() -> None:
     try:
         sock = str(tmp / "agent.sock")
         install(str(tmp / "bin"), str(tmp / "net.d"), sock)
-        agent_pid = spawn(node, [sys.executable, "-m", "flatnet", "agent", "--node", "bench",
-                                 "--store", f"sqlite://{tmp / 'store.db'}", "--socket", sock,
-                                 "--underlay-ip", "192.168.9.1"], tmp / "agent.log",
-                          {"PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+        agent_pid = spawn(
+            node,
+            [
+                sys.executable,
+                "-m",
+                "flatnet",
+                "agent",
+                "--node",
+                "bench",
+                "--store",
+                f"sqlite://{tmp / 'store.db'}",
+                "--socket",
+                sock,
+                "--underlay-ip",
+                "192.168.9.1",
+            ],
+            tmp / "agent.log",
+            {"PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+        )
         for _ in range(200):
             if os.path.exists(sock):
                 break
             time.sleep(0.05)
         time.sleep(0.2)
         bins = [str(tmp / "bin"), "/usr/lib/cni"]
-        ours = Chain({"cniVersion": "1.0.0", "name": "flatnet",
-                      "plugins": [{"type": "loopback"},
-                                  *conflist(sock, portmap=False)["plugins"]]}, bins, ns=node)
-        ref = Chain({"cniVersion": "1.0.0", "name": "ref", "plugins": [
-            {"type": "loopback"},
-            {"type": "bridge", "bridge": "cni0", "isGateway": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]],
-                      "dataDir": str(tmp / "host-local")}}]}, bins, ns=node)
+        ours = Chain(
+            {
+                "cniVersion": "1.0.0",
+                "name": "flatnet",
+                "plugins": [{"type": "loopback"}, *conflist(sock, portmap=False)["plugins"]],
+            },
+            bins,
+            ns=node,
+        )
+        ref = Chain(
+            {
+                "cniVersion": "1.0.0",
+                "name": "ref",
+                "plugins": [
+                    {"type": "loopback"},
+                    {
+                        "type": "bridge",
+                        "bridge": "cni0",
+                        "isGateway": True,
+                        "ipam": {
+                            "type": "host-local",
+                            "ranges": [[{"subnet": "10.88.0.0/16"}]],
+                            "dataDir": str(tmp / "host-local"),
+                        },
+                    },
+                ],
+            },
+            bins,
+            ns=node,
+        )
         times: dict[str, dict[str, list[float]]] = {
-            "flatnet": {"ADD": [], "DEL": []}, "reference": {"ADD": [], "DEL": []}}
+            "flatnet": {"ADD": [], "DEL": []},
+            "reference": {"ADD": [], "DEL": []},
+        }
         # warm up both (first bridge creation, page cache)
         for name, chain in (("flatnet", ours), ("reference", ref)):
             ns = f"{tag}-w{name[0]}"
@@ -113,15 +163,17 @@ def main() -> None:
                 times[name]["DEL"].append((t2 - t1) * 1000)
         print(f"CNI latency per pod, {PODS} pods each, interleaved, same node namespace")
         print(f"{'chain':<34}{'ADD p50':>9}{'ADD p99':>9}{'DEL p50':>9}{'DEL p99':>9}  (ms)")
-        labels = {"flatnet": "flatnet + loopback",
-                  "reference": "bridge + host-local + loopback"}
+        labels = {"flatnet": "flatnet + loopback", "reference": "bridge + host-local + loopback"}
         for name in ("flatnet", "reference"):
             t = times[name]
-            print(f"{labels[name]:<34}{pct(t['ADD'], 50):9.1f}{pct(t['ADD'], 99):9.1f}"
-                  f"{pct(t['DEL'], 50):9.1f}{pct(t['DEL'], 99):9.1f}")
+            print(
+                f"{labels[name]:<34}{pct(t['ADD'], 50):9.1f}{pct(t['ADD'], 99):9.1f}"
+                f"{pct(t['DEL'], 50):9.1f}{pct(t['DEL'], 99):9.1f}"
+            )
         for verb in ("ADD", "DEL"):
             r = statistics.median(times["flatnet"][verb]) / statistics.median(
-                times["reference"][verb])
+                times["reference"][verb]
+            )
             print(f"ratio flatnet/reference {verb} p50: {r:.2f}x")
         ns = f"{tag}-rss"
         made.append(ns)

@@ -21,8 +21,10 @@ def main() -> None:
     name = "b" + uuid.uuid4().hex[:6]
     docs = [f"kind: Lab\nname: {name}\nnodes: [node1]\n"]
     for i in range(PODS):
-        docs.append("apiVersion: v1\nkind: Pod\n"
-                    f"metadata: {{name: p{i}}}\nspec: {{nodeName: node1, containers: [{{name: m}}]}}\n")
+        docs.append(
+            "apiVersion: v1\nkind: Pod\n"
+            f"metadata: {{name: p{i}}}\nspec: {{nodeName: node1, containers: [{{name: m}}]}}\n"
+        )
     t = topo.parse("---\n".join(docs), "<bench>")
     start = time.monotonic()
     marks: dict[str, float] = {}
@@ -37,11 +39,16 @@ def main() -> None:
         total = time.monotonic() - start
         for step, at in marks.items():
             print(f"  {step:<42} done at {at:6.2f} s")
-        print(f"lab start-up: 1 node, {PODS} pods ready in {total:.2f} s "
-              f"({total / PODS * 1000:.0f} ms per pod)")
+        print(
+            f"lab start-up: 1 node, {PODS} pods ready in {total:.2f} s "
+            f"({total / PODS * 1000:.0f} ms per pod)"
+        )
         pid = next(p["pid"] for p in st.processes if p["what"] == "agent:node1")
-        rss = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if ln.startswith("VmRSS:")][0].split()[1]
+        rss = [
+            ln
+            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ln.startswith("VmRSS:")
+        ][0].split()[1]
         print(f"agent RSS with {PODS} pods: {int(rss) / 1024:.1f} MiB")
     finally:
         if st is not None or (Path("/run/flatnet/labs") / name).exists():

@@ -18,8 +18,11 @@ from flatnet.errors import ConfigError, FlatnetError
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="flatnet: the Kubernetes pod network on the kernel's own parts.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="flatnet: the Kubernetes pod network on the kernel's own parts.",
+)
 lab_app = typer.Typer(no_args_is_help=True, help="Multi-node clusters on one machine.")
 app.add_typer(lab_app, name="lab")
 out = Console()
@@ -27,27 +30,44 @@ err = Console(stderr=True)
 
 
 @app.command()
-def agent(node: Annotated[str, typer.Option(help="this node's name")],
-          store: Annotated[str, typer.Option(help="sqlite://PATH or etcd://HOST:PORT")],
-          socket: Annotated[str, typer.Option(help="CNI socket")] = "/run/flatnet/agent.sock",
-          underlay_ip: Annotated[str, typer.Option(help="default: from the default route")] = "",
-          bridge: str = "fl0",
-          pod_cidr: str = "10.244.0.0/16", node_subnet_length: int = 24,
-          backend: str = "vxlan", mtu: int = 1500) -> None:
+def agent(
+    node: Annotated[str, typer.Option(help="this node's name")],
+    store: Annotated[str, typer.Option(help="sqlite://PATH or etcd://HOST:PORT")],
+    socket: Annotated[str, typer.Option(help="CNI socket")] = "/run/flatnet/agent.sock",
+    underlay_ip: Annotated[str, typer.Option(help="default: from the default route")] = "",
+    bridge: str = "fl0",
+    pod_cidr: str = "10.244.0.0/16",
+    node_subnet_length: int = 24,
+    backend: str = "vxlan",
+    mtu: int = 1500,
+) -> None:
     """Run the node agent (in this host's or lab node's own network namespace)."""
     from flatnet.agent.daemon import Agent, AgentOptions
     from flatnet.model import NetworkConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    net = NetworkConfig(pod_cidr=pod_cidr, node_subnet_length=node_subnet_length,
-                        backend=backend, mtu=mtu)
-    Agent(AgentOptions(node=node, store_url=store, socket_path=socket,
-                       underlay_ip=underlay_ip, bridge=bridge, network=net)).run_forever()
+    net = NetworkConfig(
+        pod_cidr=pod_cidr, node_subnet_length=node_subnet_length, backend=backend, mtu=mtu
+    )
+    Agent(
+        AgentOptions(
+            node=node,
+            store_url=store,
+            socket_path=socket,
+            underlay_ip=underlay_ip,
+            bridge=bridge,
+            network=net,
+        )
+    ).run_forever()
 
 
 @app.command("install-cni")
-def install_cni(bin_dir: str = "/opt/cni/bin", conf_dir: str = "/etc/cni/net.d",
-                agent_socket: str = "/run/flatnet/agent.sock", portmap: bool = True) -> None:
+def install_cni(
+    bin_dir: str = "/opt/cni/bin",
+    conf_dir: str = "/etc/cni/net.d",
+    agent_socket: str = "/run/flatnet/agent.sock",
+    portmap: bool = True,
+) -> None:
     """Install the CNI plugin binary and a conflist (flatnet + portmap)."""
     from flatnet.cni.install import install
 
@@ -71,8 +91,10 @@ def _one_lab(name: str | None) -> str:
         return name
     labs = list_labs()
     if len(labs) != 1:
-        raise ConfigError(f"{len(labs)} labs are up ({', '.join(s.name for s in labs) or '-'}); "
-                          "name one with --lab")
+        raise ConfigError(
+            f"{len(labs)} labs are up ({', '.join(s.name for s in labs) or '-'}); "
+            "name one with --lab"
+        )
     return labs[0].name
 
 
@@ -89,8 +111,14 @@ def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> 
     if backend:
         t = replace(t, network=replace(t.network, backend=backend))
     start = time.monotonic()
-    with Progress(TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description:<42}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(step: str, done: int, total: int) -> None:
@@ -99,8 +127,10 @@ def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> 
             bar.update(tasks[step], completed=done)
 
         st = cluster.build(t, progress)
-    out.print(f"lab [bold]{st.name}[/]: {len(st.nodes)} node(s), {len(st.pods)} pod(s) ready "
-              f"in {time.monotonic() - start:.1f}s")
+    out.print(
+        f"lab [bold]{st.name}[/]: {len(st.nodes)} node(s), {len(st.pods)} pod(s) ready "
+        f"in {time.monotonic() - start:.1f}s"
+    )
 
 
 @lab_app.command("down")
@@ -133,10 +163,12 @@ def _target_ns(st: Any, target: str) -> str:
     raise ConfigError(f"lab '{st.name}' has no pod, node or external host named '{target}'")
 
 
-@lab_app.command("exec", context_settings={"allow_extra_args": True,
-                                           "ignore_unknown_options": True})
-def lab_exec(ctx: typer.Context, target: str,
-             lab: Annotated[str | None, typer.Option()] = None) -> None:
+@lab_app.command(
+    "exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def lab_exec(
+    ctx: typer.Context, target: str, lab: Annotated[str | None, typer.Option()] = None
+) -> None:
     """Run a command in a pod, node or the external host: exec TARGET -- CMD..."""
     from flatnet.kernel import netns
     from flatnet.lab.state import LabState
@@ -165,8 +197,11 @@ def lab_cni(node: str, lab: Annotated[str | None, typer.Option()] = None) -> Non
     if node not in st.nodes:
         raise ConfigError(f"lab '{st.name}' has no node '{node}'")
     n = st.nodes[node]
-    print(json.dumps({"netns": netns.path_of(n["ns"]), "confDir": n["confDir"],
-                      "binDir": n["binDir"]}))
+    print(
+        json.dumps(
+            {"netns": netns.path_of(n["ns"]), "confDir": n["confDir"], "binDir": n["binDir"]}
+        )
+    )
 
 
 @lab_app.command("check")
@@ -189,8 +224,9 @@ def lab_check(lab: Annotated[str | None, typer.Option()] = None) -> None:
             verdict = "[green]ok[/] no NAT" if r.seen_ip == own else "[red]NATed[/]"
         t.add_row(r.client, own, r.server, r.target, verdict, r.seen_ip)
     out.print(t)
-    bad = [r for r in results if not r.ok or (r.server != "external"
-                                               and r.seen_ip != eps[r.client][1])]
+    bad = [
+        r for r in results if not r.ok or (r.server != "external" and r.seen_ip != eps[r.client][1])
+    ]
     out.print(f"{len(results) - len(bad)}/{len(results)} probes passed")
     raise typer.Exit(1 if bad else 0)
 
@@ -207,10 +243,12 @@ def _store_for(lab: str | None, store: str | None) -> Any:
 
 
 @app.command()
-def get(kind: str, lab: Annotated[str | None, typer.Option()] = None,
-        store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
-        output: Annotated[str, typer.Option("-o", "--output", help="json|wide")] = "wide"
-        ) -> None:
+def get(
+    kind: str,
+    lab: Annotated[str | None, typer.Option()] = None,
+    store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="json|wide")] = "wide",
+) -> None:
     """Show pods or nodes: get pods|nodes [-o json|wide]."""
     from flatnet.model import PREFIX, PodRecord
 
@@ -220,9 +258,18 @@ def get(kind: str, lab: Annotated[str | None, typer.Option()] = None,
             items = []
             for kv in s.range(PREFIX + "pods/"):
                 p = PodRecord.from_json(kv.value)
-                items.append({"name": p.name, "namespace": p.namespace, "node": p.node,
-                              "ip": p.ip, "netns": p.netns, "mode": p.mode,
-                              "labels": p.labels, "phase": p.phase})
+                items.append(
+                    {
+                        "name": p.name,
+                        "namespace": p.namespace,
+                        "node": p.node,
+                        "ip": p.ip,
+                        "netns": p.netns,
+                        "mode": p.mode,
+                        "labels": p.labels,
+                        "phase": p.phase,
+                    }
+                )
             cols = ["namespace", "name", "node", "ip", "mode", "phase", "netns"]
         elif kind in ("nodes", "node", "no"):
             items = [json.loads(kv.value) for kv in s.range(PREFIX + "nodes/")]

@@ -60,8 +60,14 @@ def _candidates(cfg: NetworkConfig, node: str, store: Store) -> Iterable[ipaddre
     yield from cfg.pod_network.subnets(new_prefix=cfg.node_subnet_length)
 
 
-def lease_subnet(store: Store, cfg: NetworkConfig, node: str, underlay_ip: str,
-                 ttl_lease: int, backend_data: dict | None = None) -> Lease:  # type: ignore[type-arg]
+def lease_subnet(
+    store: Store,
+    cfg: NetworkConfig,
+    node: str,
+    underlay_ip: str,
+    ttl_lease: int,
+    backend_data: dict | None = None,
+) -> Lease:
     """Claim (or re-claim) this node's subnet, attached to ``ttl_lease``."""
     held = find_lease(store, node)
     if held is not None:
@@ -77,8 +83,10 @@ def lease_subnet(store: Store, cfg: NetworkConfig, node: str, underlay_ip: str,
         if store.create(subnet_key(net), lease.to_json(), lease=ttl_lease):
             return _remember(store, lease)
         taken.add(net)
-    raise SubnetExhausted(f"no free /{cfg.node_subnet_length} subnet left in pod CIDR "
-                          f"{cfg.pod_cidr} for node '{node}'")
+    raise SubnetExhausted(
+        f"no free /{cfg.node_subnet_length} subnet left in pod CIDR "
+        f"{cfg.pod_cidr} for node '{node}'"
+    )
 
 
 def _remember(store: Store, lease: Lease) -> Lease:
@@ -124,8 +132,10 @@ class PodIPAM:
                 if self.store.create(self.prefix + str(ip), alloc.to_json()):
                     self._last = int(ip)
                     return alloc
-            raise SubnetExhausted(f"subnet {self.subnet} of node '{self.node}' has no free "
-                                  f"pod IP ({span} addresses in use)")
+            raise SubnetExhausted(
+                f"subnet {self.subnet} of node '{self.node}' has no free "
+                f"pod IP ({span} addresses in use)"
+            )
 
     def release(self, container_id: str, ifname: str) -> Allocation | None:
         """Free the IP of (container, ifname); None when it held none (idempotent)."""
@@ -151,5 +161,7 @@ class PodIPAM:
     def check(self, container_id: str, ifname: str, ip: str) -> None:
         a = self.find(container_id, ifname)
         if a is None or a.ip != ip:
-            raise IPAMError(f"container '{container_id}' interface '{ifname}' holds "
-                            f"{a.ip if a else 'no IP'} in the store, expected {ip}")
+            raise IPAMError(
+                f"container '{container_id}' interface '{ifname}' holds "
+                f"{a.ip if a else 'no IP'} in the store, expected {ip}"
+            )

@@ -65,10 +65,12 @@ class NetworkConfig:
         if not pod.prefixlen < self.node_subnet_length <= 30:
             raise ConfigError(
                 f"network.nodeSubnetLength: {self.node_subnet_length} must be longer than "
-                f"the pod CIDR's /{pod.prefixlen} and at most 30")
+                f"the pod CIDR's /{pod.prefixlen} and at most 30"
+            )
         if self.backend not in BACKENDS:
-            raise ConfigError(f"network.backend: '{self.backend}' is not one of "
-                              f"{', '.join(BACKENDS)}")
+            raise ConfigError(
+                f"network.backend: '{self.backend}' is not one of {', '.join(BACKENDS)}"
+            )
         if not 576 <= self.mtu <= 65535:
             raise ConfigError(f"network.mtu: {self.mtu} is out of range 576..65535")
 

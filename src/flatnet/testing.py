@@ -82,8 +82,14 @@ class EtcdServer:
 
     def start(self, timeout: float = 20) -> None:
         with open(self.data_dir / "etcd.log", "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, cwd=self.data_dir,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=log,
+                stderr=log,
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -101,7 +107,7 @@ class EtcdServer:
                 )
             try:
                 ep = self.socket_url if self.unix_socket else self.url
-                st = EtcdStore(ep[len("etcd://"):], timeout=1)
+                st = EtcdStore(ep[len("etcd://") :], timeout=1)
                 try:
                     st.revision()
                     return

@@ -51,22 +51,34 @@ kind: Pod
 metadata:
   name: side
   annotations: {{flatnet.io/network-mode: "container:a"}}
-spec: {{nodeName: node1, containers: [{{name: s, command: [sleep, infinity]}}, {{name: t, command: [sleep, infinity]}}]}}
+spec:
+  nodeName: node1
+  containers:
+  - {{name: s, command: [sleep, infinity]}}
+  - {{name: t, command: [sleep, infinity]}}
 """
 
 
 def flatnet(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=SRC, COLUMNS="200")
-    r = subprocess.run([sys.executable, "-m", "flatnet", *args], capture_output=True,
-                       text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "flatnet", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
 
 
 def lab_namespaces(name: str) -> list[str]:
-    return [n for n in os.listdir(netns.NS_DIR) if n.startswith(f"fl-{name}-")] \
-        if netns.NS_DIR.exists() else []
+    return (
+        [n for n in os.listdir(netns.NS_DIR) if n.startswith(f"fl-{name}-")]
+        if netns.NS_DIR.exists()
+        else []
+    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
@@ -99,16 +111,23 @@ def test_single_node_lab(lab: str) -> None:
     assert ps["a"]["labels"] == {"app": "web"}
     a, b = ps["a"]["ip"], ps["b"]["ip"]
     # bridge: own IPs in the node subnet, the same seen from inside the pod
-    assert run(lab, "a", "ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3] \
-        == a + "/24"
+    assert run(lab, "a", "ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3] == a + "/24"
     # pod -> pod: ping and TCP, and the server sees the client's own IP
     assert run(lab, "a", "ping", "-c1", "-W1", b).returncode == 0
-    seen = run(lab, "a", sys.executable, "-m", "flatnet.agnhost", "get",
-               f"http://{b}:8080/clientip")
+    seen = run(
+        lab, "a", sys.executable, "-m", "flatnet.agnhost", "get", f"http://{b}:8080/clientip"
+    )
     assert seen.stdout.startswith(a + ":"), seen
     # pod -> external: reached, masqueraded to the node's IP (leaves the cluster)
-    ext = run(lab, "b", sys.executable, "-m", "flatnet.agnhost", "get",
-              "http://192.168.50.254:8080/clientip")
+    ext = run(
+        lab,
+        "b",
+        sys.executable,
+        "-m",
+        "flatnet.agnhost",
+        "get",
+        "http://192.168.50.254:8080/clientip",
+    )
     assert ext.stdout.startswith(node["underlayIP"] + ":"), ext
     assert run(lab, "b", "ping", "-c1", "-W1", "192.168.50.254").returncode == 0
     # node -> pod, no NAT (source is the bridge gateway, a node address)
@@ -120,8 +139,12 @@ def test_single_node_lab(lab: str) -> None:
     assert len(iso) == 1 and ": lo:" in iso[0] and "UP" in iso[0]
     assert ps["isolated"]["ip"] == ""
     assert ps["side"]["ip"] == a and ps["side"]["netns"] == ps["a"]["netns"]
-    assert run(lab, "side", sys.executable, "-m", "flatnet.agnhost", "connect",
-               "127.0.0.1:8080").returncode == 0  # a's server, on the shared loopback
+    assert (
+        run(
+            lab, "side", sys.executable, "-m", "flatnet.agnhost", "connect", "127.0.0.1:8080"
+        ).returncode
+        == 0
+    )  # a's server, on the shared loopback
     # the check command agrees
     check = flatnet("lab", "check", "--lab", lab)
     assert "probes passed" in check.stdout and "FAIL" not in check.stdout
@@ -134,8 +157,11 @@ def test_single_node_lab(lab: str) -> None:
 
 def test_lab_file_mistake_makes_nothing(uniq: str, tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
-    f.write_text(LAB.format(name=uniq, datastore="sqlite").replace("nodeName: node1, hostNet",
-                                                                   "nodeName: node7, hostNet"))
+    f.write_text(
+        LAB.format(name=uniq, datastore="sqlite").replace(
+            "nodeName: node1, hostNet", "nodeName: node7, hostNet"
+        )
+    )
     r = flatnet("lab", "up", str(f), check=False)
     assert r.returncode == 1 and f"{f}:20: spec.nodeName: 'node7'" in r.stderr, r.stderr
     assert lab_namespaces(uniq) == [] and not (LABS_DIR / uniq).exists()

@@ -40,8 +40,12 @@ class Node:
         conf = conflist(self.socket, portmap=portmap)
         conf["cniVersion"] = version
         conf["plugins"][0].update(extra)
-        return Chain(conf, [str(self.dir / "bin"), "/usr/lib/cni"], ns=self.ns,
-                     cache_dir=str(self.dir / "cache"))
+        return Chain(
+            conf,
+            [str(self.dir / "bin"), "/usr/lib/cni"],
+            ns=self.ns,
+            cache_dir=str(self.dir / "cache"),
+        )
 
     def sh(self, ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
         name = ns.rsplit("/", 1)[-1]
@@ -60,9 +64,17 @@ class Node:
 
 
 def start_agent(name: str, ns: str, d: Path, net: NetworkConfig | None = None) -> Agent:
-    a = Agent(AgentOptions(node="node1", store_url=f"sqlite://{d / 'store.db'}",
-                           socket_path=str(d / "agent.sock"), underlay_ip="192.168.9.1",
-                           ns=netns.path_of(ns), network=net, reclaim_every=3600))
+    a = Agent(
+        AgentOptions(
+            node="node1",
+            store_url=f"sqlite://{d / 'store.db'}",
+            socket_path=str(d / "agent.sock"),
+            underlay_ip="192.168.9.1",
+            ns=netns.path_of(ns),
+            network=net,
+            reclaim_every=3600,
+        )
+    )
     a.start()
     return a
 

@@ -9,11 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from privileged.conftest import Node, start_agent
 
 from flatnet.cni.runtime import Chain
 from flatnet.errors import CNIError
 from flatnet.kernel import netns
-from privileged.conftest import Node, make_node, start_agent
 
 pytestmark = pytest.mark.privileged
 
@@ -45,8 +45,11 @@ def test_del_succeeds_when_netns_is_gone(node: Node) -> None:
     ns = node.pod_ns("gone")
     chain.add("c1", ns)
     netns.delete(ns.rsplit("/", 1)[1])
-    r = chain.exec_plugin(chain.conf["plugins"][0], "DEL",
-                          {"CNI_CONTAINERID": "c1", "CNI_NETNS": "", "CNI_IFNAME": "eth0"})
+    r = chain.exec_plugin(
+        chain.conf["plugins"][0],
+        "DEL",
+        {"CNI_CONTAINERID": "c1", "CNI_NETNS": "", "CNI_IFNAME": "eth0"},
+    )
     assert r.code == 0, r.stdout
     assert node.allocations() == [] and node.veths() == set()
 
@@ -63,24 +66,55 @@ def test_check_detects_a_removed_address(node: Node) -> None:
 def test_chain_with_loopback_and_portmap(node: Node) -> None:
     """flatnet + portmap from Debian; loopback first, as runtimes call it."""
     client = node.pod_ns("client")
-    subprocess.run(["ip", "-n", node.ns, "link", "add", "up0", "type", "veth", "peer", "name",
-                    "eth0", "netns", client.rsplit("/", 1)[1]], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            node.ns,
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            client.rsplit("/", 1)[1],
+        ],
+        check=True,
+    )
     node.sh(node.ns, "ip", "addr", "add", "192.168.9.1/24", "dev", "up0")
     node.sh(node.ns, "ip", "link", "set", "up0", "up")
     node.sh(client, "ip", "addr", "add", "192.168.9.2/24", "dev", "eth0")
     node.sh(client, "ip", "link", "set", "eth0", "up")
     ns = node.pod_ns("web")
-    lo = Chain({"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]},
-               ["/usr/lib/cni"], ns=node.ns)
+    lo = Chain(
+        {"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]},
+        ["/usr/lib/cni"],
+        ns=node.ns,
+    )
     lo.add("w1", ns, "lo")
     chain = node.chain("1.0.0", portmap=True)
     rc = {"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]}
     res = chain.add("w1", ns, "eth0", pod=("default", "web"), runtime_config=rc)
     assert res["ips"][0]["address"].startswith("10.244.")
     assert node.sh(ns, "ping", "-c1", "-W1", "127.0.0.1").returncode == 0  # loopback is up
-    srv = subprocess.Popen(["ip", "netns", "exec", ns.rsplit("/", 1)[1], "python3", "-m",
-                            "flatnet.agnhost", "netexec", "--http-port", "8080"],
-                           env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src")))
+    srv = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns.rsplit("/", 1)[1],
+            "python3",
+            "-m",
+            "flatnet.agnhost",
+            "netexec",
+            "--http-port",
+            "8080",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src")),
+    )
     try:
         out = ""
         for _ in range(50):
@@ -108,8 +142,9 @@ def test_bad_netns_path_leaves_nothing(node: Node) -> None:
 def test_failed_add_rolls_back_veth_and_ip(node: Node) -> None:
     ns = node.pod_ns("busy")
     name = ns.rsplit("/", 1)[1]
-    subprocess.run(["ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "x0"],
-                   check=True)
+    subprocess.run(
+        ["ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "x0"], check=True
+    )
     with pytest.raises(CNIError) as e:
         node.chain().add("c1", ns)
     assert e.value.cni_code == 5 and "exists already" in str(e.value)
@@ -218,5 +253,3 @@ def test_node_has_masquerade_only_for_leaving_traffic(node: Node) -> None:
     assert "ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return" in rules
     assert "masquerade fully-random" in rules
     assert node.sh(node.ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
-
-

@@ -11,8 +11,13 @@ from flatnet.cni import protocol
 from flatnet.cni.protocol import Request
 from flatnet.errors import CNIError, SubnetExhausted
 
-ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/run/netns/x",
-       "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+ENV = {
+    "CNI_COMMAND": "ADD",
+    "CNI_CONTAINERID": "abc123",
+    "CNI_NETNS": "/run/netns/x",
+    "CNI_IFNAME": "eth0",
+    "CNI_PATH": "/opt/cni/bin",
+}
 
 
 class Fake:
@@ -24,8 +29,10 @@ class Fake:
         self.calls.append(("add", req))
         if self.fail:
             raise self.fail
-        return {"interfaces": [{"name": "eth0", "sandbox": req.netns}],
-                "ips": [{"address": "10.244.1.2/24", "gateway": "10.244.1.1", "interface": 0}]}
+        return {
+            "interfaces": [{"name": "eth0", "sandbox": req.netns}],
+            "ips": [{"address": "10.244.1.2/24", "gateway": "10.244.1.1", "interface": 0}],
+        }
 
     def delete(self, req: Request) -> None:
         self.calls.append(("del", req))
@@ -55,20 +62,25 @@ def test_add_result_in_request_version(version: str) -> None:
 def test_version_verb_needs_no_agent() -> None:
     code, out = protocol.handle(Fake(), {"CNI_COMMAND": "VERSION"}, conf("0.4.0"))
     assert code == 0
-    assert json.loads(out) == {"cniVersion": "0.4.0", "supportedVersions": ["0.4.0", "1.0.0",
-                                                                            "1.1.0"]}
+    assert json.loads(out) == {
+        "cniVersion": "0.4.0",
+        "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"],
+    }
 
 
-@pytest.mark.parametrize("env,stdin,code,words", [
-    (ENV, "{not json", 6, "not valid JSON"),
-    (ENV, conf("0.3.1"), 1, "cniVersion '0.3.1'"),
-    ({**ENV, "CNI_COMMAND": "GC"}, conf("1.0.0"), 1, "GC needs cniVersion 1.1.0"),
-    ({k: v for k, v in ENV.items() if k != "CNI_NETNS"}, conf(), 4, "CNI_NETNS"),
-    ({**ENV, "CNI_COMMAND": "FROB"}, conf(), 4, "CNI_COMMAND 'FROB'"),
-    ({**ENV, "CNI_CONTAINERID": "-bad"}, conf(), 4, "CNI_CONTAINERID '-bad'"),
-    ({**ENV, "CNI_IFNAME": "a-very-long-ifname0"}, conf(), 4, "CNI_IFNAME"),
-    ({**ENV, "CNI_ARGS": "FOO=1"}, conf(), 2, "unknown key(s) FOO"),
-])
+@pytest.mark.parametrize(
+    "env,stdin,code,words",
+    [
+        (ENV, "{not json", 6, "not valid JSON"),
+        (ENV, conf("0.3.1"), 1, "cniVersion '0.3.1'"),
+        ({**ENV, "CNI_COMMAND": "GC"}, conf("1.0.0"), 1, "GC needs cniVersion 1.1.0"),
+        ({k: v for k, v in ENV.items() if k != "CNI_NETNS"}, conf(), 4, "CNI_NETNS"),
+        ({**ENV, "CNI_COMMAND": "FROB"}, conf(), 4, "CNI_COMMAND 'FROB'"),
+        ({**ENV, "CNI_CONTAINERID": "-bad"}, conf(), 4, "CNI_CONTAINERID '-bad'"),
+        ({**ENV, "CNI_IFNAME": "a-very-long-ifname0"}, conf(), 4, "CNI_IFNAME"),
+        ({**ENV, "CNI_ARGS": "FOO=1"}, conf(), 2, "unknown key(s) FOO"),
+    ],
+)
 def test_bad_input_codes(env: dict[str, str], stdin: str, code: int, words: str) -> None:
     fake = Fake()
     rc, out = protocol.handle(fake, env, stdin)
@@ -93,8 +105,14 @@ def test_del_without_netns_is_valid() -> None:
 
 def test_gc_passes_valid_attachments() -> None:
     fake = Fake()
-    stdin = json.dumps({"cniVersion": "1.1.0", "name": "n", "type": "flatnet",
-                        "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]})
+    stdin = json.dumps(
+        {
+            "cniVersion": "1.1.0",
+            "name": "n",
+            "type": "flatnet",
+            "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}],
+        }
+    )
     assert protocol.handle(fake, {"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, stdin)[0] == 0
     assert fake.calls == [("gc", {("a", "eth0")})]
 

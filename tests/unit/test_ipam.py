@@ -20,7 +20,10 @@ def store(tmp_path: Path) -> Store:
 def test_config_defaults_and_errors() -> None:
     cfg = NetworkConfig()
     assert (cfg.pod_cidr, cfg.node_subnet_length, cfg.service_cidr) == (
-        "10.244.0.0/16", 24, "10.96.0.0/12")
+        "10.244.0.0/16",
+        24,
+        "10.96.0.0/12",
+    )
     with pytest.raises(ConfigError, match="podCIDR: '10.244.0.0/33'"):
         NetworkConfig(pod_cidr="10.244.0.0/33")
     with pytest.raises(ConfigError, match="nodeSubnetLength"):
@@ -92,8 +95,9 @@ def test_hundred_concurrent_allocations_distinct(store: Store) -> None:
         t.join()
     assert len(set(got)) == 100
     net = ipaddress.IPv4Network("10.244.7.0/24")
-    assert all(ipaddress.IPv4Address(ip) in net and not ip.endswith((".0", ".1", ".255"))
-               for ip in got)
+    assert all(
+        ipaddress.IPv4Address(ip) in net and not ip.endswith((".0", ".1", ".255")) for ip in got
+    )
 
 
 def test_exhausted_pod_subnet_and_gc(store: Store) -> None:

@@ -37,20 +37,35 @@ def test_good_file() -> None:
     assert t.node_ip("node2") == "192.168.50.12" and t.external_ip == "192.168.50.254"
 
 
-@pytest.mark.parametrize("bad,line,words", [
-    (GOOD.replace("nodes: [node1, node2]", "nodes: [node1, Node_2]"), 3, "Node_2"),
-    (GOOD.replace("name: t1", "name: t1\nbogus: 1"), 3, "bogus"),
-    (GOOD.replace("nodeName: node1, containers: [{name: main}]",
-                  "nodeName: node9, containers: [{name: main}]"), 9, "'node9'"),
-    (GOOD.replace("kind: Lab", "kind: Cluster"), 1, "kind: Lab"),
-    (GOOD.replace('"container:a"', '"bridgey"'), 15, "'bridgey'"),
-    (GOOD.replace('"container:a"', '"container:zz"'), 11, "container:zz"),
-    (GOOD + "---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n", 18, "'Service'"),
-    (GOOD.replace("name: t1", "name: t1\nnetwork: {podCIDR: 10.244.0.0/33}"), 3, "podCIDR"),
-    (GOOD.replace("external: true", "external: [true"), 5, "not valid YAML"),
-    (GOOD.replace("spec: {nodeName: node1, containers: [{name: main}]}",
-                  "spec: {nodeName: node1, containers: []}"), 9, "containers"),
-])
+@pytest.mark.parametrize(
+    "bad,line,words",
+    [
+        (GOOD.replace("nodes: [node1, node2]", "nodes: [node1, Node_2]"), 3, "Node_2"),
+        (GOOD.replace("name: t1", "name: t1\nbogus: 1"), 3, "bogus"),
+        (
+            GOOD.replace(
+                "nodeName: node1, containers: [{name: main}]",
+                "nodeName: node9, containers: [{name: main}]",
+            ),
+            9,
+            "'node9'",
+        ),
+        (GOOD.replace("kind: Lab", "kind: Cluster"), 1, "kind: Lab"),
+        (GOOD.replace('"container:a"', '"bridgey"'), 15, "'bridgey'"),
+        (GOOD.replace('"container:a"', '"container:zz"'), 11, "container:zz"),
+        (GOOD + "---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n", 18, "'Service'"),
+        (GOOD.replace("name: t1", "name: t1\nnetwork: {podCIDR: 10.244.0.0/33}"), 3, "podCIDR"),
+        (GOOD.replace("external: true", "external: [true"), 5, "not valid YAML"),
+        (
+            GOOD.replace(
+                "spec: {nodeName: node1, containers: [{name: main}]}",
+                "spec: {nodeName: node1, containers: []}",
+            ),
+            9,
+            "containers",
+        ),
+    ],
+)
 def test_mistakes_name_file_line_and_field(bad: str, line: int, words: str) -> None:
     with pytest.raises(LabFileError) as e:
         topo.parse(bad, "lab.yaml")

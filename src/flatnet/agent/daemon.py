@@ -10,8 +10,8 @@ namespace: ``ns`` (None on a real host) names where its kernel objects go.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import json
 import logging
 import os
 import resource
@@ -78,8 +78,13 @@ class Agent:
         self._spawn(self._keepalive_loop, "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
         self.ready.set()
-        log.info("node %s ready: subnet %s, underlay %s, socket %s", o.node,
-                 self.lease.subnet, underlay, o.socket_path)
+        log.info(
+            "node %s ready: subnet %s, underlay %s, socket %s",
+            o.node,
+            self.lease.subnet,
+            underlay,
+            o.socket_path,
+        )
 
     def _spawn(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=fn, name=name, daemon=True)
@@ -144,9 +149,13 @@ class Agent:
                 if not self.store.keepalive(self._ttl_lease):
                     log.warning("subnet lease expired; re-claiming")
                     self._ttl_lease = self.store.grant(self.config.lease_ttl)
-                    self.lease = lease_subnet(self.store, self.config, self.opts.node,
-                                              self.lease.underlay_ip if self.lease else "",
-                                              self._ttl_lease)
+                    self.lease = lease_subnet(
+                        self.store,
+                        self.config,
+                        self.opts.node,
+                        self.lease.underlay_ip if self.lease else "",
+                        self._ttl_lease,
+                    )
             except Exception as e:  # keep trying: the store may be back soon
                 log.warning("lease keep-alive failed: %s", e)
 
@@ -172,14 +181,19 @@ class Agent:
         prev = req.config.get("prevResult") or {}
         interfaces = list(prev.get("interfaces", []))
         base = len(interfaces)
-        interfaces += [{"name": att.host_veth, "mac": att.host_mac},
-                       {"name": att.ifname, "mac": att.pod_mac, "sandbox": att.netns,
-                        "mtu": att.mtu}]
+        interfaces += [
+            {"name": att.host_veth, "mac": att.host_mac},
+            {"name": att.ifname, "mac": att.pod_mac, "sandbox": att.netns, "mtu": att.mtu},
+        ]
         ips = list(prev.get("ips", [])) + [
-            {"address": att.address, "gateway": att.gateway, "interface": base + 1}]
-        return {"interfaces": interfaces, "ips": ips,
-                "routes": [{"dst": "0.0.0.0/0", "gw": att.gateway}],
-                "dns": prev.get("dns", {})}
+            {"address": att.address, "gateway": att.gateway, "interface": base + 1}
+        ]
+        return {
+            "interfaces": interfaces,
+            "ips": ips,
+            "routes": [{"dst": "0.0.0.0/0", "gw": att.gateway}],
+            "dns": prev.get("dns", {}),
+        }
 
     def delete(self, req: Request) -> None:
         self._net(req).delete(req.container_id, req.ifname)
@@ -209,18 +223,18 @@ def validate_netconf(conf: dict[str, Any], cluster: NetworkConfig) -> None:
         try:
             cidr = ipaddress.IPv4Network(str(conf["podCIDR"]))
         except ValueError as e:
-            raise CNIError(7, f"network '{name}': podCIDR '{conf['podCIDR']}' is not a "
-                              f"valid CIDR ({e})") from e
+            raise CNIError(
+                7, f"network '{name}': podCIDR '{conf['podCIDR']}' is not a valid CIDR ({e})"
+            ) from e
         if str(cidr) != cluster.pod_cidr:
-            raise CNIError(7, f"network '{name}': podCIDR {cidr} differs from the "
-                              f"cluster's {cluster.pod_cidr}")
+            raise CNIError(
+                7, f"network '{name}': podCIDR {cidr} differs from the cluster's {cluster.pod_cidr}"
+            )
 
 
 def with_suppress_unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def underlay_address(ns: str | None) -> str:
@@ -235,5 +249,3 @@ def underlay_address(ns: str | None) -> str:
             if a.get("IFA_ADDRESS") and not a.get("IFA_ADDRESS").startswith("127."):
                 return str(a.get("IFA_ADDRESS"))
     raise ConfigError("cannot find the node's underlay IP: give --underlay-ip")
-
-

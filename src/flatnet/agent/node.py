@@ -34,14 +34,13 @@ table ip {NAT_TABLE} {{
   chain postrouting {{
     type nat hook postrouting priority 100; policy accept;
     ip saddr {pod_cidr} ip daddr {pod_cidr} return comment "pod to pod: never NAT"
-    ip saddr {pod_cidr} ip daddr != 224.0.0.0/4 masquerade fully-random comment "leaving the cluster"
+    ip saddr {pod_cidr} ip daddr != 224.0.0.0/4 masquerade fully-random comment "leaves cluster"
   }}
 }}
 """
 
 
-def setup_node(ns: str | None, bridge: str, subnet: str, pod_cidr: str, mtu: int,
-               nft: Nft) -> int:
+def setup_node(ns: str | None, bridge: str, subnet: str, pod_cidr: str, mtu: int, nft: Nft) -> int:
     """Make the node ready for pods; idempotent. Returns the bridge's ifindex."""
     netns.sysctl(ns, "net.ipv4.ip_forward", "1")
     netns.sysctl(ns, "net.bridge.bridge-nf-call-iptables", "1")

@@ -75,18 +75,33 @@ class PodNetwork:
                 undo.callback(self._drop_veth, host)
             pod_mac = self._configure_pod(pod_ns, ifname, alloc.ip)
             undo.pop_all()
-        return Attachment(cid, ifname, pod_ns, f"{alloc.ip}/{self.plen}",
-                          str(self.ipam.gateway), host, host_mac, pod_mac, self.mtu)
+        return Attachment(
+            cid,
+            ifname,
+            pod_ns,
+            f"{alloc.ip}/{self.plen}",
+            str(self.ipam.gateway),
+            host,
+            host_mac,
+            pod_mac,
+            self.mtu,
+        )
 
     def _make_veth(self, ipr, host: str, pod_ns: str, ifname: str) -> str:  # type: ignore[no-untyped-def]
         fd = os.open(pod_ns, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ipr.link("add", ifname=host, kind="veth", mtu=self.mtu,
-                     peer={"ifname": ifname, "net_ns_fd": fd, "mtu": self.mtu})
+            ipr.link(
+                "add",
+                ifname=host,
+                kind="veth",
+                mtu=self.mtu,
+                peer={"ifname": ifname, "net_ns_fd": fd, "mtu": self.mtu},
+            )
         except NetlinkError as e:
             what = "exists already" if e.code == errno.EEXIST else str(e)
-            raise KernelError(f"failed to create veth '{host}' <-> '{ifname}' in "
-                              f"'{pod_ns}': {what}") from e
+            raise KernelError(
+                f"failed to create veth '{host}' <-> '{ifname}' in '{pod_ns}': {what}"
+            ) from e
         finally:
             os.close(fd)
         try:
@@ -97,8 +112,9 @@ class PodNetwork:
             ipr.link("set", index=idx, master=br[0], state="up")
             return str(ipr.get_links(idx)[0].get("IFLA_ADDRESS"))
         except NetlinkError as e:
-            raise KernelError(f"failed to attach veth '{host}' to bridge "
-                              f"'{self.bridge}': {e}") from e
+            raise KernelError(
+                f"failed to attach veth '{host}' to bridge '{self.bridge}': {e}"
+            ) from e
 
     def _drop_veth(self, host: str) -> None:
         with self._node() as ipr:
@@ -113,8 +129,7 @@ class PodNetwork:
                 ipr.route("add", dst="0.0.0.0/0", gateway=str(self.ipam.gateway), oif=idx)
                 return str(ipr.get_links(idx)[0].get("IFLA_ADDRESS"))
         except NetlinkError as e:
-            raise KernelError(f"failed to configure '{ifname}' with {ip} in "
-                              f"'{pod_ns}': {e}") from e
+            raise KernelError(f"failed to configure '{ifname}' with {ip} in '{pod_ns}': {e}") from e
 
     def delete(self, cid: str, ifname: str) -> None:
         self.ipam.release(cid, ifname)
@@ -146,9 +161,12 @@ class PodNetwork:
     def host_veths(self) -> set[str]:
         """Names of the flatnet host veths on this node."""
         with self._node() as ipr:
-            return {n for link in ipr.get_links()
-                    if (n := link.get("IFLA_IFNAME", "")).startswith("fl")
-                    and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth"}
+            return {
+                n
+                for link in ipr.get_links()
+                if (n := link.get("IFLA_IFNAME", "")).startswith("fl")
+                and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth"
+            }
 
     def gc(self, valid: set[tuple[str, str]], older_than: float = 0.0) -> int:
         """Free IPs and host veths of attachments not in ``valid``; returns IPs freed."""
@@ -166,8 +184,9 @@ class PodNetwork:
         """Reclaim IPs whose host veth vanished (the pod's namespace was deleted
         without a DEL), if allocated longer than ``grace`` seconds ago."""
         present = self.host_veths()
-        valid = {(a.container_id, a.ifname) for a in self.ipam.allocations()
-                 if links.host_veth_name(a.container_id, a.ifname) in present}
+        valid = {
+            (a.container_id, a.ifname)
+            for a in self.ipam.allocations()
+            if links.host_veth_name(a.container_id, a.ifname) in present
+        }
         return [a.ip for a in self.ipam.gc(valid, older_than=grace)]
-
-

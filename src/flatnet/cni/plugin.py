@@ -15,16 +15,17 @@ VERSION is answered here; an unreachable agent is CNI error 11 (try again
 later), or 50 for STATUS.
 """
 
-import os
-import sys
+from __future__ import annotations
 
 import _socket
+import os
+import sys
 
 SUPPORTED = ["0.4.0", "1.0.0", "1.1.0"]
 DEFAULT_SOCKET = "/run/flatnet/agent.sock"
 
 
-def _conf(stdin):
+def _conf(stdin: str) -> dict:
     import json  # only on the slow paths
 
     try:
@@ -34,12 +35,12 @@ def _conf(stdin):
         return {}
 
 
-def _version(conf):
+def _version(conf: dict) -> str:
     v = conf.get("cniVersion")
     return v if v in SUPPORTED else SUPPORTED[-1]
 
 
-def _fail(stdin, code, msg):
+def _fail(stdin: str, code: int, msg: str) -> int:
     import json
 
     out = {"cniVersion": _version(_conf(stdin)), "code": code, "msg": msg, "details": ""}
@@ -47,7 +48,7 @@ def _fail(stdin, code, msg):
     return 1
 
 
-def _ask(path, request):
+def _ask(path: str, request: bytes) -> tuple[int, bytes]:
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(120)
@@ -66,7 +67,7 @@ def _ask(path, request):
     return int(code), out
 
 
-def main():
+def main() -> int:
     stdin = sys.stdin.read()
     command = os.environ.get("CNI_COMMAND", "")
     if command == "VERSION":
@@ -81,8 +82,9 @@ def main():
     try:
         code, out = _ask(path, f"{env}\n{stdin}".encode())
     except (OSError, ValueError) as e:
-        return _fail(stdin, 50 if command == "STATUS" else 11,
-                     f"flatnet agent not reachable at {path}: {e}")
+        return _fail(
+            stdin, 50 if command == "STATUS" else 11, f"flatnet agent not reachable at {path}: {e}"
+        )
     sys.stdout.buffer.write(out)
     return code
 

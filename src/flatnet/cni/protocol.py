@@ -19,8 +19,13 @@ __all__ = ["SUPPORTED", "Handler", "Request", "error_json", "handle", "parse"]
 SUPPORTED = ("0.4.0", "1.0.0", "1.1.0")
 VERBS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 _CID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_KNOWN_ARGS = {"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
-               "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
+_KNOWN_ARGS = {
+    "IgnoreUnknown",
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_NAME",
+    "K8S_POD_INFRA_CONTAINER_ID",
+    "K8S_POD_UID",
+}
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,10 @@ def _parse_args(raw: str) -> dict[str, str]:
         out[k] = v
     unknown = set(out) - _KNOWN_ARGS
     if unknown and out.get("IgnoreUnknown", "").lower() not in ("1", "true"):
-        raise CNIError(2, f"CNI_ARGS: unknown key(s) {', '.join(sorted(unknown))} "
-                          "(and IgnoreUnknown is not set)")
+        raise CNIError(
+            2,
+            f"CNI_ARGS: unknown key(s) {', '.join(sorted(unknown))} (and IgnoreUnknown is not set)",
+        )
     return out
 
 
@@ -97,8 +104,9 @@ def parse(env: dict[str, str], stdin: str) -> Request:
         raise CNIError(6, "network configuration must be a JSON object")
     version = config.get("cniVersion", "")
     if cmd != "VERSION" and version not in SUPPORTED:
-        raise CNIError(1, f"cniVersion '{version}' is not supported "
-                          f"(supported: {', '.join(SUPPORTED)})")
+        raise CNIError(
+            1, f"cniVersion '{version}' is not supported (supported: {', '.join(SUPPORTED)})"
+        )
     if cmd in ("GC", "STATUS") and version != "1.1.0":
         raise CNIError(1, f"{cmd} needs cniVersion 1.1.0, the request has '{version}'")
     if cmd in ("ADD", "CHECK"):
@@ -110,8 +118,15 @@ def parse(env: dict[str, str], stdin: str) -> Request:
         raise CNIError(4, f"CNI_CONTAINERID '{cid}' does not match {_CID.pattern}")
     if ifname and (len(ifname) > 15 or "/" in ifname or ifname in (".", "..")):
         raise CNIError(4, f"CNI_IFNAME '{ifname}' is not a valid interface name (≤15 chars)")
-    return Request(cmd, version or SUPPORTED[-1], config, cid, env.get("CNI_NETNS", ""),
-                   ifname, _parse_args(env.get("CNI_ARGS", "")))
+    return Request(
+        cmd,
+        version or SUPPORTED[-1],
+        config,
+        cid,
+        env.get("CNI_NETNS", ""),
+        ifname,
+        _parse_args(env.get("CNI_ARGS", "")),
+    )
 
 
 def render(version: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -137,8 +152,10 @@ def handle(handler: Handler, env: dict[str, str], stdin: str) -> tuple[int, str]
         elif req.command == "CHECK":
             handler.check(req)
         elif req.command == "GC":
-            valid = {(a.get("containerID", ""), a.get("ifname", ""))
-                     for a in req.config.get("cni.dev/valid-attachments", [])}
+            valid = {
+                (a.get("containerID", ""), a.get("ifname", ""))
+                for a in req.config.get("cni.dev/valid-attachments", [])
+            }
             handler.gc(req, valid)
         else:
             handler.status(req)

@@ -47,8 +47,13 @@ def load_conflist(conf_dir: str | Path) -> dict[str, Any]:
 
 
 class Chain:
-    def __init__(self, conflist: dict[str, Any], bin_dirs: list[str], ns: str | None = None,
-                 cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        conflist: dict[str, Any],
+        bin_dirs: list[str],
+        ns: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
         self.conf = conflist
         self.bin_dirs = bin_dirs
         self.ns = path_of(ns) if ns else None
@@ -67,9 +72,14 @@ class Chain:
             _libc.setns(fd, CLONE_NEWNET)
             os.close(fd)
 
-    def exec_plugin(self, plugin: dict[str, Any], command: str, env: Mapping[str, str],
-                    runtime_config: Mapping[str, Any] | None = None,
-                    prev: dict[str, Any] | None = None) -> PluginResult:
+    def exec_plugin(
+        self,
+        plugin: dict[str, Any],
+        command: str,
+        env: Mapping[str, str],
+        runtime_config: Mapping[str, Any] | None = None,
+        prev: dict[str, Any] | None = None,
+    ) -> PluginResult:
         conf = dict(plugin, name=self.conf["name"], cniVersion=self.conf["cniVersion"])
         caps = plugin.get("capabilities", {})
         rc = {k: v for k, v in (runtime_config or {}).items() if caps.get(k)}
@@ -77,34 +87,48 @@ class Chain:
             conf["runtimeConfig"] = rc
         if prev is not None:
             conf["prevResult"] = prev
-        full_env = dict(os.environ, CNI_COMMAND=command, CNI_PATH=":".join(self.bin_dirs),
-                        **env)
-        p = subprocess.run([self._find(plugin["type"])], input=json.dumps(conf), env=full_env,
-                           capture_output=True, text=True, preexec_fn=self._preexec,
-                           timeout=120)
+        full_env = dict(os.environ, CNI_COMMAND=command, CNI_PATH=":".join(self.bin_dirs), **env)
+        p = subprocess.run(
+            [self._find(plugin["type"])],
+            input=json.dumps(conf),
+            env=full_env,
+            capture_output=True,
+            text=True,
+            preexec_fn=self._preexec,
+            timeout=120,
+        )
         return PluginResult(plugin["type"], p.returncode, p.stdout, p.stderr)
 
-    def _env(self, cid: str, netns: str, ifname: str, pod: tuple[str, str] | None
-             ) -> dict[str, str]:
+    def _env(
+        self, cid: str, netns: str, ifname: str, pod: tuple[str, str] | None
+    ) -> dict[str, str]:
         args = "IgnoreUnknown=1"
         if pod:
-            args += f";K8S_POD_NAMESPACE={pod[0]};K8S_POD_NAME={pod[1]}" \
-                    f";K8S_POD_INFRA_CONTAINER_ID={cid}"
-        return {"CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
-                "CNI_ARGS": args}
+            args += (
+                f";K8S_POD_NAMESPACE={pod[0]};K8S_POD_NAME={pod[1]}"
+                f";K8S_POD_INFRA_CONTAINER_ID={cid}"
+            )
+        return {"CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_ARGS": args}
 
     def _raise(self, r: PluginResult, command: str) -> None:
         try:
             err = r.json()
         except ValueError:
             err = {}
-        raise CNIError(int(err.get("code", 999)),
-                       f"{command} failed in plugin '{r.plugin}': "
-                       f"{err.get('msg') or r.stderr.strip() or r.stdout.strip()}")
+        raise CNIError(
+            int(err.get("code", 999)),
+            f"{command} failed in plugin '{r.plugin}': "
+            f"{err.get('msg') or r.stderr.strip() or r.stdout.strip()}",
+        )
 
-    def add(self, cid: str, netns: str, ifname: str = "eth0",
-            pod: tuple[str, str] | None = None,
-            runtime_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def add(
+        self,
+        cid: str,
+        netns: str,
+        ifname: str = "eth0",
+        pod: tuple[str, str] | None = None,
+        runtime_config: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         env = self._env(cid, netns, ifname, pod)
         prev: dict[str, Any] | None = None
         for plugin in self.conf["plugins"]:
@@ -118,10 +142,15 @@ class Chain:
         self._cache(cid, ifname, prev or {})
         return prev or {}
 
-    def delete(self, cid: str, netns: str, ifname: str = "eth0",
-               pod: tuple[str, str] | None = None,
-               runtime_config: Mapping[str, Any] | None = None,
-               result: dict[str, Any] | None = None) -> None:
+    def delete(
+        self,
+        cid: str,
+        netns: str,
+        ifname: str = "eth0",
+        pod: tuple[str, str] | None = None,
+        runtime_config: Mapping[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
         env = self._env(cid, netns, ifname, pod)
         prev = result if result is not None else self._cached(cid, ifname)
         errors = []
@@ -133,8 +162,9 @@ class Chain:
             self._raise(errors[0], "DEL")
         self._uncache(cid, ifname)
 
-    def check(self, cid: str, netns: str, ifname: str = "eth0",
-              pod: tuple[str, str] | None = None) -> None:
+    def check(
+        self, cid: str, netns: str, ifname: str = "eth0", pod: tuple[str, str] | None = None
+    ) -> None:
         env = self._env(cid, netns, ifname, pod)
         prev = self._cached(cid, ifname)
         for plugin in self.conf["plugins"]:

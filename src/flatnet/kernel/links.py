@@ -74,8 +74,7 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway_cidr: str, mtu: int) -> int:
 
 
 def link_addrs(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
-    return [(a.get("IFA_ADDRESS"), a["prefixlen"])
-            for a in ipr.get_addr(index=index, family=2)]
+    return [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)]
 
 
 def add_route(ipr: IPRoute, dst: str, gateway: str, oif: int) -> None:

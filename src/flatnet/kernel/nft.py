@@ -8,6 +8,7 @@ transaction (a whole script: ``flush table``, ``add chain`` ...).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import threading
@@ -92,7 +93,5 @@ class Nft:
                 self._ctx = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

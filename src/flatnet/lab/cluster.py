@@ -58,9 +58,15 @@ def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None
         os.close(fd)
 
     with open(log, "ab") as out:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                             start_new_session=True, preexec_fn=enter,
-                             env=dict(os.environ, **(env or {})))
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=enter,
+            env=dict(os.environ, **(env or {})),
+        )
     return p.pid
 
 
@@ -112,8 +118,12 @@ class _Builder:
             self.progress("underlay: node namespaces on the switch", i + 1, len(members))
         self.st.save()
         if self.t.external:
-            pid = spawn(self.st.external, _py("flatnet.agnhost", "netexec", "--http-port", "8080"),
-                        self.st.dir / "external.log", {"FLATNET_POD_NAME": "external"})
+            pid = spawn(
+                self.st.external,
+                _py("flatnet.agnhost", "netexec", "--http-port", "8080"),
+                self.st.dir / "external.log",
+                {"FLATNET_POD_NAME": "external"},
+            )
             self.st.add_process(pid, "external")
 
     def _plug(self, sw: str, ns: str, port: str, ip: str) -> None:
@@ -122,8 +132,12 @@ class _Builder:
         try:
             with netns.iproute(sw) as ipr:
                 ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
-                ipr.link("set", index=ipr.link_lookup(ifname=port)[0], state="up",
-                         master=ipr.link_lookup(ifname="br0")[0])
+                ipr.link(
+                    "set",
+                    index=ipr.link_lookup(ifname=port)[0],
+                    state="up",
+                    master=ipr.link_lookup(ifname="br0")[0],
+                )
         finally:
             os.close(fd)
         with netns.iproute(path) as ipr:
@@ -147,15 +161,30 @@ class _Builder:
 
         sw = self.prefix + "sw"
         with netns.iproute(sw) as ipr:
-            ipr.addr("add", index=ipr.link_lookup(ifname="br0")[0], address=self.t.store_ip,
-                     prefixlen=self.plen)
+            ipr.addr(
+                "add",
+                index=ipr.link_lookup(ifname="br0")[0],
+                address=self.t.store_ip,
+                prefixlen=self.plen,
+            )
         (self.st.dir / "etcd").mkdir(exist_ok=True)
-        srv = EtcdServer(host=self.t.store_ip, argv_prefix=("ip", "netns", "exec", sw),
-                         data_dir=self.st.dir / "etcd", client_port=2379, peer_port=2380,
-                         unix_socket=True)
+        srv = EtcdServer(
+            host=self.t.store_ip,
+            argv_prefix=("ip", "netns", "exec", sw),
+            data_dir=self.st.dir / "etcd",
+            client_port=2379,
+            peer_port=2380,
+            unix_socket=True,
+        )
         with open(srv.data_dir / "etcd.log", "ab") as log:
-            proc = subprocess.Popen(srv.argv(), stdout=log, stderr=log, cwd=srv.data_dir,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                srv.argv(),
+                stdout=log,
+                stderr=log,
+                cwd=srv.data_dir,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.st.add_process(proc.pid, "etcd")
         srv.proc = proc
         srv.wait_ready(30)
@@ -166,7 +195,7 @@ class _Builder:
     # -- agents -------------------------------------------------------------
     def agents(self, agent_url: str) -> None:
         total = len(self.t.nodes)
-        for i, node in enumerate(self.t.nodes):
+        for node in self.t.nodes:
             d = self.st.dir / "nodes" / node
             d.mkdir(parents=True, exist_ok=True)
             sock = str(d / "agent.sock")
@@ -177,8 +206,18 @@ class _Builder:
                     link.symlink_to(plugin)
             info = self.st.nodes[node]
             info.update(socket=sock, confDir=str(d / "net.d"), binDir=str(d / "bin"))
-            argv = _py("flatnet", "agent", "--node", node, "--store", agent_url,
-                       "--socket", sock, "--underlay-ip", info["underlayIP"])
+            argv = _py(
+                "flatnet",
+                "agent",
+                "--node",
+                node,
+                "--store",
+                agent_url,
+                "--socket",
+                sock,
+                "--underlay-ip",
+                info["underlayIP"],
+            )
             self.st.add_process(spawn(info["ns"], argv, d / "agent.log"), f"agent:{node}")
         for i, node in enumerate(self.t.nodes):
             self._wait_agent(node)
@@ -222,8 +261,13 @@ class _Builder:
     def pod(self, p: LabPod, store: Store) -> None:
         node = self.st.nodes[p.node]
         cid = uuid.uuid4().hex
-        rec: dict[str, Any] = {"node": p.node, "namespace": p.namespace, "mode": p.mode,
-                               "containerID": cid, "labels": p.labels}
+        rec: dict[str, Any] = {
+            "node": p.node,
+            "namespace": p.namespace,
+            "mode": p.mode,
+            "containerID": cid,
+            "labels": p.labels,
+        }
         if p.mode == "host":
             ns, ip = node["ns"], node["underlayIP"]
         elif p.shares_with:
@@ -246,8 +290,9 @@ class _Builder:
             pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name})
             with _lock:
                 self.st.add_process(pid, f"pod:{p.name}")
-        record = PodRecord(p.name, p.namespace, p.node, ip, netns.path_of(ns), p.mode,
-                           p.labels, cid, "Running")
+        record = PodRecord(
+            p.name, p.namespace, p.node, ip, netns.path_of(ns), p.mode, p.labels, cid, "Running"
+        )
         store.put(record.key, record.to_json())
 
     def _attach(self, p: LabPod, ns: str, cid: str, node: dict[str, Any]) -> str:
@@ -256,8 +301,12 @@ class _Builder:
         lo.add(cid, path, "lo", pod=(p.namespace, p.name))
         if p.mode == "none":
             return ""
-        chain = Chain(load_conflist(node["confDir"]), [node["binDir"]], ns=node["ns"],
-                      cache_dir=str(self.st.dir / "cni-cache"))
+        chain = Chain(
+            load_conflist(node["confDir"]),
+            [node["binDir"]],
+            ns=node["ns"],
+            cache_dir=str(self.st.dir / "cni-cache"),
+        )
         result = chain.add(cid, path, "eth0", pod=(p.namespace, p.name))
         return str(result["ips"][0]["address"].split("/")[0])
 
@@ -268,8 +317,9 @@ class _Builder:
 def build(topo: LabTopo, progress: Progress) -> LabState:
     """Build the lab; on any failure everything made so far is removed."""
     if (LABS_DIR / topo.name / "state.json").exists():
-        raise ConfigError(f"lab '{topo.name}' exists already; remove it with "
-                          f"'flatnet lab down {topo.name}'")
+        raise ConfigError(
+            f"lab '{topo.name}' exists already; remove it with 'flatnet lab down {topo.name}'"
+        )
     b = _Builder(topo, progress)
     b.st.save()
     try:

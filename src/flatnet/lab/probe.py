@@ -30,22 +30,24 @@ class Probe:
 
 def http_probe(ns: str, url: str, timeout: float = 2.0) -> str:
     """GET ``url`` from inside ``ns``; returns the body (raises OSError on failure)."""
+
     def get() -> str:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return str(r.read().decode())
+
     return netns.run_in(netns.path_of(ns), get)
 
 
 def ping(ns: str, ip: str, timeout: float = 1.0) -> bool:
-    r = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", str(timeout), ip],
-                       capture_output=True)
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", str(timeout), ip], capture_output=True
+    )
     return r.returncode == 0
 
 
 def endpoints(st: LabState) -> dict[str, tuple[str, str]]:
     """name -> (namespace, ip) of everything that runs a test server and has an IP."""
-    out = {n: (p["ns"], p["ip"]) for n, p in st.pods.items()
-           if p["ip"] and p["mode"] == "bridge"}
+    out = {n: (p["ns"], p["ip"]) for n, p in st.pods.items() if p["ip"] and p["mode"] == "bridge"}
     if st.external:
         ext_ip = _first_ip(st.external)
         out["external"] = (st.external, ext_ip)

@@ -8,6 +8,7 @@ after a crash halfway through ``lab up``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,20 +78,16 @@ class LabState:
         mine = [p for p in self.processes if p["what"].startswith(what_prefix)]
         live = [p for p in mine if p["start"] and _start_time(p["pid"]) == p["start"]]
         for p in live:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p["pid"], signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5
         for p in live:
             while _start_time(p["pid"]) == p["start"] and time.monotonic() < deadline:
                 _reap(p["pid"])
                 time.sleep(0.02)
             if _start_time(p["pid"]) == p["start"]:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 _reap(p["pid"])
         self.processes = [p for p in self.processes if p not in mine]
         self.save()
@@ -104,10 +101,8 @@ class LabState:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def list_labs() -> list[LabState]:

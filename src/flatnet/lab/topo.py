@@ -132,8 +132,9 @@ def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             node = next((v for k, v in node.value if k.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
-                and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
         else:
             break
@@ -157,8 +158,9 @@ def _mode(p: _Pod) -> str:
     mode = p.metadata.annotations.get(MODE_ANNOTATION, "host" if p.spec.hostNetwork else "bridge")
     if mode in ("bridge", "host", "none") or re.match(r"^container:[a-z0-9.-]+$", mode):
         return mode
-    raise ValueError(f"annotation {MODE_ANNOTATION}: '{mode}' is not bridge, host, none "
-                     "or container:<pod>")
+    raise ValueError(
+        f"annotation {MODE_ANNOTATION}: '{mode}' is not bridge, host, none or container:<pod>"
+    )
 
 
 def parse(text: str, path: str = "<lab>") -> LabTopo:
@@ -167,11 +169,13 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
     try:
         while loader.check_node():
             node = loader.get_node()
+            assert node is not None
             docs.append((node, loader.construct_document(node)))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise LabFileError(path, mark.line + 1 if mark else None, f"not valid YAML: "
-                           f"{getattr(e, 'problem', e)}") from None
+        raise LabFileError(
+            path, mark.line + 1 if mark else None, f"not valid YAML: {getattr(e, 'problem', e)}"
+        ) from None
     finally:
         loader.dispose()
     docs = [(n, d) for n, d in docs if d is not None]
@@ -179,10 +183,13 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         raise LabFileError(path, 1, "the first document must be 'kind: Lab'")
     lab = _check(_Lab, docs[0][1], docs[0][0], path)
     try:
-        net = NetworkConfig(pod_cidr=lab.network.podCIDR,
-                            node_subnet_length=lab.network.nodeSubnetLength,
-                            service_cidr=lab.network.serviceCIDR, backend=lab.network.backend,
-                            mtu=lab.network.mtu)
+        net = NetworkConfig(
+            pod_cidr=lab.network.podCIDR,
+            node_subnet_length=lab.network.nodeSubnetLength,
+            service_cidr=lab.network.serviceCIDR,
+            backend=lab.network.backend,
+            mtu=lab.network.mtu,
+        )
         ipaddress.IPv4Network(lab.underlayCIDR)
     except (ConfigError, ValueError) as e:
         raise LabFileError(path, _line(docs[0][0], ("network",)), str(e)) from None
@@ -190,23 +197,46 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
     for node, data in docs[1:]:
         if not isinstance(data, dict) or data.get("kind") != "Pod":
             kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
-            raise LabFileError(path, node.start_mark.line + 1,
-                               f"kind '{kind}' is not supported in a lab file (only Pod)")
+            raise LabFileError(
+                path,
+                node.start_mark.line + 1,
+                f"kind '{kind}' is not supported in a lab file (only Pod)",
+            )
         p = _check(_Pod, data, node, path)
         if p.spec.nodeName not in lab.nodes:
-            raise LabFileError(path, _line(node, ("spec", "nodeName")),
-                               f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
-                               f"nodes ({', '.join(lab.nodes)})")
+            raise LabFileError(
+                path,
+                _line(node, ("spec", "nodeName")),
+                f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
+                f"nodes ({', '.join(lab.nodes)})",
+            )
         try:
             mode = _mode(p)
         except ValueError as e:
             raise LabFileError(path, _line(node, ("metadata", "annotations")), str(e)) from None
         cmds = tuple(tuple((c.command or []) + (c.args or [])) for c in p.spec.containers)
-        pods.append(LabPod(p.metadata.name, p.metadata.namespace, p.spec.nodeName,
-                           dict(p.metadata.labels), mode, cmds))
+        pods.append(
+            LabPod(
+                p.metadata.name,
+                p.metadata.namespace,
+                p.spec.nodeName,
+                dict(p.metadata.labels),
+                mode,
+                cmds,
+            )
+        )
     _check_pods(pods, path, docs)
-    return LabTopo(lab.name, net, lab.datastore, lab.underlay, lab.underlayCIDR,
-                   tuple(lab.nodes), lab.external, tuple(pods), path)
+    return LabTopo(
+        lab.name,
+        net,
+        lab.datastore,
+        lab.underlay,
+        lab.underlayCIDR,
+        tuple(lab.nodes),
+        lab.external,
+        tuple(pods),
+        path,
+    )
 
 
 def _check_pods(pods: list[LabPod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:
@@ -221,12 +251,20 @@ def _check_pods(pods: list[LabPod], path: str, docs: list[tuple[yaml.Node, Any]]
         other = by_name.get(p.shares_with or "")
         if p.shares_with is not None:
             if other is None or other.shares_with is not None or other.mode == "none":
-                raise LabFileError(path, line, f"pod '{p.name}': network mode "
-                                   f"'{p.mode}' needs an earlier-listed pod with its own "
-                                   "network (bridge or host)")
+                raise LabFileError(
+                    path,
+                    line,
+                    f"pod '{p.name}': network mode "
+                    f"'{p.mode}' needs an earlier-listed pod with its own "
+                    "network (bridge or host)",
+                )
             if pods.index(other) > i or other.node != p.node:
-                raise LabFileError(path, line, f"pod '{p.name}': '{other.name}' must be "
-                                   f"listed before it and run on the same node")
+                raise LabFileError(
+                    path,
+                    line,
+                    f"pod '{p.name}': '{other.name}' must be "
+                    f"listed before it and run on the same node",
+                )
 
 
 def load(path: str | Path) -> LabTopo:

@@ -13,7 +13,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 from aetcd import rpc
@@ -222,7 +222,7 @@ class EtcdWatch:
                     f"revision {self._last + 1} was compacted (oldest kept {resp.compact_revision})"
                 )
             for ev in resp.events:
-                kind = "delete" if ev.type == rpc.Event.DELETE else "put"
+                kind: Literal["put", "delete"] = "delete" if ev.type == rpc.Event.DELETE else "put"
                 value = "" if kind == "delete" else ev.kv.value.decode()
                 rev = int(ev.kv.mod_revision)
                 self._q.put(Event(kind, ev.kv.key.decode(), value, rev))

@@ -109,7 +109,7 @@ class SqliteStore:
         db.execute("DELETE FROM leases WHERE id=?", (lid,))
 
     @staticmethod
-    def _kv(row: tuple) -> KV:  # type: ignore[type-arg]
+    def _kv(row: tuple) -> KV:
         return KV(row[0], row[1], row[2], row[3], row[4])
 
     def _check_lease(self, db: sqlite3.Connection, lease: int) -> None:
@@ -117,7 +117,7 @@ class SqliteStore:
             raise StoreError(f"lease {lease} not found (expired or revoked)")
 
     # -- reads --------------------------------------------------------------
-    def _read(self, sql: str, args: tuple) -> list[tuple]:  # type: ignore[type-arg]
+    def _read(self, sql: str, args: tuple) -> list[tuple]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
