@@ -62,7 +62,7 @@ def plugin_peak_rss(chain: Chain, pod_ns: str) -> int:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env=env,
-            preexec_fn=chain._preexec,
+            preexec_fn=netns.preexec(chain.ns),
         )
         assert p.stdin is not None
         p.stdin.write(conf.encode())

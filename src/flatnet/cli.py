@@ -174,17 +174,12 @@ def lab_exec(
     from flatnet.lab.state import LabState
 
     st = LabState.load(_one_lab(lab))
-    path = netns.path_of(_target_ns(st, target))
+    ns = _target_ns(st, target)
     if not ctx.args:
         raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
 
-    def enter() -> None:
-        fd = os.open(path, os.O_RDONLY)
-        netns._setns(fd)
-        os.close(fd)
-
     env = dict(os.environ, FLATNET_POD_NAME=target)
-    raise typer.Exit(subprocess.call(ctx.args, preexec_fn=enter, env=env))
+    raise typer.Exit(subprocess.call(ctx.args, preexec_fn=netns.preexec(ns), env=env))
 
 
 @lab_app.command("cni")

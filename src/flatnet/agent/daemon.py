@@ -14,7 +14,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import resource
 import signal
 import socketserver
 import threading
@@ -126,9 +125,8 @@ class Agent:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            with_suppress_unlink(self.opts.socket_path)
-        if self.pods is not None:
-            self.pods.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.opts.socket_path)
         if self.store is not None:
             self.store.close()
 
@@ -210,9 +208,6 @@ class Agent:
         if not self.ready.is_set():
             raise CNIError(50, "flatnet agent has not leased a subnet yet")
 
-    def rss_kib(self) -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
 
 def validate_netconf(conf: dict[str, Any], cluster: NetworkConfig) -> None:
     """Check the fields flatnet reads from its network config (CNI code 7)."""
@@ -230,11 +225,6 @@ def validate_netconf(conf: dict[str, Any], cluster: NetworkConfig) -> None:
             raise CNIError(
                 7, f"network '{name}': podCIDR {cidr} differs from the cluster's {cluster.pod_cidr}"
             )
-
-
-def with_suppress_unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def underlay_address(ns: str | None) -> str:

@@ -60,9 +60,6 @@ class PodNetwork:
         with netns.iproute(self.node_ns) as ipr:
             yield ipr
 
-    def close(self) -> None:
-        """Nothing long-lived to release (kept for the agent's shutdown order)."""
-
     def add(self, cid: str, pod_ns: str, ifname: str, pod: str = "") -> Attachment:
         if not os.path.exists(pod_ns):
             raise CNIError(4, f"CNI_NETNS '{pod_ns}' does not exist")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flatnet.errors import CNIError, ConfigError
-from flatnet.kernel.netns import CLONE_NEWNET, _libc, path_of
+from flatnet.kernel.netns import path_of, preexec
 
 __all__ = ["Chain", "PluginResult", "load_conflist"]
 
@@ -66,12 +66,6 @@ class Chain:
                 return p
         raise CNIError(4, f"CNI plugin '{kind}' not found in {':'.join(self.bin_dirs)}")
 
-    def _preexec(self) -> None:
-        if self.ns:
-            fd = os.open(self.ns, os.O_RDONLY)
-            _libc.setns(fd, CLONE_NEWNET)
-            os.close(fd)
-
     def exec_plugin(
         self,
         plugin: dict[str, Any],
@@ -94,7 +88,7 @@ class Chain:
             env=full_env,
             capture_output=True,
             text=True,
-            preexec_fn=self._preexec,
+            preexec_fn=preexec(self.ns),
             timeout=120,
         )
         return PluginResult(plugin["type"], p.returncode, p.stdout, p.stderr)

@@ -17,7 +17,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from flatnet.errors import KernelError
 
 __all__ = [
-    "add_route",
     "bridge_mac",
     "delete_link",
     "ensure_bridge",
@@ -75,10 +74,3 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway_cidr: str, mtu: int) -> int:
 
 def link_addrs(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
     return [(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)]
-
-
-def add_route(ipr: IPRoute, dst: str, gateway: str, oif: int) -> None:
-    try:
-        ipr.route("replace", dst=dst, gateway=gateway, oif=oif)
-    except NetlinkError as e:
-        raise KernelError(f"failed to add route {dst} via {gateway}: {e}") from e

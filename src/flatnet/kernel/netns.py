@@ -24,7 +24,17 @@ from pyroute2 import IPRoute
 
 from flatnet.errors import KernelError, NamespaceNotFound
 
-__all__ = ["NS_DIR", "create", "delete", "exists", "iproute", "path_of", "run_in", "sysctl"]
+__all__ = [
+    "NS_DIR",
+    "create",
+    "delete",
+    "exists",
+    "iproute",
+    "path_of",
+    "preexec",
+    "run_in",
+    "sysctl",
+]
 
 NS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -84,6 +94,22 @@ def _entered(path: str) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(own)
+
+
+def preexec(ns: str | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that moves a child process into ``ns`` before it execs."""
+    if ns is None:
+        return None
+    path = path_of(ns)
+
+    def enter() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            _setns(fd)
+        finally:
+            os.close(fd)
+
+    return enter
 
 
 def run_in(path: str | None, fn: Callable[[], T]) -> T:

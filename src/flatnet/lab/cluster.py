@@ -50,13 +50,6 @@ LOOPBACK = {"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": 
 
 def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     """Start ``argv`` detached (own session) inside namespace ``ns``; returns its PID."""
-    path = netns.path_of(ns)
-
-    def enter() -> None:
-        fd = os.open(path, os.O_RDONLY)
-        netns._setns(fd)
-        os.close(fd)
-
     with open(log, "ab") as out:
         p = subprocess.Popen(
             argv,
@@ -64,7 +57,7 @@ def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None
             stdout=out,
             stderr=out,
             start_new_session=True,
-            preexec_fn=enter,
+            preexec_fn=netns.preexec(ns),
             env=dict(os.environ, **(env or {})),
         )
     return p.pid
@@ -176,18 +169,9 @@ class _Builder:
             peer_port=2380,
             unix_socket=True,
         )
-        with open(srv.data_dir / "etcd.log", "ab") as log:
-            proc = subprocess.Popen(
-                srv.argv(),
-                stdout=log,
-                stderr=log,
-                cwd=srv.data_dir,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.st.add_process(proc.pid, "etcd")
-        srv.proc = proc
-        srv.wait_ready(30)
+        srv.start(30)  # stops etcd itself if it never gets ready
+        assert srv.proc is not None
+        self.st.add_process(srv.proc.pid, "etcd")
         self.st.store_url = srv.socket_url
         self.st.save()
         return srv.url, srv.socket_url
