@@ -55,8 +55,9 @@ def find_lease(store: Store, node: str) -> tuple[Lease, KV] | None:
 
 def _candidates(cfg: NetworkConfig, node: str, store: Store) -> Iterable[ipaddress.IPv4Network]:
     rec = store.get(f"{PREFIX}nodes/{node}")
-    if rec is not None and json.loads(rec.value).get("podSubnet"):
-        yield ipaddress.IPv4Network(json.loads(rec.value)["podSubnet"])
+    remembered = json.loads(rec.value).get("podSubnet") if rec is not None else None
+    if remembered:
+        yield ipaddress.IPv4Network(remembered)
     yield from cfg.pod_network.subnets(new_prefix=cfg.node_subnet_length)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from flatnet.errors import ConfigError
 
@@ -48,8 +48,19 @@ def _net(value: str, what: str) -> ipaddress.IPv4Network:
         raise ConfigError(f"{what}: '{value}' is not a valid IPv4 network CIDR ({e})") from e
 
 
+class _Json:
+    """JSON round-trip for the frozen dataclasses kept in the store."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        return cls(**json.loads(text))
+
+
 @dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(_Json):
     """The cluster network: pod CIDR, node subnet size, service CIDR, backend, MTU."""
 
     pod_cidr: str = "10.244.0.0/16"
@@ -78,16 +89,9 @@ class NetworkConfig:
     def pod_network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.pod_cidr)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> NetworkConfig:
-        return cls(**json.loads(text))
-
 
 @dataclass(frozen=True)
-class Lease:
+class Lease(_Json):
     """A node's hold on a pod subnet, with what its peers need to reach it."""
 
     subnet: str
@@ -96,16 +100,9 @@ class Lease:
     backend: str = ""
     backend_data: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Lease:
-        return cls(**json.loads(text))
-
 
 @dataclass(frozen=True)
-class Allocation:
+class Allocation(_Json):
     """One pod IP, owned by (container ID, interface name) on a node."""
 
     ip: str
@@ -115,16 +112,9 @@ class Allocation:
     pod: str = ""
     created: float = 0.0
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Allocation:
-        return cls(**json.loads(text))
-
 
 @dataclass(frozen=True)
-class PodRecord:
+class PodRecord(_Json):
     name: str
     namespace: str
     node: str
@@ -138,10 +128,3 @@ class PodRecord:
     @property
     def key(self) -> str:
         return f"{PREFIX}pods/{self.namespace}/{self.name}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PodRecord:
-        return cls(**json.loads(text))

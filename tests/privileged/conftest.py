@@ -13,7 +13,6 @@ from flatnet.cni.install import conflist, install
 from flatnet.cni.runtime import Chain
 from flatnet.kernel import netns
 from flatnet.model import NetworkConfig
-from flatnet.store import open_store
 
 pytestmark = pytest.mark.privileged
 
@@ -92,27 +91,22 @@ def make_node(uniq: str, tmp_path: Path, net: NetworkConfig | None = None) -> No
     return Node(name, ns, tmp_path, agent, [ns])
 
 
-@pytest.fixture
-def node(uniq: str, tmp_path: Path) -> Iterator[Node]:
-    n = make_node(uniq, tmp_path)
+def running_node(uniq: str, tmp_path: Path, net: NetworkConfig | None = None) -> Iterator[Node]:
+    """A node with its agent; stops the agent and deletes every namespace it made."""
+    n = make_node(uniq, tmp_path, net)
     try:
         yield n
     finally:
         n.agent.stop()
         for ns in reversed(n.made):
             netns.delete(ns)
+
+
+@pytest.fixture
+def node(uniq: str, tmp_path: Path) -> Iterator[Node]:
+    yield from running_node(uniq, tmp_path)
 
 
 @pytest.fixture
 def small_node(uniq: str, tmp_path: Path) -> Iterator[Node]:
-    n = make_node(uniq, tmp_path, NetworkConfig(pod_cidr="10.250.0.0/24", node_subnet_length=29))
-    try:
-        yield n
-    finally:
-        n.agent.stop()
-        for ns in reversed(n.made):
-            netns.delete(ns)
-
-
-def store_of(n: Node):  # type: ignore[no-untyped-def]
-    return open_store(f"sqlite://{n.dir / 'store.db'}")
+    yield from running_node(uniq, tmp_path, NetworkConfig("10.250.0.0/24", 29))
