@@ -9,6 +9,7 @@ Also prints the agent's RSS and the flatnet plugin's peak RSS.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
 
+from flatnet.agent.pods import DOOMED  # noqa: E402
 from flatnet.cni.install import conflist, install  # noqa: E402
 from flatnet.cni.runtime import Chain  # noqa: E402
 from flatnet.kernel import netns  # noqa: E402
@@ -41,11 +43,10 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def plugin_peak_rss(chain: Chain, pod_ns: str) -> int:
-    """Run one flatnet ADD+DEL as a child and read its peak RSS from wait4."""
+def plugin_peak_rss(chain: Chain, node: str, pod_ns: str) -> int:
+    """Peak RSS (KiB) of the flatnet plugin over one ADD and one DEL, read by a
+    small parent (``/usr/bin/time``) so no forked copy of this process counts."""
     plugin = chain.conf["plugins"][-1]
-    import json
-
     conf = json.dumps(dict(plugin, name=chain.conf["name"], cniVersion=chain.conf["cniVersion"]))
     peak = 0
     for cmd in ("ADD", "DEL"):
@@ -57,20 +58,30 @@ def plugin_peak_rss(chain: Chain, pod_ns: str) -> int:
             CNI_IFNAME="eth0",
             CNI_PATH=":".join(chain.bin_dirs),
         )
-        p = subprocess.Popen(
-            [chain._find("flatnet")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+        p = subprocess.run(
+            ["ip", "netns", "exec", node, "/usr/bin/time", "-f", "%M", chain._find("flatnet")],
+            input=conf,
             env=env,
-            preexec_fn=netns.preexec(chain.ns),
+            capture_output=True,
+            text=True,
         )
-        assert p.stdin is not None
-        p.stdin.write(conf.encode())
-        p.stdin.close()
-        _, _, ru = os.wait4(p.pid, 0)
-        p.returncode = 0
-        peak = max(peak, ru.ru_maxrss)
+        peak = max(peak, int(p.stderr.strip().splitlines()[-1]))
     return peak
+
+
+def cycles(chain: Chain, tag: str, n: int, made: list[str]) -> float:
+    """Wall time (ms) of ``n`` back-to-back ADD+DEL cycles: includes work a
+    plugin defers (flatnet destroys deleted veths in batches, off the DEL path)."""
+    nss = []
+    for i in range(n):
+        nss.append(f"{tag}{i}")
+        made.append(nss[-1])
+        netns.create(nss[-1])
+    t0 = time.perf_counter()
+    for i, ns in enumerate(nss):
+        chain.add(f"cy{i}", netns.path_of(ns))
+        chain.delete(f"cy{i}", netns.path_of(ns))
+    return (time.perf_counter() - t0) * 1000
 
 
 def main() -> None:
@@ -175,10 +186,43 @@ def main() -> None:
                 times["reference"][verb]
             )
             print(f"ratio flatnet/reference {verb} p50: {r:.2f}x")
+        # throughput, deferred work included: the last DEL's veth must be gone too
+        total = {}
+        for name, chain in (("flatnet", ours), ("reference", ref)):
+            total[name] = cycles(chain, f"{tag}-y{name[0]}", PODS, made)
+            if name == "flatnet":
+                t0 = time.perf_counter()
+                while subprocess.run(
+                    ["ip", "-n", node, "link", "show", "group", str(DOOMED)],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip():
+                    time.sleep(0.01)
+                total[name] += (time.perf_counter() - t0) * 1000
+        print(
+            f"{PODS} back-to-back ADD+DEL cycles, wall time incl. deferred veth teardown: "
+            f"flatnet {total['flatnet']:.0f} ms, reference {total['reference']:.0f} ms, "
+            f"ratio {total['flatnet'] / total['reference']:.2f}x"
+        )
         ns = f"{tag}-rss"
         made.append(ns)
         netns.create(ns)
-        print(f"flatnet plugin peak RSS: {plugin_peak_rss(ours, netns.path_of(ns)) / 1024:.1f} MiB")
+        rss = plugin_peak_rss(ours, node, netns.path_of(ns))
+        ref_rss = (
+            subprocess.run(
+                ["/usr/bin/time", "-f", "%M", "/usr/lib/cni/loopback"],
+                env={"CNI_COMMAND": "VERSION"},
+                input="{}",
+                capture_output=True,
+                text=True,
+            )
+            .stderr.strip()
+            .splitlines()[-1]
+        )
+        print(
+            f"flatnet plugin peak RSS: {rss / 1024:.1f} MiB "
+            f"(Go reference plugin 'loopback' VERSION: {int(ref_rss) / 1024:.1f} MiB)"
+        )
         print(f"flatnet agent RSS: {rss_kib(agent_pid) / 1024:.1f} MiB")
     finally:
         if agent_pid:

@@ -67,11 +67,13 @@ def install_cni(
     conf_dir: str = "/etc/cni/net.d",
     agent_socket: str = "/run/flatnet/agent.sock",
     portmap: bool = True,
+    plugin: str = typer.Option("auto", help="auto | c (compiled thin entry) | python"),
+    python: str = typer.Option("", help="interpreter for a python plugin (default: python3)"),
 ) -> None:
     """Install the CNI plugin binary and a conflist (flatnet + portmap)."""
     from flatnet.cni.install import install
 
-    exe, conf = install(bin_dir, conf_dir, agent_socket, portmap)
+    exe, conf = install(bin_dir, conf_dir, agent_socket, portmap, python or None, plugin)
     out.print(f"installed {exe} and {conf}")
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flatnet.agent.daemon import Agent, AgentOptions
+from flatnet.agent.pods import DOOMED
 from flatnet.cni.install import conflist, install
 from flatnet.cni.runtime import Chain
 from flatnet.kernel import netns
@@ -50,11 +52,24 @@ class Node:
         name = ns.rsplit("/", 1)[-1]
         return subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True)
 
-    def links(self) -> list[str]:
+    def link_info(self) -> list[dict]:
         out = subprocess.run(["ip", "-n", self.ns, "-j", "link"], capture_output=True, text=True)
-        return [link["ifname"] for link in json.loads(out.stdout)]
+        return list(json.loads(out.stdout))
 
-    def veths(self) -> set[str]:
+    def links(self) -> list[str]:
+        return [link["ifname"] for link in self.link_info()]
+
+    def doomed(self) -> set[str]:
+        """Host veths a DEL took down, waiting for the agent's reaper."""
+        return {x["ifname"] for x in self.link_info() if x.get("group") == str(DOOMED)}
+
+    def veths(self, settle: float = 5.0) -> set[str]:
+        """flatnet host veths once the reaper has destroyed the deleted ones
+        (it batches them for ``reap_delay``); fails if it never does."""
+        deadline = time.monotonic() + settle
+        while self.doomed():
+            assert time.monotonic() < deadline, f"veths never reaped: {self.doomed()}"
+            time.sleep(0.05)
         return {n for n in self.links() if n.startswith("fl") and n != "fl0"}
 
     def allocations(self) -> list[str]:
@@ -62,7 +77,9 @@ class Node:
         return [a.ip for a in self.agent.pods.ipam.allocations()]
 
 
-def start_agent(name: str, ns: str, d: Path, net: NetworkConfig | None = None) -> Agent:
+def start_agent(
+    name: str, ns: str, d: Path, net: NetworkConfig | None = None, reap_delay: float = 0.5
+) -> Agent:
     a = Agent(
         AgentOptions(
             node="node1",
@@ -72,6 +89,7 @@ def start_agent(name: str, ns: str, d: Path, net: NetworkConfig | None = None) -
             ns=netns.path_of(ns),
             network=net,
             reclaim_every=3600,
+            reap_delay=reap_delay,
         )
     )
     a.start()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from privileged.conftest import Node, start_agent
 
+from flatnet.agent.pods import DOOMED
 from flatnet.cni.runtime import Chain
 from flatnet.errors import CNIError
 from flatnet.kernel import netns
@@ -246,6 +247,45 @@ def test_agent_restart_keeps_subnet_and_pods(node: Node) -> None:
     chain.check("c1", ns)
     assert sorted(node.links()) == sorted(["lo", "fl0", *node.veths()])
     assert len(node.veths()) == 1  # nothing duplicated
+
+
+def test_del_cuts_the_pod_off_at_once_and_reaps_in_one_batch(node: Node) -> None:
+    # a reaper window far longer than the test: only DEL itself acts before stop
+    node.agent.stop()
+    node.agent = start_agent(node.name, node.ns, node.dir, reap_delay=60)
+    chain = node.chain()
+    nss = [node.pod_ns(f"d{i}") for i in range(3)]
+    gws = [chain.add(f"c{i}", ns)["ips"][0]["gateway"] for i, ns in enumerate(nss)]
+    assert node.sh(nss[0], "ping", "-c1", "-W1", gws[0]).returncode == 0
+    for i, ns in enumerate(nss):
+        chain.delete(f"c{i}", ns)
+    assert node.allocations() == []
+    doomed = node.doomed()
+    assert len(doomed) == 3
+    info = {x["ifname"]: x for x in node.link_info()}
+    assert all("UP" not in info[d]["flags"] for d in doomed)
+    assert node.sh(nss[0], "ping", "-c1", "-W1", gws[0]).returncode != 0  # no carrier
+    # the same container and ifname again, in the same namespace: ADD reaps first
+    chain.add("c0", nss[0])
+    assert node.doomed() == set() and len(node.veths(settle=0)) == 1
+    assert node.sh(nss[0], "ping", "-c1", "-W1", gws[0]).returncode == 0
+    chain.delete("c0", nss[0])
+    node.agent.stop()  # stopping reaps what is pending
+    assert node.doomed() == set() and node.veths(settle=0) == set()
+    node.agent = start_agent(node.name, node.ns, node.dir)
+
+
+def test_agent_start_reaps_veths_doomed_before_a_crash(node: Node) -> None:
+    chain = node.chain()
+    ns = node.pod_ns("k")
+    chain.add("c1", ns)
+    node.agent.stop()
+    # what a DEL leaves if the agent dies before its reaper runs
+    (veth,) = node.veths()
+    node.sh(node.ns, "ip", "link", "set", veth, "down", "group", str(DOOMED))
+    assert node.doomed() == {veth}
+    node.agent = start_agent(node.name, node.ns, node.dir)
+    assert node.doomed() == set() and node.veths(settle=0) == set()
 
 
 def test_node_has_masquerade_only_for_leaving_traffic(node: Node) -> None:

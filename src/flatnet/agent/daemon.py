@@ -47,6 +47,7 @@ class AgentOptions:
     network: NetworkConfig | None = None  # proposed if the store has none yet
     reclaim_grace: float = 60.0
     reclaim_every: float = 30.0
+    reap_delay: float = 0.5  # batch window for destroying deleted pods' veths
 
 
 class Agent:
@@ -71,7 +72,8 @@ class Agent:
         self.nft = Nft(o.ns)
         setup_node(o.ns, o.bridge, self.lease.subnet, cfg.pod_cidr, cfg.mtu, self.nft)
         ipam = PodIPAM(self.store, self.lease.subnet, o.node)
-        self.pods = PodNetwork(o.ns, o.bridge, ipam, cfg.mtu)
+        self.pods = PodNetwork(o.ns, o.bridge, ipam, cfg.mtu, o.reap_delay)
+        self.pods.start_reaper()
         self.config = cfg
         self._serve()
         self._spawn(self._keepalive_loop, "lease-keepalive")
@@ -127,6 +129,8 @@ class Agent:
             self._server.server_close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.opts.socket_path)
+        if self.pods is not None:
+            self.pods.close()
         if self.store is not None:
             self.store.close()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flatnet.errors import CNIError, ConfigError
-from flatnet.kernel.netns import path_of, preexec
+from flatnet.kernel.netns import path_of, run_in
 
 __all__ = ["Chain", "PluginResult", "load_conflist"]
 
@@ -82,15 +82,16 @@ class Chain:
         if prev is not None:
             conf["prevResult"] = prev
         full_env = dict(os.environ, CNI_COMMAND=command, CNI_PATH=":".join(self.bin_dirs), **env)
-        p = subprocess.run(
-            [self._find(plugin["type"])],
-            input=json.dumps(conf),
-            env=full_env,
-            capture_output=True,
-            text=True,
-            preexec_fn=preexec(self.ns),
-            timeout=120,
-        )
+        argv, stdin = [self._find(plugin["type"])], json.dumps(conf)
+
+        def run() -> subprocess.CompletedProcess[str]:
+            # spawned from a thread inside the node namespace: the child is born
+            # there (vfork + exec, no fork of this process and no preexec_fn)
+            return subprocess.run(
+                argv, input=stdin, env=full_env, capture_output=True, text=True, timeout=120
+            )
+
+        p = run_in(self.ns, run)
         return PluginResult(plugin["type"], p.returncode, p.stdout, p.stderr)
 
     def _env(

@@ -17,7 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from flatnet.errors import KernelError
 
 __all__ = [
-    "bridge_mac",
+    "ip_mac",
     "delete_link",
     "ensure_bridge",
     "get_link",
@@ -31,9 +31,10 @@ def host_veth_name(container_id: str, ifname: str) -> str:
     return "fl" + hashlib.sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
 
 
-def bridge_mac(gateway: str) -> str:
-    """A pinned locally-administered MAC derived from the gateway IP (0a:58:<ip>)."""
-    return "0a:58:" + ":".join(f"{int(o):02x}" for o in gateway.split("."))
+def ip_mac(ip: str) -> str:
+    """A locally administered MAC derived from an IPv4 address (0a:58:<ip>), for
+    the bridge (its gateway IP) and pod interfaces: a reused IP keeps its MAC."""
+    return "0a:58:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
 
 
 def get_link(ipr: IPRoute, name: str) -> Any | None:
@@ -62,9 +63,9 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway_cidr: str, mtu: int) -> int:
     gw, plen = gateway_cidr.split("/")
     try:
         if get_link(ipr, name) is None:
-            ipr.link("add", ifname=name, kind="bridge", address=bridge_mac(gw), mtu=mtu)
+            ipr.link("add", ifname=name, kind="bridge", address=ip_mac(gw), mtu=mtu)
         idx = ipr.link_lookup(ifname=name)[0]
-        ipr.link("set", index=idx, address=bridge_mac(gw), mtu=mtu, state="up")
+        ipr.link("set", index=idx, address=ip_mac(gw), mtu=mtu, state="up")
         if (gw, int(plen)) not in link_addrs(ipr, idx):
             ipr.addr("add", index=idx, address=gw, prefixlen=int(plen))
         return int(idx)

@@ -33,6 +33,7 @@ __all__ = [
     "path_of",
     "preexec",
     "run_in",
+    "socket_in",
     "sysctl",
 ]
 
@@ -133,11 +134,17 @@ def run_in(path: str | None, fn: Callable[[], T]) -> T:
     return box["ok"]  # type: ignore[return-value]
 
 
+def socket_in(path: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket created in namespace ``path`` (sockets stay in the namespace they
+    were made in, whichever thread uses them later)."""
+    return run_in(path, lambda: socket.socket(family, kind, proto))
+
+
 def iproute(path: str | None = None) -> IPRoute:
     """An IPRoute whose netlink socket lives in namespace ``path`` (None: ours)."""
     if path is None:
         return IPRoute()
-    sock = run_in(path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
+    sock = socket_in(path, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
     return IPRoute(fileno=sock.detach())
 
 
