@@ -1,10 +1,14 @@
 """CNI ADD/DEL latency per pod: flatnet's chain vs Debian's reference chain, same run.
 
-flatnet chain:   loopback + flatnet            (agent running in the node namespace)
+flatnet chains:  loopback + flatnet, once with the compiled thin entry
+                 (shim.c) and once with the Python one (plugin.py); the agent
+                 runs in the node namespace
 reference chain: loopback + bridge/host-local  (from /usr/lib/cni)
-Both run in the same fresh node namespace, 50 pods each, interleaved, driven
+All run in the same fresh node namespace, 50 pods each, interleaved, driven
 exactly as libcni does (env + stdin, plugins running in the node namespace).
-Also prints the agent's RSS and the flatnet plugin's peak RSS.
+Then back-to-back ADD+DEL cycles per chain, wall time including work flatnet
+defers (batched veth teardown). Also prints the agent's RSS and the plugins'
+peak RSS.
 """
 
 from __future__ import annotations
@@ -79,8 +83,8 @@ def cycles(chain: Chain, tag: str, n: int, made: list[str]) -> float:
         netns.create(nss[-1])
     t0 = time.perf_counter()
     for i, ns in enumerate(nss):
-        chain.add(f"cy{i}", netns.path_of(ns))
-        chain.delete(f"cy{i}", netns.path_of(ns))
+        chain.add(f"{tag}{i}", netns.path_of(ns))
+        chain.delete(f"{tag}{i}", netns.path_of(ns))
     return (time.perf_counter() - t0) * 1000
 
 
@@ -93,7 +97,8 @@ def main() -> None:
     agent_pid = 0
     try:
         sock = str(tmp / "agent.sock")
-        install(str(tmp / "bin"), str(tmp / "net.d"), sock)
+        install(str(tmp / "bin"), str(tmp / "net.d"), sock, kind="c")
+        install(str(tmp / "bin-py"), str(tmp / "net.d-py"), sock, kind="python")
         agent_pid = spawn(
             node,
             [
@@ -119,15 +124,13 @@ def main() -> None:
             time.sleep(0.05)
         time.sleep(0.2)
         bins = [str(tmp / "bin"), "/usr/lib/cni"]
-        ours = Chain(
-            {
-                "cniVersion": "1.0.0",
-                "name": "flatnet",
-                "plugins": [{"type": "loopback"}, *conflist(sock, portmap=False)["plugins"]],
-            },
-            bins,
-            ns=node,
-        )
+        flat = {
+            "cniVersion": "1.0.0",
+            "name": "flatnet",
+            "plugins": [{"type": "loopback"}, *conflist(sock, portmap=False)["plugins"]],
+        }
+        ours = Chain(flat, bins, ns=node)
+        ours_py = Chain(flat, [str(tmp / "bin-py"), "/usr/lib/cni"], ns=node)
         ref = Chain(
             {
                 "cniVersion": "1.0.0",
@@ -149,48 +152,51 @@ def main() -> None:
             bins,
             ns=node,
         )
-        times: dict[str, dict[str, list[float]]] = {
-            "flatnet": {"ADD": [], "DEL": []},
-            "reference": {"ADD": [], "DEL": []},
+        chains = {"flatnet": ours, "flatnet-py": ours_py, "reference": ref}
+        labels = {
+            "flatnet": "flatnet (compiled entry) + loopback",
+            "flatnet-py": "flatnet (python entry) + loopback",
+            "reference": "bridge + host-local + loopback",
         }
-        # warm up both (first bridge creation, page cache)
-        for name, chain in (("flatnet", ours), ("reference", ref)):
-            ns = f"{tag}-w{name[0]}"
+        times = {name: {"ADD": [], "DEL": []} for name in chains}
+        # warm up all (first bridge creation, page cache)
+        for name, chain in chains.items():
+            ns = f"{tag}-w{name[0]}{len(name)}"
             made.append(ns)
             netns.create(ns)
-            chain.add("warm", netns.path_of(ns))
-            chain.delete("warm", netns.path_of(ns))
+            chain.add(f"{name}-warm", netns.path_of(ns))
+            chain.delete(f"{name}-warm", netns.path_of(ns))
         for i in range(PODS):
-            for name, chain in (("flatnet", ours), ("reference", ref)):
-                ns = f"{tag}-{name[0]}{i}"
+            for name, chain in chains.items():
+                ns = f"{tag}-{name[0]}{len(name)}-{i}"
                 made.append(ns)
                 netns.create(ns)
                 t0 = time.perf_counter()
-                chain.add(f"c{i}", netns.path_of(ns))
+                chain.add(f"{name}-c{i}", netns.path_of(ns))
                 t1 = time.perf_counter()
-                chain.delete(f"c{i}", netns.path_of(ns))
+                chain.delete(f"{name}-c{i}", netns.path_of(ns))
                 t2 = time.perf_counter()
                 times[name]["ADD"].append((t1 - t0) * 1000)
                 times[name]["DEL"].append((t2 - t1) * 1000)
         print(f"CNI latency per pod, {PODS} pods each, interleaved, same node namespace")
-        print(f"{'chain':<34}{'ADD p50':>9}{'ADD p99':>9}{'DEL p50':>9}{'DEL p99':>9}  (ms)")
-        labels = {"flatnet": "flatnet + loopback", "reference": "bridge + host-local + loopback"}
-        for name in ("flatnet", "reference"):
+        print(f"{'chain':<38}{'ADD p50':>9}{'ADD p99':>9}{'DEL p50':>9}{'DEL p99':>9}  (ms)")
+        for name in chains:
             t = times[name]
             print(
-                f"{labels[name]:<34}{pct(t['ADD'], 50):9.1f}{pct(t['ADD'], 99):9.1f}"
+                f"{labels[name]:<38}{pct(t['ADD'], 50):9.1f}{pct(t['ADD'], 99):9.1f}"
                 f"{pct(t['DEL'], 50):9.1f}{pct(t['DEL'], 99):9.1f}"
             )
-        for verb in ("ADD", "DEL"):
-            r = statistics.median(times["flatnet"][verb]) / statistics.median(
-                times["reference"][verb]
-            )
-            print(f"ratio flatnet/reference {verb} p50: {r:.2f}x")
+        for name in ("flatnet", "flatnet-py"):
+            for verb in ("ADD", "DEL"):
+                r = statistics.median(times[name][verb]) / statistics.median(
+                    times["reference"][verb]
+                )
+                print(f"ratio {name}/reference {verb} p50: {r:.2f}x")
         # throughput, deferred work included: the last DEL's veth must be gone too
         total = {}
-        for name, chain in (("flatnet", ours), ("reference", ref)):
-            total[name] = cycles(chain, f"{tag}-y{name[0]}", PODS, made)
-            if name == "flatnet":
+        for name, chain in chains.items():
+            total[name] = cycles(chain, f"{tag}-y{name[0]}{len(name)}-", PODS, made)
+            if name.startswith("flatnet"):
                 t0 = time.perf_counter()
                 while subprocess.run(
                     ["ip", "-n", node, "link", "show", "group", str(DOOMED)],
@@ -201,13 +207,14 @@ def main() -> None:
                 total[name] += (time.perf_counter() - t0) * 1000
         print(
             f"{PODS} back-to-back ADD+DEL cycles, wall time incl. deferred veth teardown: "
-            f"flatnet {total['flatnet']:.0f} ms, reference {total['reference']:.0f} ms, "
-            f"ratio {total['flatnet'] / total['reference']:.2f}x"
+            + ", ".join(f"{n} {t:.0f} ms" for n, t in total.items())
+            + f"; ratio flatnet/reference {total['flatnet'] / total['reference']:.2f}x"
         )
         ns = f"{tag}-rss"
         made.append(ns)
         netns.create(ns)
         rss = plugin_peak_rss(ours, node, netns.path_of(ns))
+        rss_py = plugin_peak_rss(ours_py, node, netns.path_of(ns))
         ref_rss = (
             subprocess.run(
                 ["/usr/bin/time", "-f", "%M", "/usr/lib/cni/loopback"],
@@ -220,7 +227,8 @@ def main() -> None:
             .splitlines()[-1]
         )
         print(
-            f"flatnet plugin peak RSS: {rss / 1024:.1f} MiB "
+            f"flatnet plugin peak RSS: compiled {rss / 1024:.1f} MiB, "
+            f"python {rss_py / 1024:.1f} MiB "
             f"(Go reference plugin 'loopback' VERSION: {int(ref_rss) / 1024:.1f} MiB)"
         )
         print(f"flatnet agent RSS: {rss_kib(agent_pid) / 1024:.1f} MiB")

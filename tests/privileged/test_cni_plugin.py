@@ -12,6 +12,7 @@ import pytest
 from privileged.conftest import Node, start_agent
 
 from flatnet.agent.pods import DOOMED
+from flatnet.cni.install import conflist, install
 from flatnet.cni.runtime import Chain
 from flatnet.errors import CNIError
 from flatnet.kernel import netns
@@ -173,6 +174,46 @@ def test_status_and_version(node: Node) -> None:
     assert chain.exec_plugin(chain.conf["plugins"][0], "STATUS", {}).code == 0
     v = chain.exec_plugin(chain.conf["plugins"][0], "VERSION", {}).json()
     assert v["supportedVersions"] == ["0.4.0", "1.0.0", "1.1.0"]
+
+
+@pytest.mark.parametrize("kind", ["c", "python"])
+def test_both_thin_entries_speak_the_same_protocol(node: Node, kind: str) -> None:
+    """install-cni builds the compiled entry by default; the Python one is the
+    fallback. Both must answer every verb alike."""
+    bin_dir = node.dir / f"bin-{kind}"
+    exe, _ = install(str(bin_dir), str(node.dir / f"net-{kind}"), node.socket, kind=kind)
+    head = exe.read_bytes()[:4]
+    assert (head == b"\x7fELF") == (kind == "c")
+    conf = conflist(node.socket, portmap=False)
+    conf["cniVersion"] = "1.1.0"
+    chain = Chain(conf, [str(bin_dir), "/usr/lib/cni"], ns=node.ns, cache_dir=str(node.dir / kind))
+    plugin = chain.conf["plugins"][0]
+    for asked, answered in (("0.4.0", "0.4.0"), ("1.1.0", "1.1.0"), ("9.9.9", "1.1.0")):
+        r = chain.exec_plugin(dict(plugin), "VERSION", {})
+        chain.conf["cniVersion"] = asked
+        v = chain.exec_plugin(dict(plugin), "VERSION", {}).json()
+        assert r.code == 0 and v == {
+            "cniVersion": answered,
+            "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"],
+        }
+    chain.conf["cniVersion"] = "1.1.0"
+    ns = node.pod_ns(kind)
+    res = chain.add("c1", ns)
+    assert pod_ip(node, ns) == res["ips"][0]["address"].split("/")[0]
+    chain.check("c1", ns)
+    chain.delete("c1", ns)
+    assert node.veths() == set() and node.allocations() == []
+    # the agent's errors come back unchanged; an unreachable agent is 11 / 50
+    env = chain._env("c2", ns, "eth0", None)
+    bad = chain.exec_plugin(dict(plugin, podCIDR="10.0.0.0/99"), "ADD", env)
+    assert bad.code == 1 and bad.json()["code"] == 7 and bad.json()["cniVersion"] == "1.1.0"
+    gone = str(node.dir / "no such agent.sock")
+    r = chain.exec_plugin(dict(plugin, agentSocket=gone), "ADD", env)
+    assert r.code == 1 and r.json()["code"] == 11 and gone in r.json()["msg"]
+    r = chain.exec_plugin(dict(plugin, agentSocket=str(node.dir / "nobody.sock")), "STATUS", {})
+    err = r.json()
+    assert r.code == 1 and err["code"] == 50 and "nobody.sock" in err["msg"]
+    assert node.allocations() == []
 
 
 def test_subnet_exhausted_names_subnet(small_node: Node) -> None:
