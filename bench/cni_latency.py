@@ -94,6 +94,12 @@ def main() -> None:
     node = tag + "-n"
     made = [node]
     netns.create(node)
+    for cmd in (
+        "link add ul0 type bridge",
+        "addr add 192.168.9.1/24 dev ul0",
+        "link set ul0 up",
+    ):  # the node's underlay: a port-less bridge holding the node IP
+        subprocess.run(["ip", "-n", node, *cmd.split()], check=True)
     agent_pid = 0
     try:
         sock = str(tmp / "agent.sock")

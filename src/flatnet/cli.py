@@ -40,6 +40,7 @@ def agent(
     node_subnet_length: int = 24,
     backend: str = "vxlan",
     mtu: int = 1500,
+    resync: Annotated[float, typer.Option(help="seconds between peer re-syncs")] = 10.0,
 ) -> None:
     """Run the node agent (in this host's or lab node's own network namespace)."""
     from flatnet.agent.daemon import Agent, AgentOptions
@@ -57,6 +58,7 @@ def agent(
             underlay_ip=underlay_ip,
             bridge=bridge,
             network=net,
+            resync_every=resync,
         )
     ).run_forever()
 
@@ -111,7 +113,8 @@ def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> 
 
     t = topo.load(file)
     if backend:
-        t = replace(t, network=replace(t.network, backend=backend))
+        opts = t.network.backend_options if backend == t.network.backend else {}
+        t = replace(t, network=replace(t.network, backend=backend, backend_options=opts))
     start = time.monotonic()
     with Progress(
         TextColumn("{task.description:<42}"),
@@ -210,19 +213,40 @@ def lab_check(lab: Annotated[str | None, typer.Option()] = None) -> None:
     st = LabState.load(_one_lab(lab))
     results = probe.matrix(st)
     eps = probe.endpoints(st)
-    t = Table("FROM", "FROM IP", "TO", "TARGET", "RESULT", "SOURCE IP SEEN", title="connectivity")
+    nodes = {n: st.pods[n]["node"] for n in st.pods}
+    t = Table(
+        "FROM",
+        "FROM IP",
+        "TO",
+        "TARGET",
+        "PATH",
+        "ICMP",
+        "TCP",
+        "SOURCE IP SEEN",
+        title="connectivity",
+    )
     for r in results:
         own = eps[r.client][1]
         if not r.ok:
             verdict = f"[red]FAIL[/] {r.detail[:40]}"
         elif r.server == "external":
-            verdict = "[green]ok[/] (masqueraded: leaves the cluster)"
+            verdict = "[green]ok[/] masqueraded"
         else:
             verdict = "[green]ok[/] no NAT" if r.seen_ip == own else "[red]NATed[/]"
-        t.add_row(r.client, own, r.server, r.target, verdict, r.seen_ip)
+        path = (
+            "leaves"
+            if r.server == "external"
+            else "same node"
+            if nodes.get(r.client) == nodes.get(r.server)
+            else "cross node"
+        )
+        icmp = "[green]ok[/]" if r.icmp else "[red]FAIL[/]"
+        t.add_row(r.client, own, r.server, r.target, path, icmp, verdict, r.seen_ip)
     out.print(t)
     bad = [
-        r for r in results if not r.ok or (r.server != "external" and r.seen_ip != eps[r.client][1])
+        r
+        for r in results
+        if not r.ok or not r.icmp or (r.server != "external" and r.seen_ip != eps[r.client][1])
     ]
     out.print(f"{len(results) - len(bad)}/{len(results)} probes passed")
     raise typer.Exit(1 if bad else 0)
@@ -249,6 +273,7 @@ def get(
     """Show pods or nodes: get pods|nodes [-o json|wide]."""
     from flatnet.model import PREFIX, PodRecord
 
+    items: list[dict[str, Any]] = []
     s, _ = _store_for(lab, store)
     try:
         if kind in ("pods", "pod", "po"):
@@ -269,8 +294,23 @@ def get(
                 )
             cols = ["namespace", "name", "node", "ip", "mode", "phase", "netns"]
         elif kind in ("nodes", "node", "no"):
-            items = [json.loads(kv.value) for kv in s.range(PREFIX + "nodes/")]
-            cols = ["name", "underlayIP", "podSubnet"]
+            status = {kv.key.rsplit("/", 1)[1]: kv.value for kv in s.range(PREFIX + "status/")}
+            items = []
+            for kv in s.range(PREFIX + "nodes/"):
+                node = json.loads(kv.value)
+                st = json.loads(status.get(node["name"], "{}"))
+                node.update(
+                    backend=st.get("backend", ""),
+                    peers=st.get("programmed", []),
+                    refused=st.get("refused", {}),
+                    ready=bool(st),
+                )
+                items.append(node)
+            if output != "json":
+                for it in items:
+                    it["peers"] = ",".join(it["peers"]) or "-"
+                    it["refused"] = "; ".join(it["refused"].values()) or "-"
+            cols = ["name", "underlayIP", "podSubnet", "backend", "peers", "refused"]
         else:
             raise ConfigError(f"unknown kind '{kind}': use pods or nodes")
     finally:

@@ -30,6 +30,10 @@ __all__ = [
 
 PREFIX = "/flatnet/"
 BACKENDS = ("host-gw", "vxlan", "udp", "none")
+BACKEND_OPTIONS: dict[str, dict[str, type]] = {
+    "vxlan": {"vni": int, "port": int, "directRouting": bool, "txChecksumOffload": bool},
+    "udp": {"port": int},
+}
 
 
 def subnet_key(subnet: ipaddress.IPv4Network) -> str:
@@ -61,7 +65,9 @@ class _Json:
 
 @dataclass(frozen=True)
 class NetworkConfig(_Json):
-    """The cluster network: pod CIDR, node subnet size, service CIDR, backend, MTU."""
+    """The cluster network: pod CIDR, node subnet size, service CIDR, backend (and its
+    options, e.g. vxlan's ``vni``, ``port``, ``directRouting``), the largest MTU pods
+    may get (the backend lowers it by its overhead), and the node lease TTL."""
 
     pod_cidr: str = "10.244.0.0/16"
     node_subnet_length: int = 24
@@ -69,6 +75,7 @@ class NetworkConfig(_Json):
     backend: str = "vxlan"
     mtu: int = 1500
     lease_ttl: float = 86400.0
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         pod = _net(self.pod_cidr, "network.podCIDR")
@@ -82,6 +89,15 @@ class NetworkConfig(_Json):
             raise ConfigError(
                 f"network.backend: '{self.backend}' is not one of {', '.join(BACKENDS)}"
             )
+        known = BACKEND_OPTIONS.get(self.backend, {})
+        for k, v in self.backend_options.items():
+            if k not in known:
+                raise ConfigError(
+                    f"network.backendOptions.{k}: not an option of backend '{self.backend}' "
+                    f"(known: {', '.join(known) or 'none'})"
+                )
+            if type(v) is not known[k]:
+                raise ConfigError(f"network.backendOptions.{k}: {v!r} is not a {known[k].__name__}")
         if not 576 <= self.mtu <= 65535:
             raise ConfigError(f"network.mtu: {self.mtu} is out of range 576..65535")
 

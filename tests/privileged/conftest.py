@@ -53,7 +53,9 @@ class Node:
         return subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True)
 
     def link_info(self) -> list[dict]:
-        out = subprocess.run(["ip", "-n", self.ns, "-j", "link"], capture_output=True, text=True)
+        out = subprocess.run(
+            ["ip", "-n", self.ns, "-j", "-d", "link"], capture_output=True, text=True
+        )
         return list(json.loads(out.stdout))
 
     def links(self) -> list[str]:
@@ -70,7 +72,11 @@ class Node:
         while self.doomed():
             assert time.monotonic() < deadline, f"veths never reaped: {self.doomed()}"
             time.sleep(0.05)
-        return {n for n in self.links() if n.startswith("fl") and n != "fl0"}
+        return {
+            x["ifname"]
+            for x in self.link_info()
+            if x["ifname"].startswith("fl") and x.get("linkinfo", {}).get("info_kind") == "veth"
+        }
 
     def allocations(self) -> list[str]:
         assert self.agent.pods is not None
@@ -100,6 +106,10 @@ def make_node(uniq: str, tmp_path: Path, net: NetworkConfig | None = None) -> No
     name = f"fl-{uniq}"
     ns = name + "-n"
     netns.create(ns)
+    # the node's underlay: a port-less bridge holding the node IP
+    subprocess.run(["ip", "-n", ns, "link", "add", "ul0", "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", ns, "addr", "add", "192.168.9.1/24", "dev", "ul0"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "ul0", "up"], check=True)
     install(str(tmp_path / "bin"), str(tmp_path / "net.d"), str(tmp_path / "agent.sock"))
     try:
         agent = start_agent(name, ns, tmp_path, net)

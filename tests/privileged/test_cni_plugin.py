@@ -86,8 +86,7 @@ def test_chain_with_loopback_and_portmap(node: Node) -> None:
         ],
         check=True,
     )
-    node.sh(node.ns, "ip", "addr", "add", "192.168.9.1/24", "dev", "up0")
-    node.sh(node.ns, "ip", "link", "set", "up0", "up")
+    node.sh(node.ns, "ip", "link", "set", "up0", "master", "ul0", "up")  # onto the underlay
     node.sh(client, "ip", "addr", "add", "192.168.9.2/24", "dev", "eth0")
     node.sh(client, "ip", "link", "set", "eth0", "up")
     ns = node.pod_ns("web")
@@ -286,7 +285,7 @@ def test_agent_restart_keeps_subnet_and_pods(node: Node) -> None:
     assert node.agent.lease.subnet == subnet  # type: ignore[union-attr]
     assert node.sh(ns, "ping", "-c1", "-W1", res["ips"][0]["gateway"]).returncode == 0
     chain.check("c1", ns)
-    assert sorted(node.links()) == sorted(["lo", "fl0", *node.veths()])
+    assert sorted(node.links()) == sorted(["lo", "ul0", "fl0", "flatnet.1", *node.veths()])
     assert len(node.veths()) == 1  # nothing duplicated
 
 

@@ -20,8 +20,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from flatnet import backends
 from flatnet.agent.node import setup_node
+from flatnet.agent.peers import PeerWatcher
 from flatnet.agent.pods import PodNetwork
+from flatnet.backends import Context
 from flatnet.cni import protocol
 from flatnet.cni.protocol import Request
 from flatnet.errors import CNIError, ConfigError
@@ -48,6 +51,7 @@ class AgentOptions:
     reclaim_grace: float = 60.0
     reclaim_every: float = 30.0
     reap_delay: float = 0.5  # batch window for destroying deleted pods' veths
+    resync_every: float = 10.0  # peer routes re-converged this often without events
 
 
 class Agent:
@@ -66,25 +70,46 @@ class Agent:
         o = self.opts
         self.store = open_store(o.store_url)
         cfg = save_config(self.store, o.network or NetworkConfig())
+        self.config = cfg
         underlay = o.underlay_ip or underlay_address(o.ns)
+        dev, dev_mtu, nets = underlay_device(o.ns, underlay)
+        self.backend = backends.get(cfg.backend)
         self._ttl_lease = self.store.grant(cfg.lease_ttl)
         self.lease = lease_subnet(self.store, cfg, o.node, underlay, self._ttl_lease)
+        ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, dict(cfg.backend_options))
+        self.backend_data = self.backend.setup(ctx)
+        self.lease = lease_subnet(  # now with what peers need (e.g. the VTEP MAC)
+            self.store, cfg, o.node, underlay, self._ttl_lease, self.backend_data
+        )
+        ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, dict(cfg.backend_options))
+        self.mtu = min(cfg.mtu, self.backend.pod_mtu(ctx))
         self.nft = Nft(o.ns)
-        setup_node(o.ns, o.bridge, self.lease.subnet, cfg.pod_cidr, cfg.mtu, self.nft)
+        setup_node(o.ns, o.bridge, self.lease.subnet, cfg.pod_cidr, self.mtu, self.nft)
         ipam = PodIPAM(self.store, self.lease.subnet, o.node)
-        self.pods = PodNetwork(o.ns, o.bridge, ipam, cfg.mtu, o.reap_delay)
+        self.pods = PodNetwork(o.ns, o.bridge, ipam, self.mtu, o.reap_delay)
         self.pods.start_reaper()
-        self.config = cfg
+        self.peers = PeerWatcher(
+            self.store,
+            self.backend,
+            ctx,
+            self.backend.devices(ctx),
+            self._ttl_lease,
+            o.resync_every,
+        )
         self._serve()
         self._spawn(self._keepalive_loop, "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
+        self._spawn(lambda: self.peers.run(self._stop), "peers")
         self.ready.set()
         log.info(
-            "node %s ready: subnet %s, underlay %s, socket %s",
+            "node %s ready: subnet %s, underlay %s on %s (MTU %d), backend %s, pod MTU %d",
             o.node,
             self.lease.subnet,
             underlay,
-            o.socket_path,
+            dev,
+            dev_mtu,
+            cfg.backend,
+            self.mtu,
         )
 
     def _spawn(self, fn: Any, name: str) -> None:
@@ -129,6 +154,9 @@ class Agent:
             self._server.server_close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.opts.socket_path)
+        for t in self._threads:
+            if t.name == "peers":
+                t.join(timeout=5)
         if self.pods is not None:
             self.pods.close()
         if self.store is not None:
@@ -157,6 +185,7 @@ class Agent:
                         self.opts.node,
                         self.lease.underlay_ip if self.lease else "",
                         self._ttl_lease,
+                        self.backend_data,
                     )
             except Exception as e:  # keep trying: the store may be back soon
                 log.warning("lease keep-alive failed: %s", e)
@@ -229,6 +258,22 @@ def validate_netconf(conf: dict[str, Any], cluster: NetworkConfig) -> None:
             raise CNIError(
                 7, f"network '{name}': podCIDR {cidr} differs from the cluster's {cluster.pod_cidr}"
             )
+
+
+def underlay_device(ns: str | None, ip: str) -> tuple[str, int, tuple[str, ...]]:
+    """The device holding the underlay ``ip``: its name, MTU and connected networks."""
+    with netns.iproute(ns) as ipr:
+        for a in ipr.get_addr(family=2):
+            if a.get("IFA_ADDRESS") == ip:
+                link = ipr.get_links(a["index"])[0]
+                nets = tuple(
+                    str(ipaddress.IPv4Network(f"{x.get('IFA_ADDRESS')}/{x['prefixlen']}", False))
+                    for x in ipr.get_addr(index=a["index"], family=2)
+                )
+                return str(link.get("IFLA_IFNAME")), int(link.get("IFLA_MTU")), nets
+    raise ConfigError(
+        f"underlay IP {ip} is on no device in {'namespace ' + ns if ns else 'this host'}"
+    )
 
 
 def underlay_address(ns: str | None) -> str:

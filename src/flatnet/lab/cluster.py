@@ -19,6 +19,7 @@ Order (every object is recorded in the state file before the next is made):
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from flatnet.agent.peers import STATUS_PREFIX
 from flatnet.cni.install import install
 from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import ConfigError, FlatnetError, KernelError
@@ -63,6 +65,12 @@ def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None
     return p.pid
 
 
+def _tc(ns: str, *args: str) -> None:
+    r = subprocess.run(["ip", "netns", "exec", ns, "tc", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise KernelError(f"tc {' '.join(args)} in '{ns}' failed: {r.stderr.strip()}")
+
+
 def wait_port(ns: str, port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     import socket
 
@@ -92,25 +100,48 @@ class _Builder:
         self.st = LabState(topo.name, file=os.path.abspath(topo.path), datastore=topo.datastore)
         self.prefix = f"fl-{topo.name}-"
         self.plen = int(topo.underlay_cidr.split("/")[1])
+        self.st.segments = topo.segments()
 
-    # -- underlay -----------------------------------------------------------
+    # -- underlay ---------------------------------------------------------
     def underlay(self) -> None:
+        """Switch namespace with one bridge per segment; nodes (and the external
+        host, on segment A) plugged in; for ``routed``, a router between A and B."""
+        t = self.t
+        segs = t.segments()
         sw = self.st.add_ns(self.prefix + "sw")
         with netns.iproute(sw) as ipr:
-            ipr.link("add", ifname="br0", kind="bridge")
-            ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], state="up")
-        members = [(n, self.prefix + "n-" + n, self.t.node_ip(n)) for n in self.t.nodes]
-        if self.t.external:
-            members.append(("external", self.prefix + "ext", self.t.external_ip))
+            for i in range(len(segs)):
+                ipr.link("add", ifname=f"br{i}", kind="bridge")
+                ipr.link("set", index=ipr.link_lookup(ifname=f"br{i}")[0], state="up")
+        ports = iter(range(1000))
+        if t.underlay == "routed":
+            rt = self.st.add_ns(self.prefix + "rt")
+            self.st.router = rt
+            for i, cidr in enumerate(segs):
+                self._plug(sw, i, rt, f"p{next(ports)}", f"eth{i}", t.router_ip(i), cidr)
+            netns.sysctl(rt, "net.ipv4.ip_forward", "1")
+        members: list[tuple[str, str, str, int]] = [
+            (n, self.prefix + "n-" + n, t.node_ip(n), t.segment_of(n)) for n in t.nodes
+        ]
+        if t.external:
+            members.append(("external", self.prefix + "ext", t.external_ip, 0))
             self.st.external = self.prefix + "ext"
-        for i, (name, ns, ip) in enumerate(members):
+        for i, (name, ns, ip, seg) in enumerate(members):
             self.st.add_ns(ns)
-            self._plug(sw, ns, f"p{i}", ip)
+            gw = t.router_ip(seg) if t.underlay == "routed" else t.external_ip
+            routes = {"0.0.0.0/0": gw} if t.external and name != "external" else {}
+            if t.underlay == "routed" and name == "external":
+                routes = {segs[1]: t.router_ip(0)}
+            elif t.underlay == "routed":
+                routes = {"0.0.0.0/0": gw}
+            self._plug(sw, seg, ns, f"p{next(ports)}", "eth0", ip, segs[seg], routes)
             if name != "external":
                 self.st.nodes[name] = {"ns": ns, "underlayIP": ip}
+                if t.netem:
+                    _tc(ns, "qdisc", "add", "dev", "eth0", "root", "netem", *t.netem)
             self.progress("underlay: node namespaces on the switch", i + 1, len(members))
         self.st.save()
-        if self.t.external:
+        if t.external:
             pid = spawn(
                 self.st.external,
                 _py("flatnet.agnhost", "netexec", "--http-port", "8080"),
@@ -119,27 +150,38 @@ class _Builder:
             )
             self.st.add_process(pid, "external")
 
-    def _plug(self, sw: str, ns: str, port: str, ip: str) -> None:
+    def _plug(
+        self,
+        sw: str,
+        seg: int,
+        ns: str,
+        port: str,
+        ifname: str,
+        ip: str,
+        cidr: str,
+        routes: dict[str, str] | None = None,
+    ) -> None:
+        """A veth from bridge ``br<seg>`` in the switch to ``ifname`` in ``ns``."""
         path = netns.path_of(ns)
         fd = os.open(path, os.O_RDONLY)
         try:
             with netns.iproute(sw) as ipr:
-                ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+                ipr.link("add", ifname=port, kind="veth", peer={"ifname": ifname, "net_ns_fd": fd})
                 ipr.link(
                     "set",
                     index=ipr.link_lookup(ifname=port)[0],
                     state="up",
-                    master=ipr.link_lookup(ifname="br0")[0],
+                    master=ipr.link_lookup(ifname=f"br{seg}")[0],
                 )
         finally:
             os.close(fd)
         with netns.iproute(path) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            idx = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=idx, address=ip, prefixlen=self.plen)
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ipr.addr("add", index=idx, address=ip, prefixlen=int(cidr.split("/")[1]))
             ipr.link("set", index=idx, state="up")
-            if self.t.external and ip != self.t.external_ip:
-                ipr.route("add", dst="0.0.0.0/0", gateway=self.t.external_ip, oif=idx)
+            for dst, gw in (routes or {}).items():
+                ipr.route("add", dst=dst, gateway=gw, oif=idx)
 
     # -- datastore ----------------------------------------------------------
     def datastore(self) -> tuple[str, str]:
@@ -154,12 +196,10 @@ class _Builder:
 
         sw = self.prefix + "sw"
         with netns.iproute(sw) as ipr:
-            ipr.addr(
-                "add",
-                index=ipr.link_lookup(ifname="br0")[0],
-                address=self.t.store_ip,
-                prefixlen=self.plen,
-            )
+            br0 = ipr.link_lookup(ifname="br0")[0]
+            ipr.addr("add", index=br0, address=self.t.store_ip, prefixlen=self.plen)
+            if self.t.underlay == "routed":  # nodes on segment B reach etcd via the router
+                ipr.route("add", dst=self.t.segments()[1], gateway=self.t.router_ip(0), oif=br0)
         (self.st.dir / "etcd").mkdir(exist_ok=True)
         srv = EtcdServer(
             host=self.t.store_ip,
@@ -177,7 +217,7 @@ class _Builder:
         return srv.url, srv.socket_url
 
     # -- agents -------------------------------------------------------------
-    def agents(self, agent_url: str) -> None:
+    def agents(self, agent_url: str, store: Store) -> None:
         total = len(self.t.nodes)
         for node in self.t.nodes:
             d = self.st.dir / "nodes" / node
@@ -201,11 +241,36 @@ class _Builder:
                 sock,
                 "--underlay-ip",
                 info["underlayIP"],
+                "--resync",
+                str(self.t.agent_resync),
             )
+            info["agentArgv"] = argv
             self.st.add_process(spawn(info["ns"], argv, d / "agent.log"), f"agent:{node}")
         for i, node in enumerate(self.t.nodes):
             self._wait_agent(node)
             self.progress("agents ready", i + 1, total)
+        self._wait_peers(store)
+
+    def _wait_peers(self, store: Store, timeout: float = 30) -> None:
+        """Until every agent has programmed (or refused) every other node."""
+        nodes = set(self.t.nodes)
+        deadline = time.monotonic() + timeout
+        done: set[str] = set()
+        while True:
+            done = set()
+            for kv in store.range(STATUS_PREFIX):
+                s = json.loads(kv.value)
+                if set(s["programmed"]) | set(s["refused"]) | {s["node"]} == nodes:
+                    done.add(s["node"])
+            self.progress("peers programmed", len(done), len(nodes))
+            if done == nodes:
+                return
+            if time.monotonic() > deadline:
+                raise FlatnetError(
+                    f"nodes {', '.join(sorted(nodes - done))} did not program their peers "
+                    f"within {timeout}s"
+                )
+            time.sleep(0.05)
 
     def _wait_agent(self, node: str, timeout: float = 30) -> None:
         info = self.st.nodes[node]
@@ -312,7 +377,7 @@ def build(topo: LabTopo, progress: Progress) -> LabState:
         store = open_store(cli_url)
         try:
             save_config(store, topo.network)
-            b.agents(agent_url)
+            b.agents(agent_url, store)
             b.pods(store)
         finally:
             store.close()

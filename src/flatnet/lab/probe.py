@@ -1,8 +1,9 @@
 """Connectivity checks on a running lab: who reaches whom, and with which source IP.
 
-Each probe runs inside the client's namespace (a fresh thread that enters it)
-and asks the server's agnhost ``/clientip``, so the result shows the source
-address the server saw — the proof that no NAT happened inside the cluster.
+Each probe runs inside the client's namespace (a fresh thread that enters it):
+one ping, and a TCP request to the server's agnhost ``/clientip``, so the
+result shows the source address the server saw — the proof that no NAT
+happened inside the cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Probe:
     ok: bool
     seen_ip: str  # the source IP the server saw ("" when it failed)
     detail: str = ""
+    icmp: bool = False  # one ping answered
 
 
 def http_probe(ns: str, url: str, timeout: float = 2.0) -> str:
@@ -68,11 +70,12 @@ def matrix(st: LabState, clients: list[str] | None = None) -> list[Probe]:
         c, s = pair
         ns = eps[c][0] if c in eps else st.pods[c]["ns"]
         target = f"{eps[s][1]}:8080"
+        icmp = ping(ns.rsplit("/", 1)[-1], eps[s][1])
         try:
             seen = http_probe(ns, f"http://{target}/clientip").rsplit(":", 1)[0]
-            return Probe(c, s, target, True, seen)
+            return Probe(c, s, target, True, seen, icmp=icmp)
         except OSError as e:
-            return Probe(c, s, target, False, "", str(e))
+            return Probe(c, s, target, False, "", str(e), icmp)
 
     pairs = [(c, s) for c in names for s in eps if s != c]
     with ThreadPoolExecutor(max_workers=8) as ex:

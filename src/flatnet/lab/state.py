@@ -44,6 +44,8 @@ class LabState:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     external: str = ""
+    router: str = ""
+    segments: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
 
     @property

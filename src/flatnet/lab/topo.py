@@ -33,7 +33,28 @@ class _Network(_Strict):
     nodeSubnetLength: int = 24  # noqa: N815
     serviceCIDR: str = "10.96.0.0/12"  # noqa: N815
     backend: str = "vxlan"
+    backendOptions: dict[str, Any] = {}  # noqa: N815
     mtu: int = 1500
+    leaseTTL: float = Field(default=86400.0, gt=2)  # noqa: N815
+
+
+class _Netem(_Strict):
+    """tc netem on every node's underlay link (egress): each hop pays it once."""
+
+    delay: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?(us|ms|s)$")
+    jitter: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?(us|ms|s)$")
+    loss: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?%$")
+    rate: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?(bit|kbit|mbit|gbit)$")
+
+    def args(self) -> tuple[str, ...]:
+        out: list[str] = []
+        if self.delay:
+            out += ["delay", self.delay] + ([self.jitter] if self.jitter else [])
+        if self.loss:
+            out += ["loss", self.loss]
+        if self.rate:
+            out += ["rate", self.rate]
+        return tuple(out)
 
 
 class _Lab(_Strict):
@@ -41,8 +62,10 @@ class _Lab(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,11}$")
     network: _Network = _Network()
     datastore: Literal["sqlite", "etcd"] = "sqlite"
-    underlay: Literal["l2"] = "l2"
+    underlay: Literal["l2", "routed"] = "l2"
     underlayCIDR: str = "192.168.50.0/24"  # noqa: N815
+    netem: _Netem = _Netem()
+    agentResync: float = Field(default=10.0, gt=0)  # noqa: N815
     nodes: list[str] = Field(min_length=1, max_length=60)
     external: bool = False
 
@@ -103,6 +126,11 @@ class LabPod:
 
 @dataclass(frozen=True)
 class LabTopo:
+    """The lab as data. Underlay ``l2``: every node on one switch in
+    ``underlay_cidr``. ``routed``: the first half of the nodes (rounded up) on
+    segment A = ``underlay_cidr``, the rest on segment B = the next block of the
+    same size, joined by a router namespace holding ``.1`` on both."""
+
     name: str
     network: NetworkConfig
     datastore: str
@@ -112,10 +140,29 @@ class LabTopo:
     external: bool
     pods: tuple[LabPod, ...] = field(default=())
     path: str = ""
+    netem: tuple[str, ...] = ()
+    agent_resync: float = 10.0
+
+    def segments(self) -> list[str]:
+        a = ipaddress.IPv4Network(self.underlay_cidr)
+        if self.underlay != "routed":
+            return [str(a)]
+        b = ipaddress.IPv4Network(f"{a.broadcast_address + 1}/{a.prefixlen}")
+        return [str(a), str(b)]
+
+    def segment_of(self, node: str) -> int:
+        if self.underlay != "routed":
+            return 0
+        return 0 if self.nodes.index(node) < (len(self.nodes) + 1) // 2 else 1
 
     def node_ip(self, node: str) -> str:
-        net = ipaddress.IPv4Network(self.underlay_cidr)
-        return str(net.network_address + 11 + self.nodes.index(node))
+        seg = self.segment_of(node)
+        net = ipaddress.IPv4Network(self.segments()[seg])
+        first = [n for n in self.nodes if self.segment_of(n) == seg]
+        return str(net.network_address + 11 + first.index(node))
+
+    def router_ip(self, seg: int) -> str:
+        return str(ipaddress.IPv4Network(self.segments()[seg]).network_address + 1)
 
     @property
     def external_ip(self) -> str:
@@ -189,6 +236,8 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
             service_cidr=lab.network.serviceCIDR,
             backend=lab.network.backend,
             mtu=lab.network.mtu,
+            lease_ttl=lab.network.leaseTTL,
+            backend_options=dict(lab.network.backendOptions),
         )
         ipaddress.IPv4Network(lab.underlayCIDR)
     except (ConfigError, ValueError) as e:
@@ -236,6 +285,8 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         lab.external,
         tuple(pods),
         path,
+        lab.netem.args(),
+        lab.agentResync,
     )
 
 

@@ -1,0 +1,132 @@
+"""How it works — the peer watcher: every other node's lease, programmed into the kernel.
+
+One thread. It lists the subnet leases (``/flatnet/subnets/``) at revision R,
+programs them, then watches from R+1: each event (a node appeared, changed
+its lease, or its lease was deleted or expired) updates the map and the
+kernel converges at once — events that arrive together are applied together.
+With no event for ``resync`` seconds it converges anyway, which repairs
+objects removed by hand. If the watch's history was compacted it lists
+again; if the store is unreachable it keeps the kernel as it is (the data
+plane lives there) and retries.
+
+After every convergence that changed something it publishes
+``/flatnet/status/<node>``: which peers are programmed and which the backend
+refused, and why (``flatnet get nodes -o wide`` shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from flatnet.backends import Backend, Context
+from flatnet.errors import CompactedError
+from flatnet.kernel.routes import converge
+from flatnet.model import PREFIX, Lease
+from flatnet.store import Event, Store
+
+__all__ = ["STATUS_PREFIX", "SUBNETS_PREFIX", "PeerWatcher"]
+
+log = logging.getLogger("flatnet.agent.peers")
+SUBNETS_PREFIX = PREFIX + "subnets/"
+STATUS_PREFIX = PREFIX + "status/"
+
+
+class PeerWatcher:
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        ctx: Context,
+        devices: tuple[str, ...],
+        status_lease: int = 0,
+        resync: float = 10.0,
+    ) -> None:
+        self.store, self.backend, self.ctx, self.devices = store, backend, ctx, devices
+        self.status_lease = status_lease
+        self.resync = resync
+        self.leases: dict[str, Lease] = {}
+        self.synced = threading.Event()  # set after the first convergence
+        self.syncs = 0
+        self._status: dict[str, Any] = {}
+
+    # -- state --------------------------------------------------------------
+    def peers(self) -> list[Lease]:
+        return sorted(
+            (lease for lease in self.leases.values() if lease.node != self.ctx.lease.node),
+            key=lambda lease: lease.node,
+        )
+
+    def _apply(self, ev: Event) -> None:
+        if ev.type == "delete":
+            self.leases.pop(ev.key, None)
+        else:
+            self.leases[ev.key] = Lease.from_json(ev.value)
+
+    def sync(self) -> None:
+        """Converge the kernel to the current peers (idempotent)."""
+        peers = self.peers()
+        want = self.backend.desired(self.ctx, peers)
+        changes = converge(self.ctx.ns, want, self.devices)
+        self.syncs += 1
+        programmed = [p.node for p in peers if p.node not in set(want.refused) | want.pending]
+        if changes:
+            log.info(
+                "peers converged: +%d -%d objects; programmed %s",
+                changes.added,
+                changes.removed,
+                ", ".join(programmed) or "none",
+            )
+        for node, why in want.refused.items():
+            if self._status.get("refused", {}).get(node) != why:
+                log.warning("%s", why)
+        status = {
+            "node": self.ctx.lease.node,
+            "backend": self.backend.name,
+            "programmed": programmed,
+            "pending": sorted(want.pending),
+            "refused": dict(want.refused),
+        }
+        if status != self._status:
+            self._status = status
+            self.store.put(
+                STATUS_PREFIX + self.ctx.lease.node, json.dumps(status), lease=self.status_lease
+            )
+        self.synced.set()
+
+    # -- the loop -----------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self._follow(stop)
+            except CompactedError:
+                log.warning("watch history compacted; listing the leases again")
+            except Exception as e:  # the store is away: keep the kernel as it is
+                log.warning("peer watch failed (%s); retrying", e)
+                stop.wait(1.0)
+
+    def _follow(self, stop: threading.Event) -> None:
+        rev = self.store.revision()
+        self.leases = {kv.key: Lease.from_json(kv.value) for kv in self.store.range(SUBNETS_PREFIX)}
+        self.sync()
+        watch = self.store.watch(SUBNETS_PREFIX, rev + 1)
+        try:
+            last = time.monotonic()
+            while not stop.is_set():
+                wait = max(0.0, self.resync - (time.monotonic() - last))
+                ev = watch.next_event(timeout=min(wait, 0.5))
+                if ev is None:
+                    if time.monotonic() - last >= self.resync:
+                        self.sync()  # repairs what was removed by hand
+                        last = time.monotonic()
+                    continue
+                self._apply(ev)
+                while (more := watch.next_event(timeout=0)) is not None:
+                    self._apply(more)
+                self.sync()
+                last = time.monotonic()
+        finally:
+            watch.close()

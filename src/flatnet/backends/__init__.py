@@ -1,0 +1,137 @@
+"""Node-to-node forwarding, pluggable like flannel's backends.
+
+A backend answers one question: *which kernel objects does this set of peers
+imply on this node?* The agent's peer watcher (:mod:`flatnet.agent.peers`)
+calls :meth:`Backend.sync` with every peer's lease whenever the set changes
+and periodically; :mod:`flatnet.kernel.routes` converges the node's kernel to
+the :class:`Desired` state — adding what is missing, replacing what differs,
+deleting what flatnet owns but no longer wants, touching nothing else.
+
+Contract, in call order (all run in the agent; ``ctx.ns`` names the node's
+namespace, None on a real host):
+
+1. ``setup(ctx)`` — once at start, idempotent: create the backend's devices;
+   returns the data peers need (published in the lease as ``backend_data``).
+2. ``pod_mtu(ctx)`` — the MTU pods and the bridge get (underlay MTU minus the
+   encapsulation overhead).
+3. ``desired(ctx, peers)`` — pure: the routes / neighbours / FDB entries for
+   those peers, plus a reason for every peer it refuses.
+4. ``devices(ctx)`` — the devices whose neighbour and FDB entries it owns.
+5. ``teardown(ctx)`` — remove the backend's devices (switching backends).
+
+Modules register themselves with :func:`register`; :func:`get` builds one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from flatnet.errors import ConfigError
+from flatnet.model import Lease
+
+__all__ = [
+    "RTPROT_FLATNET",
+    "Backend",
+    "Context",
+    "Desired",
+    "Fdb",
+    "Neigh",
+    "Route",
+    "get",
+    "names",
+    "register",
+]
+
+RTPROT_FLATNET = 66  # the route protocol number marking routes flatnet owns
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str  # CIDR
+    gateway: str
+    dev: str
+    onlink: bool = False
+
+
+@dataclass(frozen=True)
+class Neigh:
+    ip: str
+    mac: str
+    dev: str
+
+
+@dataclass(frozen=True)
+class Fdb:
+    mac: str
+    dst: str  # the peer's underlay IP
+    dev: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    routes: frozenset[Route] = frozenset()
+    neigh: frozenset[Neigh] = frozenset()
+    fdb: frozenset[Fdb] = frozenset()
+    refused: dict[str, str] = field(default_factory=dict)  # node -> why
+    pending: frozenset[str] = frozenset()  # nodes that have not published enough yet
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a backend knows about its own node."""
+
+    ns: str | None
+    lease: Lease  # this node's own lease (subnet, underlay IP)
+    underlay_dev: str
+    underlay_mtu: int
+    underlay_nets: tuple[str, ...]  # the CIDRs directly connected on the underlay device
+    options: dict[str, object] = field(default_factory=dict)
+
+    def on_link(self, ip: str) -> bool:
+        """Is ``ip`` on this node's L2 segment (reachable without a router)?"""
+        a = ipaddress.IPv4Address(ip)
+        return any(a in ipaddress.IPv4Network(n, strict=False) for n in self.underlay_nets)
+
+
+class Backend(Protocol):
+    name: str
+
+    def setup(self, ctx: Context) -> dict[str, object]: ...
+
+    def pod_mtu(self, ctx: Context) -> int: ...
+
+    def desired(self, ctx: Context, peers: list[Lease]) -> Desired: ...
+
+    def devices(self, ctx: Context) -> tuple[str, ...]: ...
+
+    def teardown(self, ctx: Context) -> None: ...
+
+
+_REGISTRY: dict[str, Callable[[], Backend]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[], Backend]], Callable[[], Backend]]:
+    def deco(factory: Callable[[], Backend]) -> Callable[[], Backend]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _load() -> None:
+    from flatnet.backends import hostgw, none, vxlan  # noqa: F401  (they register)
+
+
+def names() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Backend:
+    _load()
+    if name not in _REGISTRY:
+        raise ConfigError(f"backend '{name}' is not one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()

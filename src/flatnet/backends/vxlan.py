@@ -1,0 +1,125 @@
+"""How it works — vxlan: flannel's recipe on the kernel's VXLAN device.
+
+Objects on each node, made once by ``setup``: device ``flatnet.<VNI>`` (VNI 1,
+UDP port 8472 like flannel — 4789 is IANA's; both configurable) bound to the
+underlay device and IP, learning off, MTU = underlay − 50, MAC pinned to
+``0a:58:<subnet .0>`` so it survives restarts, holding ``<subnet>.0/32``.
+Its MAC goes into the lease as ``vtepMAC``.
+
+Per peer, three objects (flannel's order: the neighbour and FDB entry exist
+before the route can send traffic):
+
+1. a permanent neighbour ``<peer subnet>.0 -> <peer vtepMAC>`` on the device;
+2. an FDB entry ``<peer vtepMAC> -> dst <peer underlay IP>`` on the device;
+3. an onlink route ``<peer subnet> via <peer subnet>.0 dev flatnet.<VNI>``.
+
+Options (``backendOptions`` in the network config): ``vni``, ``port``,
+``directRouting`` (a plain underlay route, no encapsulation, for peers on the
+same L2 segment) and ``txChecksumOffload: false`` (the switch for the
+checksum-offload bugs flannel users fix by hand with ethtool).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from flatnet.backends import Context, Desired, Fdb, Neigh, Route, register
+from flatnet.errors import KernelError
+from flatnet.kernel import links, netns
+from flatnet.kernel.ethtool import set_tx_checksum
+from flatnet.model import Lease
+
+__all__ = ["Vxlan"]
+
+OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8
+
+
+def _opt(ctx: Context, key: str, default: Any) -> Any:
+    return ctx.options.get(key, default)
+
+
+@register("vxlan")
+class Vxlan:
+    name = "vxlan"
+
+    def dev(self, ctx: Context) -> str:
+        return f"flatnet.{int(_opt(ctx, 'vni', 1))}"
+
+    def pod_mtu(self, ctx: Context) -> int:
+        return ctx.underlay_mtu - OVERHEAD
+
+    def setup(self, ctx: Context) -> dict[str, object]:
+        dev, vni, port = self.dev(ctx), int(_opt(ctx, "vni", 1)), int(_opt(ctx, "port", 8472))
+        vtep = ipaddress.IPv4Network(ctx.lease.subnet).network_address
+        mac = links.ip_mac(str(vtep))
+        try:
+            with netns.iproute(ctx.ns) as ipr:
+                under = ipr.link_lookup(ifname=ctx.underlay_dev)[0]
+                old = links.get_link(ipr, dev)
+                if old is not None and not _matches(old, vni, port, ctx.lease.underlay_ip, under):
+                    links.delete_link(ipr, dev)  # made with other settings: make it again
+                    old = None
+                if old is None:
+                    ipr.link(
+                        "add",
+                        ifname=dev,
+                        kind="vxlan",
+                        vxlan_id=vni,
+                        vxlan_local=ctx.lease.underlay_ip,
+                        vxlan_link=under,
+                        vxlan_port=port,
+                        vxlan_learning=0,
+                    )
+                idx = ipr.link_lookup(ifname=dev)[0]
+                ipr.link("set", index=idx, address=mac, mtu=self.pod_mtu(ctx), state="up")
+                if (str(vtep), 32) not in links.link_addrs(ipr, idx):
+                    ipr.addr("add", index=idx, address=str(vtep), prefixlen=32)
+        except (NetlinkError, IndexError) as e:
+            raise KernelError(f"failed to set up VXLAN device '{dev}' (VNI {vni}): {e}") from e
+        if _opt(ctx, "txChecksumOffload", True) is False:
+            set_tx_checksum(ctx.ns, dev, False)
+        return {"vtepMAC": mac, "vni": vni, "port": port}
+
+    def desired(self, ctx: Context, peers: list[Lease]) -> Desired:
+        dev, direct = self.dev(ctx), bool(_opt(ctx, "directRouting", False))
+        routes, neigh, fdb, refused, pending = set(), set(), set(), {}, set()
+        for p in peers:
+            if direct and ctx.on_link(p.underlay_ip):
+                routes.add(Route(p.subnet, p.underlay_ip, ctx.underlay_dev))
+                continue
+            mac = p.backend_data.get("vtepMAC")
+            if p.backend != self.name:
+                refused[p.node] = f"vxlan: peer '{p.node}' runs backend '{p.backend}', no VTEP"
+                continue
+            if not mac:  # leased, its device not made yet: the next lease update brings it
+                pending.add(p.node)
+                continue
+            vtep = str(ipaddress.IPv4Network(p.subnet).network_address)
+            neigh.add(Neigh(vtep, str(mac), dev))
+            fdb.add(Fdb(str(mac), p.underlay_ip, dev))
+            routes.add(Route(p.subnet, vtep, dev, onlink=True))
+        return Desired(
+            frozenset(routes), frozenset(neigh), frozenset(fdb), refused, frozenset(pending)
+        )
+
+    def devices(self, ctx: Context) -> tuple[str, ...]:
+        return (self.dev(ctx),)
+
+    def teardown(self, ctx: Context) -> None:
+        with netns.iproute(ctx.ns) as ipr:
+            links.delete_link(ipr, self.dev(ctx))
+
+
+def _matches(link: Any, vni: int, port: int, local: str, under: int) -> bool:
+    data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan" or data is None:
+        return False
+    return bool(
+        data.get("IFLA_VXLAN_ID") == vni
+        and data.get("IFLA_VXLAN_PORT") == port
+        and data.get("IFLA_VXLAN_LOCAL") == local
+        and data.get("IFLA_VXLAN_LINK") == under
+    )

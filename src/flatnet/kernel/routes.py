@@ -1,0 +1,144 @@
+"""Converge a node's routes, neighbours and FDB entries to a backend's desired state.
+
+Ownership: routes carry protocol :data:`~flatnet.backends.RTPROT_FLATNET`
+(66) in the main table — only those are ever replaced or deleted; neighbours
+and FDB entries are managed only on the devices the caller names (the
+backend's own devices, e.g. ``flatnet.1``), and only permanent ones. So a
+restart sweeps what a previous run left, and nothing else is touched (the
+stale-route bug flannel has, #2554, cannot happen).
+
+Order: neighbours and FDB entries before routes that use them; stale routes
+before the entries they used.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from flatnet.backends import RTPROT_FLATNET, Desired, Fdb, Neigh, Route
+from flatnet.errors import KernelError
+from flatnet.kernel import netns
+
+__all__ = ["Changes", "converge", "owned_routes"]
+
+NUD_PERMANENT = 0x80
+RTNH_F_ONLINK = 4
+
+
+@dataclass(frozen=True)
+class Changes:
+    added: int = 0
+    removed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def _index(ipr: IPRoute, name: str, cache: dict[str, int]) -> int:
+    if name not in cache:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise KernelError(f"device '{name}' is missing")
+        cache[name] = found[0]
+    return cache[name]
+
+
+def owned_routes(ipr: IPRoute) -> dict[str, Any]:
+    """dst CIDR -> route message, for routes flatnet owns."""
+    out = {}
+    for r in ipr.get_routes(family=socket.AF_INET, table=254):
+        if r["proto"] == RTPROT_FLATNET:
+            out[f"{r.get('RTA_DST')}/{r['dst_len']}"] = r
+    return out
+
+
+def _route_of(r: Any, names: dict[int, str]) -> Route:
+    return Route(
+        f"{r.get('RTA_DST')}/{r['dst_len']}",
+        r.get("RTA_GATEWAY") or "",
+        names.get(r.get("RTA_OIF"), "?"),
+        bool(r["flags"] & RTNH_F_ONLINK),
+    )
+
+
+def converge(ns: str | None, want: Desired, devices: tuple[str, ...] = ()) -> Changes:
+    """Make the kernel in ``ns`` hold exactly ``want`` (for what flatnet owns)."""
+    added = removed = 0
+    try:
+        with netns.iproute(ns) as ipr:
+            idx: dict[str, int] = {}
+            names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
+            stale_n: set[Neigh] = set()
+            stale_f: set[Fdb] = set()
+            # 1. neighbours and FDB entries on our devices
+            for dev in devices:
+                have_n = {
+                    Neigh(n.get("NDA_DST"), n.get("NDA_LLADDR"), dev)
+                    for n in ipr.get_neighbours(ifindex=_index(ipr, dev, idx), family=2)
+                    if n["state"] & NUD_PERMANENT
+                }
+                have_f = {
+                    Fdb(f.get("NDA_LLADDR"), f.get("NDA_DST"), dev)
+                    for f in ipr.get_neighbours(
+                        ifindex=_index(ipr, dev, idx), family=socket.AF_BRIDGE
+                    )
+                    if f.get("NDA_DST") and f["state"] & NUD_PERMANENT
+                }
+                want_n = {n for n in want.neigh if n.dev == dev}
+                want_f = {f for f in want.fdb if f.dev == dev}
+                for n in want_n - have_n:
+                    ipr.neigh(
+                        "replace",
+                        dst=n.ip,
+                        lladdr=n.mac,
+                        ifindex=_index(ipr, dev, idx),
+                        state=NUD_PERMANENT,
+                    )
+                    added += 1
+                for f in want_f - have_f:
+                    ipr.fdb(
+                        "append",
+                        ifindex=_index(ipr, dev, idx),
+                        lladdr=f.mac,
+                        dst=f.dst,
+                        state=NUD_PERMANENT,
+                    )
+                    added += 1
+                stale_n |= have_n - want_n
+                stale_f |= have_f - want_f
+            # 2. routes
+            have_r = owned_routes(ipr)
+            want_r = {r.dst: r for r in want.routes}
+            for dst, msg in have_r.items():
+                if dst not in want_r or _route_of(msg, names) != want_r[dst]:
+                    ipr.route("del", dst=dst, table=254, proto=RTPROT_FLATNET)
+                    removed += dst not in want_r
+            for dst, r in want_r.items():
+                if dst in have_r and _route_of(have_r[dst], names) == r:
+                    continue
+                ipr.route(
+                    "replace",
+                    dst=dst,
+                    gateway=r.gateway,
+                    oif=_index(ipr, r.dev, idx),
+                    flags=RTNH_F_ONLINK if r.onlink else 0,
+                    proto=RTPROT_FLATNET,
+                    table=254,
+                )
+                added += 1
+            # 3. entries nothing routes through any more
+            if stale_n or stale_f:
+                for n in stale_n:
+                    ipr.neigh("del", dst=n.ip, lladdr=n.mac, ifindex=_index(ipr, n.dev, idx))
+                    removed += 1
+                for f in stale_f:
+                    ipr.fdb("del", ifindex=_index(ipr, f.dev, idx), lladdr=f.mac, dst=f.dst)
+                    removed += 1
+    except NetlinkError as e:
+        raise KernelError(f"failed to program peer routes in '{ns or 'this host'}': {e}") from e
+    return Changes(added, removed)
