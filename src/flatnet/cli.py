@@ -147,6 +147,30 @@ def lab_down(name: str) -> None:
     out.print(f"lab {name} removed ({len(removed)} namespaces)")
 
 
+@lab_app.command("restart-agent")
+def lab_restart_agent(node: str, lab: Annotated[str | None, typer.Option()] = None) -> None:
+    """Stop NODE's agent (if it runs) and start it again; pods keep their traffic."""
+    from flatnet.lab import cluster
+    from flatnet.lab.state import LabState
+
+    st = LabState.load(_one_lab(lab))
+    if node not in st.nodes:
+        raise ConfigError(f"lab '{st.name}' has no node '{node}' ({', '.join(st.nodes)})")
+    pid = cluster.restart_agent(st, node)
+    out.print(f"agent on {node} restarted (pid {pid})")
+
+
+@lab_app.command("set-backend")
+def lab_set_backend(backend: str, lab: Annotated[str | None, typer.Option()] = None) -> None:
+    """Switch a running lab to BACKEND (host-gw, vxlan, udp, none)."""
+    from flatnet.lab import cluster
+    from flatnet.lab.state import LabState
+
+    st = LabState.load(_one_lab(lab))
+    cluster.set_backend(st, backend, lambda step, done, total: None)
+    out.print(f"lab {st.name} now runs backend {backend}")
+
+
 @lab_app.command("ls")
 def lab_ls() -> None:
     """List the labs on this machine."""
@@ -326,7 +350,9 @@ def get(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)  # returns typer.Exit's code in this mode
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
     except FlatnetError as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
         sys.exit(1)

@@ -77,6 +77,9 @@ class Agent:
         self._ttl_lease = self.store.grant(cfg.lease_ttl)
         self.lease = lease_subnet(self.store, cfg, o.node, underlay, self._ttl_lease)
         ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, dict(cfg.backend_options))
+        for other in backends.names():  # objects of a backend this node ran before
+            if other != cfg.backend:
+                backends.get(other).teardown(ctx)
         self.backend_data = self.backend.setup(ctx)
         self.lease = lease_subnet(  # now with what peers need (e.g. the VTEP MAC)
             self.store, cfg, o.node, underlay, self._ttl_lease, self.backend_data

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from flatnet.agent.peers import STATUS_PREFIX
 from flatnet.cni.install import install
 from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import ConfigError, FlatnetError, KernelError
-from flatnet.ipam import save_config
+from flatnet.ipam import CONFIG_KEY, load_config, save_config
 from flatnet.kernel import netns
 from flatnet.lab.state import LABS_DIR, LabState
 from flatnet.lab.topo import LabPod, LabTopo
@@ -247,45 +248,9 @@ class _Builder:
             info["agentArgv"] = argv
             self.st.add_process(spawn(info["ns"], argv, d / "agent.log"), f"agent:{node}")
         for i, node in enumerate(self.t.nodes):
-            self._wait_agent(node)
+            wait_agent(node, self.st.nodes[node])
             self.progress("agents ready", i + 1, total)
-        self._wait_peers(store)
-
-    def _wait_peers(self, store: Store, timeout: float = 30) -> None:
-        """Until every agent has programmed (or refused) every other node."""
-        nodes = set(self.t.nodes)
-        deadline = time.monotonic() + timeout
-        done: set[str] = set()
-        while True:
-            done = set()
-            for kv in store.range(STATUS_PREFIX):
-                s = json.loads(kv.value)
-                if set(s["programmed"]) | set(s["refused"]) | {s["node"]} == nodes:
-                    done.add(s["node"])
-            self.progress("peers programmed", len(done), len(nodes))
-            if done == nodes:
-                return
-            if time.monotonic() > deadline:
-                raise FlatnetError(
-                    f"nodes {', '.join(sorted(nodes - done))} did not program their peers "
-                    f"within {timeout}s"
-                )
-            time.sleep(0.05)
-
-    def _wait_agent(self, node: str, timeout: float = 30) -> None:
-        info = self.st.nodes[node]
-        chain = Chain(load_conflist(info["confDir"]), [info["binDir"]], ns=info["ns"])
-        plugin = {"type": "flatnet", "agentSocket": info["socket"]}
-        chain.conf = dict(chain.conf, cniVersion="1.1.0")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = chain.exec_plugin(plugin, "STATUS", {})
-            if r.code == 0:
-                return
-            time.sleep(0.1)
-        log = Path(info["confDir"]).parent / "agent.log"
-        tail = log.read_text()[-800:] if log.exists() else ""
-        raise FlatnetError(f"agent on node '{node}' not ready after {timeout}s:\n{tail}")
+        wait_peers(store, set(self.t.nodes), self.progress)
 
     # -- pods ---------------------------------------------------------------
     def pods(self, store: Store) -> None:
@@ -361,6 +326,73 @@ class _Builder:
 
     def _wait_ready(self, p: LabPod) -> None:
         wait_port(self.st.pods[p.name]["ns"], 8080)
+
+
+def wait_agent(node: str, info: dict[str, Any], timeout: float = 30) -> None:
+    """Until the node's agent answers CNI STATUS."""
+    chain = Chain(load_conflist(info["confDir"]), [info["binDir"]], ns=info["ns"])
+    plugin = {"type": "flatnet", "agentSocket": info["socket"]}
+    chain.conf = dict(chain.conf, cniVersion="1.1.0")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = chain.exec_plugin(plugin, "STATUS", {})
+        if r.code == 0:
+            return
+        time.sleep(0.1)
+    log = Path(info["confDir"]).parent / "agent.log"
+    tail = log.read_text()[-800:] if log.exists() else ""
+    raise FlatnetError(f"agent on node '{node}' not ready after {timeout}s:\n{tail}")
+
+
+def wait_peers(store: Store, nodes: set[str], progress: Progress, timeout: float = 30) -> None:
+    """Until every agent has programmed (or refused) every other node."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = set()
+        for kv in store.range(STATUS_PREFIX):
+            s = json.loads(kv.value)
+            if (
+                s["node"] in nodes
+                and set(s["programmed"]) | set(s["refused"]) | {s["node"]} == nodes
+            ):
+                done.add(s["node"])
+        progress("peers programmed", len(done), len(nodes))
+        if done == nodes:
+            return
+        if time.monotonic() > deadline:
+            raise FlatnetError(
+                f"nodes {', '.join(sorted(nodes - done))} did not program their peers "
+                f"within {timeout}s"
+            )
+        time.sleep(0.05)
+
+
+def restart_agent(st: LabState, node: str) -> int:
+    """Stop the node's agent (if it still runs) and start it again; returns its PID."""
+    what = f"agent:{node}"
+    st.kill(what, exact=True)
+    info = st.nodes[node]
+    pid = spawn(info["ns"], info["agentArgv"], st.dir / "nodes" / node / "agent.log")
+    st.add_process(pid, what)
+    wait_agent(node, info)
+    return pid
+
+
+def set_backend(st: LabState, backend: str, progress: Progress) -> None:
+    """Switch a running lab's backend: new config in the store, every agent
+    restarted (each removes the old backend's objects and programs the new)."""
+    store = open_store(st.store_url)
+    try:
+        cfg = load_config(store)
+        opts = cfg.backend_options if backend == cfg.backend else {}
+        new = replace(cfg, backend=backend, backend_options=opts)
+        store.put(CONFIG_KEY, new.to_json())
+        for i, node in enumerate(st.nodes):
+            restart_agent(st, node)
+            progress("agents restarted", i + 1, len(st.nodes))
+        wait_peers(store, set(st.nodes), progress)
+    finally:
+        store.close()
 
 
 def build(topo: LabTopo, progress: Progress) -> LabState:

@@ -75,9 +75,14 @@ class LabState:
         self.processes.append({"pid": pid, "start": _start_time(pid), "what": what})
         self.save()
 
-    def kill(self, what_prefix: str = "") -> None:
-        """Stop this lab's processes (those whose 'what' starts with the prefix)."""
-        mine = [p for p in self.processes if p["what"].startswith(what_prefix)]
+    def kill(self, what_prefix: str = "", exact: bool = False) -> None:
+        """Stop this lab's processes (those whose 'what' starts with the prefix,
+        or equals it with ``exact``)."""
+        mine = [
+            p
+            for p in self.processes
+            if (p["what"] == what_prefix if exact else p["what"].startswith(what_prefix))
+        ]
         live = [p for p in mine if p["start"] and _start_time(p["pid"]) == p["start"]]
         for p in live:
             with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,266 @@
+"""The Kubernetes network model across nodes, once per backend, on real labs.
+
+Every pod reaches every pod (same node and cross node) by ICMP and TCP, the
+server sees the client pod's own IP, pods reach the external host, every node
+reaches every pod; the kernel holds exactly the objects the backend's recipe
+says; faults (a killed agent, a route removed by hand, a node that stops
+renewing) heal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lab.test_lab import flatnet, lab_namespaces, pods, run
+
+from flatnet.lab.state import LABS_DIR, LabState
+
+pytestmark = pytest.mark.lab
+
+BACKENDS = ["host-gw", "vxlan"]
+
+LAB = """\
+kind: Lab
+name: {name}
+network: {{backend: {backend}, leaseTTL: {ttl}}}
+datastore: {datastore}
+underlay: {underlay}
+agentResync: 1
+nodes: [node1, node2, node3]
+external: true
+"""
+POD = """\
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec: {{nodeName: {node}, containers: [{{name: main}}]}}
+"""
+
+
+def lab_file(tmp: Path, name: str, backend: str, **kw: object) -> Path:
+    text = LAB.format(
+        name=name,
+        backend=backend,
+        datastore=kw.get("datastore", "sqlite"),
+        underlay=kw.get("underlay", "l2"),
+        ttl=kw.get("ttl", 86400),
+    )
+    for node in ("node1", "node2", "node3"):
+        for i in (1, 2):
+            text += POD.format(name=f"{node[-1]}p{i}", node=node)
+    f = tmp / "lab.yaml"
+    f.write_text(text)
+    return f
+
+
+def up(f: Path, name: str) -> Iterator[str]:
+    try:
+        flatnet("lab", "up", str(f))
+        yield name
+    finally:
+        flatnet("lab", "down", name, check=False)
+        assert lab_namespaces(name) == []
+        assert not (LABS_DIR / name).exists()
+
+
+def nodes(name: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    items = json.loads(flatnet("get", "nodes", "--lab", name, "-o", "json").stdout)["items"]
+    return {n["name"]: n for n in items}
+
+
+def ip_json(ns: str, *args: str) -> list[dict]:  # type: ignore[type-arg]
+    out = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True)
+    return list(json.loads(out.stdout or "[]"))
+
+
+def owned_routes(ns: str) -> list[dict]:  # type: ignore[type-arg]
+    return [r for r in ip_json(ns, "route") if str(r.get("protocol")) == "66"]
+
+
+def wait_for(cond: object, timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() - t0 < timeout, f"{what} not within {timeout}s"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+@pytest.fixture(params=BACKENDS)
+def cluster(request: pytest.FixtureRequest, uniq: str, tmp_path: Path) -> Iterator[str]:
+    yield from up(lab_file(tmp_path, uniq, request.param, ttl=4), uniq)
+
+
+def test_flat_network_across_nodes(cluster: str) -> None:
+    st = LabState.load(cluster)
+    ps = pods(cluster)
+    ns_of = {n: info["ns"] for n, info in st.nodes.items()}
+    backend = next(iter(nodes(cluster).values()))["backend"]
+    # the probe matrix: every pod -> every pod and external, ICMP + TCP, source IP seen
+    check = flatnet("lab", "check", "--lab", cluster)
+    assert "36/36 probes passed" in check.stdout, check.stdout
+    assert "cross node" in check.stdout and "FAIL" not in check.stdout
+    for name, p in ps.items():
+        # the pod's own IP, from inside it, is what get pods reports
+        own = run(cluster, name, "ip", "-4", "-o", "addr", "show", "eth0").stdout.split()[3]
+        assert own.split("/")[0] == p["ip"]
+        # every node reaches every pod, with its own address (no NAT)
+        for node in ns_of:
+            assert run(cluster, node, "ping", "-c1", "-W1", p["ip"]).returncode == 0
+    seen = run(
+        cluster,
+        "1p1",
+        sys.executable,
+        "-m",
+        "flatnet.agnhost",
+        "get",
+        f"http://{ps['3p2']['ip']}:8080/clientip",
+    )
+    assert seen.stdout.startswith(ps["1p1"]["ip"] + ":")
+    # the kernel holds exactly the recipe's objects: one route per peer (proto 66),
+    # and for vxlan one permanent neighbour and one FDB entry per peer
+    info = nodes(cluster)
+    for node, ns in ns_of.items():
+        peers = {n: i for n, i in info.items() if n != node}
+        routes = {r["dst"]: r for r in owned_routes(ns)}
+        assert set(routes) == {p["podSubnet"] for p in peers.values()}
+        assert sorted(info[node]["peers"]) == sorted(peers) and info[node]["refused"] == {}
+        if backend == "host-gw":
+            assert {r["gateway"] for r in routes.values()} == {
+                p["underlayIP"] for p in peers.values()
+            }
+        else:
+            assert all(r["dev"] == "flatnet.1" and "onlink" in r["flags"] for r in routes.values())
+            neigh = ip_json(ns, "neigh", "show", "dev", "flatnet.1")
+            fdb = json.loads(
+                subprocess.run(
+                    ["ip", "netns", "exec", ns, "bridge", "-j", "fdb", "show", "dev", "flatnet.1"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+            assert len(neigh) == 2 and all("PERMANENT" in n["state"] for n in neigh)
+            assert {f["dst"] for f in fdb} == {p["underlayIP"] for p in peers.values()}
+            mtu = ip_json(ns, "link", "show", "fl0")[0]["mtu"]
+            assert mtu == 1450  # underlay 1500 - 50
+
+
+def _agent_pid(st: LabState, node: str) -> int:
+    return next(p["pid"] for p in st.processes if p["what"] == f"agent:{node}")
+
+
+def test_faults_heal(cluster: str) -> None:
+    st = LabState.load(cluster)
+    ns1 = st.nodes["node1"]["ns"]
+    ps = pods(cluster)
+    target = ps["3p1"]["ip"]
+    # 1. a peer's route removed by hand comes back within the resync period (1 s)
+    subnet3 = nodes(cluster)["node3"]["podSubnet"]
+    subprocess.run(["ip", "-n", ns1, "route", "del", subnet3], check=True)
+    took = wait_for(lambda: subnet3 in {r["dst"] for r in owned_routes(ns1)}, 5, "route restored")
+    assert took < 3
+    # 2. a stale route flatnet owns (a node long gone) is swept; one it does not own stays
+    subprocess.run(
+        ["ip", "-n", ns1, "route", "add", "10.244.200.0/24", "via", "192.168.50.99", "proto", "66"],
+        check=True,
+    )
+    subprocess.run(
+        ["ip", "-n", ns1, "route", "add", "10.99.0.0/24", "via", "192.168.50.99"], check=True
+    )
+    wait_for(
+        lambda: "10.244.200.0/24" not in {r["dst"] for r in owned_routes(ns1)}, 5, "stale swept"
+    )
+    assert any(r["dst"] == "10.99.0.0/24" for r in ip_json(ns1, "route"))
+    # 3. agent killed with SIGKILL during a transfer: traffic goes on (the data plane
+    #    lives in the kernel); after a restart nothing is duplicated
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ps["3p1"]["netns"].rsplit("/", 1)[1], "iperf3", "-s", "-1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        client = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ps["1p1"]["netns"].rsplit("/", 1)[1],
+                "iperf3",
+                "-c",
+                target,
+                "-t",
+                "3",
+                "-J",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1)
+        pid = _agent_pid(st, "node1")
+        os.kill(pid, signal.SIGKILL)
+        out, errs = client.communicate(timeout=30)
+        assert client.returncode == 0, errs
+        assert json.loads(out)["end"]["sum_received"]["bytes"] > 0
+    finally:
+        server.kill()
+        server.wait()
+    before = sorted(r["dst"] for r in owned_routes(ns1))
+    flatnet("lab", "restart-agent", "--lab", cluster, "node1")
+    time.sleep(1.5)
+    assert sorted(r["dst"] for r in owned_routes(ns1)) == before
+    assert run(cluster, "1p1", "ping", "-c1", "-W1", target).returncode == 0
+    # 4. a node that stops renewing its lease is removed by its peers after the TTL
+    st = LabState.load(cluster)
+    pid3 = _agent_pid(st, "node3")
+    os.kill(pid3, signal.SIGSTOP)
+    try:
+        took = wait_for(
+            lambda: subnet3 not in {r["dst"] for r in owned_routes(ns1)}, 15, "dead peer removed"
+        )
+        assert took < 10  # TTL 4 s + the store's sweep
+    finally:
+        os.kill(pid3, signal.SIGCONT)
+    # it comes back (re-claims its old subnet, still free) and is programmed again
+    wait_for(lambda: subnet3 in {r["dst"] for r in owned_routes(ns1)}, 15, "peer back")
+    assert nodes(cluster)["node3"]["podSubnet"] == subnet3
+    assert run(cluster, "1p1", "ping", "-c1", "-W1", target).returncode == 0
+
+
+def test_routed_underlay_host_gw_needs_l2(uniq: str, tmp_path: Path) -> None:
+    """The seed lesson in one lab: host-gw refuses the peers behind the router
+    (naming them), overlays connect everything."""
+    for lab in up(lab_file(tmp_path, uniq, "host-gw", underlay="routed"), uniq):
+        info = nodes(lab)
+        assert info["node3"]["underlayIP"].startswith("192.168.51.")
+        assert set(info["node1"]["refused"]) == {"node3"}
+        assert "not on this node's L2 segment" in info["node1"]["refused"]["node3"]
+        assert set(info["node3"]["refused"]) == {"node1", "node2"}
+        assert owned_routes(LabState.load(lab).nodes["node3"]["ns"]) == []  # no black hole
+        check = flatnet("lab", "check", "--lab", lab, check=False)
+        assert check.returncode == 1
+        ps = pods(lab)
+        assert run(lab, "1p1", "ping", "-c1", "-W1", ps["2p1"]["ip"]).returncode == 0
+        assert run(lab, "1p1", "ping", "-c1", "-W1", ps["3p1"]["ip"]).returncode != 0
+        flatnet("lab", "set-backend", "--lab", lab, "vxlan")
+        check = flatnet("lab", "check", "--lab", lab)
+        assert "36/36 probes passed" in check.stdout
+
+
+@pytest.mark.etcd
+def test_etcd_on_the_underlay(uniq: str, tmp_path: Path) -> None:
+    """Agents reach etcd over the lab network, as on real hosts."""
+    for lab in up(lab_file(tmp_path, uniq, "vxlan", datastore="etcd", underlay="routed"), uniq):
+        log = (LABS_DIR / lab / "nodes" / "node3" / "agent.log").read_text()
+        assert "192.168.50.2:2379" in " ".join(LabState.load(lab).nodes["node3"]["agentArgv"]), log
+        check = flatnet("lab", "check", "--lab", lab)
+        assert "36/36 probes passed" in check.stdout
