@@ -30,6 +30,7 @@ deps: $(STAMP_DEBS) $(STAMP_PY)
 demo: deps
 	@$(PY) -m flatnet lab down demo >/dev/null 2>&1 || true
 	$(PY) -m flatnet lab up examples/demo.yaml
+	$(PY) -m flatnet get nodes --lab demo
 	$(PY) -m flatnet get pods --lab demo
 	@status=0; $(PY) -m flatnet lab check --lab demo || status=$$?; \
 	if [ -z "$$KEEP" ]; then $(PY) -m flatnet lab down demo; \

@@ -25,8 +25,9 @@ app = typer.Typer(
 )
 lab_app = typer.Typer(no_args_is_help=True, help="Multi-node clusters on one machine.")
 app.add_typer(lab_app, name="lab")
-out = Console()
-err = Console(stderr=True)
+# not a terminal (make demo, CI logs): wide enough that tables do not wrap
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 130)
+err = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 130)
 
 
 @app.command()
