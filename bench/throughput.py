@@ -125,6 +125,14 @@ def measure(server_ns: str, client_ns: str, ip: str) -> tuple[float, float, floa
     )
 
 
+def median3(xs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    return (
+        statistics.median(x[0] for x in xs),
+        statistics.median(x[1] for x in xs),
+        statistics.median(x[2] for x in xs),
+    )
+
+
 def main() -> None:
     name = "tp" + uuid.uuid4().hex[:6]
     f = Path(tempfile.mkdtemp(prefix="flatnet-bench-")) / "lab.yaml"
