@@ -32,7 +32,7 @@ PREFIX = "/flatnet/"
 BACKENDS = ("host-gw", "vxlan", "udp", "none")
 BACKEND_OPTIONS: dict[str, dict[str, type]] = {
     "vxlan": {"vni": int, "port": int, "directRouting": bool, "txChecksumOffload": bool},
-    "udp": {"port": int},
+    "udp": {"port": int, "gso": bool},
 }
 
 

@@ -25,7 +25,7 @@ from flatnet.lab.state import LABS_DIR, LabState
 
 pytestmark = pytest.mark.lab
 
-BACKENDS = ["host-gw", "vxlan"]
+BACKENDS = ["host-gw", "vxlan", "udp"]
 
 LAB = """\
 kind: Lab
@@ -137,6 +137,9 @@ def test_flat_network_across_nodes(cluster: str) -> None:
             assert {r["gateway"] for r in routes.values()} == {
                 p["underlayIP"] for p in peers.values()
             }
+        elif backend == "udp":
+            assert all(r["dev"] == "flatnet-tun" for r in routes.values())
+            assert ip_json(ns, "link", "show", "fl0")[0]["mtu"] == 1462  # 1500 - 28 - 10
         else:
             assert all(r["dev"] == "flatnet.1" and "onlink" in r["flags"] for r in routes.values())
             neigh = ip_json(ns, "neigh", "show", "dev", "flatnet.1")
@@ -159,6 +162,7 @@ def _agent_pid(st: LabState, node: str) -> int:
 
 def test_faults_heal(cluster: str) -> None:
     st = LabState.load(cluster)
+    backend = next(iter(nodes(cluster).values()))["backend"]
     ns1 = st.nodes["node1"]["ns"]
     ps = pods(cluster)
     target = ps["3p1"]["ip"]
@@ -208,6 +212,8 @@ def test_faults_heal(cluster: str) -> None:
         time.sleep(1)
         pid = _agent_pid(st, "node1")
         os.kill(pid, signal.SIGKILL)
+        if backend == "udp":  # its data plane is the agent: TCP resends until it is back
+            flatnet("lab", "restart-agent", "--lab", cluster, "node1")
         out, errs = client.communicate(timeout=30)
         assert client.returncode == 0, errs
         assert json.loads(out)["end"]["sum_received"]["bytes"] > 0

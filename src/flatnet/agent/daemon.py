@@ -162,6 +162,8 @@ class Agent:
                 t.join(timeout=5)
         if self.pods is not None:
             self.pods.close()
+        if getattr(self, "backend", None) is not None:
+            self.backend.stop()
         if self.store is not None:
             self.store.close()
 

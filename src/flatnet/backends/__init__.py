@@ -17,7 +17,9 @@ namespace, None on a real host):
 3. ``desired(ctx, peers)`` — pure: the routes / neighbours / FDB entries for
    those peers, plus a reason for every peer it refuses.
 4. ``devices(ctx)`` — the devices whose neighbour and FDB entries it owns.
-5. ``teardown(ctx)`` — remove the backend's devices (switching backends).
+5. ``stop()`` — the agent stops: let go of what the process holds (the kernel
+   objects stay, so traffic goes on).
+6. ``teardown(ctx)`` — remove the backend's devices (switching backends).
 
 Modules register themselves with :func:`register`; :func:`get` builds one.
 """
@@ -107,6 +109,8 @@ class Backend(Protocol):
 
     def devices(self, ctx: Context) -> tuple[str, ...]: ...
 
+    def stop(self) -> None: ...
+
     def teardown(self, ctx: Context) -> None: ...
 
 
@@ -122,7 +126,7 @@ def register(name: str) -> Callable[[Callable[[], Backend]], Callable[[], Backen
 
 
 def _load() -> None:
-    from flatnet.backends import hostgw, none, vxlan  # noqa: F401  (they register)
+    from flatnet.backends import hostgw, none, udp, vxlan  # noqa: F401  (they register)
 
 
 def names() -> list[str]:

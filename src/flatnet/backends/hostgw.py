@@ -43,5 +43,8 @@ class HostGw:
     def devices(self, ctx: Context) -> tuple[str, ...]:
         return ()
 
+    def stop(self) -> None:
+        return None
+
     def teardown(self, ctx: Context) -> None:
         return None

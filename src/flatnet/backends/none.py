@@ -27,5 +27,8 @@ class NoBackend:
     def devices(self, ctx: Context) -> tuple[str, ...]:
         return ()
 
+    def stop(self) -> None:
+        return None
+
     def teardown(self, ctx: Context) -> None:
         return None

@@ -108,6 +108,9 @@ class Vxlan:
     def devices(self, ctx: Context) -> tuple[str, ...]:
         return (self.dev(ctx),)
 
+    def stop(self) -> None:
+        return None
+
     def teardown(self, ctx: Context) -> None:
         with netns.iproute(ctx.ns) as ipr:
             links.delete_link(ipr, self.dev(ctx))

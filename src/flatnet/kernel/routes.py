@@ -121,14 +121,15 @@ def converge(ns: str | None, want: Desired, devices: tuple[str, ...] = ()) -> Ch
             for dst, r in want_r.items():
                 if dst in have_r and _route_of(have_r[dst], names) == r:
                     continue
+                via = {"gateway": r.gateway} if r.gateway else {}
                 ipr.route(
                     "replace",
                     dst=dst,
-                    gateway=r.gateway,
                     oif=_index(ipr, r.dev, idx),
                     flags=RTNH_F_ONLINK if r.onlink else 0,
                     proto=RTPROT_FLATNET,
                     table=254,
+                    **via,
                 )
                 added += 1
             # 3. entries nothing routes through any more
