@@ -47,6 +47,8 @@ test: lint
 bench: deps
 	$(PY) bench/cni_latency.py
 	$(PY) bench/lab_startup.py
+	$(PY) bench/throughput.py
+	$(PY) bench/convergence.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -161,6 +161,20 @@ def lab_restart_agent(node: str, lab: Annotated[str | None, typer.Option()] = No
     out.print(f"agent on {node} restarted (pid {pid})")
 
 
+@lab_app.command("restart-etcd")
+def lab_restart_etcd(
+    lab: Annotated[str | None, typer.Option()] = None,
+    down: Annotated[float, typer.Option(help="seconds to stay down")] = 0.0,
+) -> None:
+    """Stop the lab's etcd, wait DOWN seconds, start it again (same data)."""
+    from flatnet.lab import cluster
+    from flatnet.lab.state import LabState
+
+    st = LabState.load(_one_lab(lab))
+    cluster.restart_etcd(st, down)
+    out.print(f"etcd of lab {st.name} is back after {down:.0f}s down")
+
+
 @lab_app.command("set-backend")
 def lab_set_backend(backend: str, lab: Annotated[str | None, typer.Option()] = None) -> None:
     """Switch a running lab to BACKEND (host-gw, vxlan, udp, none)."""

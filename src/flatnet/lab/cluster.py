@@ -212,6 +212,7 @@ class _Builder:
         )
         srv.start(30)  # stops etcd itself if it never gets ready
         assert srv.proc is not None
+        self.st.etcd_argv = srv.argv()
         self.st.add_process(srv.proc.pid, "etcd")
         self.st.store_url = srv.socket_url
         self.st.save()
@@ -376,6 +377,39 @@ def restart_agent(st: LabState, node: str) -> int:
     st.add_process(pid, what)
     wait_agent(node, info)
     return pid
+
+
+def restart_etcd(st: LabState, down: float = 0.0, timeout: float = 30) -> None:
+    """Stop the lab's etcd, keep it down ``down`` seconds, start it again on the
+    same data: what agents see when their datastore goes away and comes back."""
+    if not st.etcd_argv:
+        raise ConfigError(f"lab '{st.name}' runs no etcd (datastore: {st.datastore})")
+    st.kill("etcd", exact=True)
+    time.sleep(down)
+    d = st.dir / "etcd"  # its cwd: the unix socket is relative to it
+    with open(d / "etcd.log", "ab") as log:
+        p = subprocess.Popen(
+            st.etcd_argv,
+            cwd=d,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    st.add_process(p.pid, "etcd")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s = open_store(st.store_url)
+            try:
+                s.revision()
+                return
+            finally:
+                s.close()
+        except FlatnetError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def set_backend(st: LabState, backend: str, progress: Progress) -> None:

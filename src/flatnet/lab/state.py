@@ -45,6 +45,7 @@ class LabState:
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     external: str = ""
     router: str = ""
+    etcd_argv: list[str] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
 
