@@ -312,3 +312,37 @@ def test_etcd_on_the_underlay_and_its_outage(uniq: str, tmp_path: Path) -> None:
         for n in ("node1", "node2"):
             ns = st.nodes[n]["ns"]
             wait_for(partial(lacks, ns, subnet3), 10, f"{n} removing node3 after the outage")
+
+
+def test_underlay_impairments(uniq: str, tmp_path: Path) -> None:
+    """Impairments from the lab file on every node's underlay link: a rate cap
+    (tbf) slows cross-node TCP, loss (nftables) drops cross-node pings; same-node
+    traffic is untouched. Delay needs netem, which this kernel may lack: then
+    the lab refuses it with a clear error and builds nothing."""
+    f = lab_file(tmp_path, uniq, "vxlan")
+    base = f.read_text()
+    f.write_text(base.replace("agentResync: 1\n", "agentResync: 1\nnetem: {delay: 10ms}\n"))
+    r = flatnet("lab", "up", str(f), check=False)
+    if r.returncode != 0:
+        assert "netem.delay: this kernel has no netem qdisc" in r.stderr, r.stderr
+        assert lab_namespaces(uniq) == [] and not (LABS_DIR / uniq).exists()
+    else:
+        flatnet("lab", "down", uniq)
+    impaired = "agentResync: 1\nnetem: {rate: 200mbit, loss: 30%}\n"
+    f.write_text(base.replace("agentResync: 1\n", impaired))
+    for lab in up(f, uniq):
+        ps = pods(lab)
+        lost = run(lab, "1p1", "ping", "-q", "-c", "60", "-i", "0.01", ps["2p1"]["ip"]).stdout
+        kept = run(lab, "1p1", "ping", "-q", "-c", "60", "-i", "0.01", ps["1p2"]["ip"]).stdout
+        assert " 0% packet loss" in kept and " 0% packet loss" not in lost, (lost, kept)
+        srv = subprocess.Popen(
+            ["ip", "netns", "exec", ps["2p1"]["netns"].rsplit("/", 1)[1], "iperf3", "-s", "-1"],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.4)
+            out = run(lab, "1p1", "iperf3", "-c", ps["2p1"]["ip"], "-t", "2", "-J").stdout
+        finally:
+            srv.kill()
+            srv.wait()
+        assert json.loads(out)["end"]["sum_received"]["bits_per_second"] < 200e6

@@ -333,3 +333,21 @@ def test_node_has_masquerade_only_for_leaving_traffic(node: Node) -> None:
     assert "ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return" in rules
     assert "masquerade fully-random" in rules
     assert node.sh(node.ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+
+
+def test_vxlan_device_and_tx_checksum_switch(uniq: str, tmp_path: Path) -> None:
+    """The node's VXLAN device follows flannel's recipe; txChecksumOffload: false
+    turns TX checksum offload off on it (flannel's ethtool workaround, built in)."""
+    from privileged.conftest import running_node
+
+    from flatnet.model import NetworkConfig
+
+    net = NetworkConfig(backend_options={"txChecksumOffload": False, "vni": 4, "port": 4789})
+    for node in running_node(uniq, tmp_path, net):
+        info = json.loads(node.sh(node.ns, "ip", "-j", "-d", "link", "show", "flatnet.4").stdout)[0]
+        data = info["linkinfo"]["info_data"]
+        assert data["id"] == 4 and data["port"] == 4789 and data["learning"] is False
+        assert data["local"] == "192.168.9.1" and info["mtu"] == 1450
+        assert info["address"] == "0a:58:0a:f4:00:00"  # pinned: <subnet .0>
+        feats = node.sh(node.ns, "ethtool", "-k", "flatnet.4").stdout
+        assert "tx-checksumming: off" in feats

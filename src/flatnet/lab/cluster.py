@@ -38,6 +38,7 @@ from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import ConfigError, FlatnetError, KernelError
 from flatnet.ipam import CONFIG_KEY, load_config, save_config
 from flatnet.kernel import netns
+from flatnet.kernel.nft import Nft
 from flatnet.lab.state import LABS_DIR, LabState
 from flatnet.lab.topo import LabPod, LabTopo
 from flatnet.model import PodRecord
@@ -64,6 +65,35 @@ def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None
             env=dict(os.environ, **(env or {})),
         )
     return p.pid
+
+
+def impair(ns: str, dev: str, how: dict[str, str]) -> None:
+    """Delay/jitter (netem), rate (tbf, or netem's when delayed) and loss (an
+    nftables rule in a table of the lab's own) on ``dev``'s egress in ``ns``."""
+    if how.get("delay"):
+        args = ["delay", how["delay"], *([how["jitter"]] if how.get("jitter") else [])]
+        if how.get("rate"):
+            args += ["rate", how["rate"]]
+        try:
+            _tc(ns, "qdisc", "add", "dev", dev, "root", "netem", *args)
+        except KernelError as e:
+            if "unknown" in str(e):
+                raise ConfigError(
+                    "netem.delay: this kernel has no netem qdisc (sch_netem); "
+                    "rate (tbf) and loss (nftables) work without it"
+                ) from e
+            raise
+    elif how.get("rate"):
+        _tc(ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", how["rate"],
+            "burst", "256kb", "latency", "50ms")  # fmt: skip
+    if how.get("loss"):
+        per_10k = int(float(how["loss"].rstrip("%")) * 100)
+        rule = f'oifname "{dev}" numgen random mod 10000 < {per_10k} drop'
+        Nft(ns).apply(
+            "table inet flatnet-lab-impair {\n  chain out {\n"
+            f"    type filter hook postrouting priority 0;\n    {rule}\n  }}\n}}\n",
+            what="table inet flatnet-lab-impair",
+        )
 
 
 def _tc(ns: str, *args: str) -> None:
@@ -139,7 +169,7 @@ class _Builder:
             if name != "external":
                 self.st.nodes[name] = {"ns": ns, "underlayIP": ip}
                 if t.netem:
-                    _tc(ns, "qdisc", "add", "dev", "eth0", "root", "netem", *t.netem)
+                    impair(ns, "eth0", dict(t.netem))
             self.progress("underlay: node namespaces on the switch", i + 1, len(members))
         self.st.save()
         if t.external:

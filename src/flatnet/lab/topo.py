@@ -39,22 +39,17 @@ class _Network(_Strict):
 
 
 class _Netem(_Strict):
-    """tc netem on every node's underlay link (egress): each hop pays it once."""
+    """Impairments on every node's underlay link (egress): each hop pays them once.
+    delay/jitter need the kernel's netem qdisc; rate uses tbf, loss an nftables
+    rule (both work where netem is missing)."""
 
     delay: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?(us|ms|s)$")
     jitter: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?(us|ms|s)$")
     loss: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?%$")
     rate: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?(bit|kbit|mbit|gbit)$")
 
-    def args(self) -> tuple[str, ...]:
-        out: list[str] = []
-        if self.delay:
-            out += ["delay", self.delay] + ([self.jitter] if self.jitter else [])
-        if self.loss:
-            out += ["loss", self.loss]
-        if self.rate:
-            out += ["rate", self.rate]
-        return tuple(out)
+    def args(self) -> tuple[tuple[str, str], ...]:
+        return tuple((k, v) for k, v in self.model_dump().items() if v)
 
 
 class _Lab(_Strict):
@@ -140,7 +135,7 @@ class LabTopo:
     external: bool
     pods: tuple[LabPod, ...] = field(default=())
     path: str = ""
-    netem: tuple[str, ...] = ()
+    netem: tuple[tuple[str, str], ...] = ()  # (delay|jitter|loss|rate, value)
     agent_resync: float = 10.0
 
     def segments(self) -> list[str]:
