@@ -24,7 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import pct  # noqa: E402
 
 from flatnet.agent.pods import DOOMED  # noqa: E402
 from flatnet.cni.install import conflist, install  # noqa: E402
@@ -33,11 +34,6 @@ from flatnet.kernel import netns  # noqa: E402
 from flatnet.lab.cluster import spawn  # noqa: E402
 
 PODS = int(os.environ.get("PODS", "50"))
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def rss_kib(pid: int) -> int:

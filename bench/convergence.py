@@ -23,8 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
-SRC = str(Path(__file__).parents[1] / "src")
-sys.path.insert(0, SRC)
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import SRC, flatnet, pct  # noqa: E402,F401
 
 from flatnet.kernel import netns  # noqa: E402
 from flatnet.lab.cluster import spawn  # noqa: E402
@@ -37,23 +37,6 @@ TRIES = int(os.environ.get("TRIES", "20"))
 SCALE = os.environ.get("SCALE", "1") != "0"
 SCALE_NODES = int(os.environ.get("SCALE_NODES", "20"))
 SCALE_PODS = int(os.environ.get("SCALE_PODS", "10"))
-
-
-def flatnet(*args: str) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "flatnet", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"flatnet {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
-    return r.stdout
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def lab_text(name: str, nodes: int, pods_per_node: int) -> str:

@@ -23,8 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
-SRC = str(Path(__file__).parents[1] / "src")
-sys.path.insert(0, SRC)
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import SRC, flatnet, pct  # noqa: E402,F401
 
 from flatnet.lab.state import LabState  # noqa: E402
 
@@ -66,18 +66,6 @@ else:
         c.sendall(b"x"); c.recv(1); n += 1
     print(n / 2)
 """
-
-
-def flatnet(*args: str) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "flatnet", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"flatnet {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
-    return r.stdout
 
 
 def in_ns(ns: str, *cmd: str, **kw: object) -> subprocess.Popen[str]:

@@ -87,6 +87,12 @@ def owned_routes(ns: str) -> list[dict]:  # type: ignore[type-arg]
     return [r for r in ip_json(ns, "route") if str(r.get("protocol")) == "66"]
 
 
+def in_pod(pod: dict, *cmd: str, **kw: object) -> subprocess.Popen[str]:  # type: ignore[type-arg]
+    """Start ``cmd`` inside a pod's namespace (as listed by ``get pods``)."""
+    ns = pod["netns"].rsplit("/", 1)[1]
+    return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], text=True, **kw)  # type: ignore[call-overload, no-any-return]
+
+
 def lacks(ns: str, dst: str) -> bool:
     return dst not in {r["dst"] for r in owned_routes(ns)}
 
@@ -190,37 +196,17 @@ def test_faults_heal(cluster: str) -> None:
     assert any(r["dst"] == "10.99.0.0/24" for r in ip_json(ns1, "route"))
     # 3. agent killed with SIGKILL during a transfer: traffic goes on (the data plane
     #    lives in the kernel); after a restart nothing is duplicated
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", ps["3p1"]["netns"].rsplit("/", 1)[1], "iperf3", "-s", "-1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = in_pod(ps["3p1"], "iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        client = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ps["1p1"]["netns"].rsplit("/", 1)[1],
-                "iperf3",
-                "-c",
-                target,
-                "-t",
-                "3",
-                "-J",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        client = in_pod(ps["1p1"], "iperf3", "-c", target, "-t", "3", "-J", stdout=subprocess.PIPE)
         time.sleep(1)
         pid = _agent_pid(st, "node1")
         os.kill(pid, signal.SIGKILL)
         if backend == "udp":  # its data plane is the agent: TCP resends until it is back
             flatnet("lab", "restart-agent", "--lab", cluster, "node1")
-        out, errs = client.communicate(timeout=30)
-        assert client.returncode == 0, errs
+        out, _ = client.communicate(timeout=30)
+        assert client.returncode == 0, out
         assert json.loads(out)["end"]["sum_received"]["bytes"] > 0
     finally:
         server.kill()
@@ -277,22 +263,16 @@ def test_etcd_on_the_underlay_and_its_outage(uniq: str, tmp_path: Path) -> None:
         check = flatnet("lab", "check", "--lab", lab)
         assert "36/36 probes passed" in check.stdout
         ps = pods(lab)
-        pinger = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ps["1p1"]["netns"].rsplit("/", 1)[1],
-                "ping",
-                "-q",
-                "-i",
-                "0.2",
-                "-c",
-                "125",
-                ps["3p1"]["ip"],
-            ],
+        pinger = in_pod(
+            ps["1p1"],
+            "ping",
+            "-q",
+            "-i",
+            "0.2",
+            "-c",
+            "125",
+            ps["3p1"]["ip"],
             stdout=subprocess.PIPE,
-            text=True,
         )
         flatnet("lab", "restart-etcd", "--lab", lab, "--down", "20")
         out, _ = pinger.communicate(timeout=60)
@@ -335,10 +315,7 @@ def test_underlay_impairments(uniq: str, tmp_path: Path) -> None:
         lost = run(lab, "1p1", "ping", "-q", "-c", "60", "-i", "0.01", ps["2p1"]["ip"]).stdout
         kept = run(lab, "1p1", "ping", "-q", "-c", "60", "-i", "0.01", ps["1p2"]["ip"]).stdout
         assert " 0% packet loss" in kept and " 0% packet loss" not in lost, (lost, kept)
-        srv = subprocess.Popen(
-            ["ip", "netns", "exec", ps["2p1"]["netns"].rsplit("/", 1)[1], "iperf3", "-s", "-1"],
-            stdout=subprocess.DEVNULL,
-        )
+        srv = in_pod(ps["2p1"], "iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
         try:
             time.sleep(0.4)
             out = run(lab, "1p1", "iperf3", "-c", ps["2p1"]["ip"], "-t", "2", "-J").stdout

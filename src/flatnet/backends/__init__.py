@@ -41,6 +41,7 @@ __all__ = [
     "Desired",
     "Fdb",
     "Neigh",
+    "NoDevices",
     "Route",
     "get",
     "names",
@@ -112,6 +113,25 @@ class Backend(Protocol):
     def stop(self) -> None: ...
 
     def teardown(self, ctx: Context) -> None: ...
+
+
+class NoDevices:
+    """For backends that make no devices of their own: the no-op parts."""
+
+    def setup(self, ctx: Context) -> dict[str, object]:
+        return {}
+
+    def pod_mtu(self, ctx: Context) -> int:
+        return ctx.underlay_mtu
+
+    def devices(self, ctx: Context) -> tuple[str, ...]:
+        return ()
+
+    def stop(self) -> None:
+        return None
+
+    def teardown(self, ctx: Context) -> None:
+        return None
 
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {}

@@ -11,21 +11,15 @@ its traffic to the default gateway and black-hole it.
 
 from __future__ import annotations
 
-from flatnet.backends import Context, Desired, Route, register
+from flatnet.backends import Context, Desired, NoDevices, Route, register
 from flatnet.model import Lease
 
 __all__ = ["HostGw"]
 
 
 @register("host-gw")
-class HostGw:
+class HostGw(NoDevices):
     name = "host-gw"
-
-    def setup(self, ctx: Context) -> dict[str, object]:
-        return {}
-
-    def pod_mtu(self, ctx: Context) -> int:
-        return ctx.underlay_mtu
 
     def desired(self, ctx: Context, peers: list[Lease]) -> Desired:
         routes, refused = set(), {}
@@ -39,12 +33,3 @@ class HostGw:
                     f"use vxlan or udp"
                 )
         return Desired(routes=frozenset(routes), refused=refused)
-
-    def devices(self, ctx: Context) -> tuple[str, ...]:
-        return ()
-
-    def stop(self) -> None:
-        return None
-
-    def teardown(self, ctx: Context) -> None:
-        return None
