@@ -20,7 +20,7 @@ import ipaddress
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flatnet.errors import IPAMError, StoreError, SubnetExhausted
 from flatnet.model import PREFIX, Allocation, Lease, NetworkConfig, subnet_key, subnet_of_key
@@ -67,20 +67,23 @@ def lease_subnet(
     node: str,
     underlay_ip: str,
     ttl_lease: int,
-    backend_data: dict | None = None,
+    backend_data: dict | Callable[[str], dict] | None = None,
 ) -> Lease:
-    """Claim (or re-claim) this node's subnet, attached to ``ttl_lease``."""
+    """Claim (or re-claim) this node's subnet, attached to ``ttl_lease``.
+    ``backend_data`` may be a function of the subnet, so the lease is published
+    once, already carrying what peers need."""
+    data = backend_data if callable(backend_data) else (lambda _: backend_data or {})
     held = find_lease(store, node)
     if held is not None:
         old, kv = held
-        lease = Lease(old.subnet, node, underlay_ip, cfg.backend, backend_data or {})
+        lease = Lease(old.subnet, node, underlay_ip, cfg.backend, data(old.subnet))
         if store.cas(kv.key, lease.to_json(), kv.mod_revision, lease=ttl_lease):
             return _remember(store, lease)
     taken = {subnet_of_key(kv.key) for kv in store.range(PREFIX + "subnets/")}
     for net in _candidates(cfg, node, store):
         if net in taken or not net.subnet_of(cfg.pod_network):
             continue
-        lease = Lease(str(net), node, underlay_ip, cfg.backend, backend_data or {})
+        lease = Lease(str(net), node, underlay_ip, cfg.backend, data(str(net)))
         if store.create(subnet_key(net), lease.to_json(), lease=ttl_lease):
             return _remember(store, lease)
         taken.add(net)

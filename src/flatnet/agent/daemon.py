@@ -75,16 +75,22 @@ class Agent:
         dev, dev_mtu, nets = underlay_device(o.ns, underlay)
         self.backend = backends.get(cfg.backend)
         self._ttl_lease = self.store.grant(cfg.lease_ttl)
-        self.lease = lease_subnet(self.store, cfg, o.node, underlay, self._ttl_lease)
-        ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, dict(cfg.backend_options))
+        opts = dict(cfg.backend_options)
+        self.lease = lease_subnet(  # published once, with what peers need (VTEP MAC...)
+            self.store,
+            cfg,
+            o.node,
+            underlay,
+            self._ttl_lease,
+            lambda subnet: self.backend.lease_data(subnet, opts),
+        )
+        self.backend_data = dict(self.lease.backend_data)
+        ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, opts)
         for other in backends.names():  # objects of a backend this node ran before
             if other != cfg.backend:
                 backends.get(other).teardown(ctx)
-        self.backend_data = self.backend.setup(ctx)
-        self.lease = lease_subnet(  # now with what peers need (e.g. the VTEP MAC)
-            self.store, cfg, o.node, underlay, self._ttl_lease, self.backend_data
-        )
-        ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, dict(cfg.backend_options))
+        if self.backend.setup(ctx) != self.backend_data:
+            raise ConfigError(f"backend {cfg.backend}: set-up disagrees with its lease data")
         self.mtu = min(cfg.mtu, self.backend.pod_mtu(ctx))
         self.nft = Nft(o.ns)
         setup_node(o.ns, o.bridge, self.lease.subnet, cfg.pod_cidr, self.mtu, self.nft)

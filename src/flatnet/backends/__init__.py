@@ -10,8 +10,11 @@ deleting what flatnet owns but no longer wants, touching nothing else.
 Contract, in call order (all run in the agent; ``ctx.ns`` names the node's
 namespace, None on a real host):
 
+0. ``lease_data(subnet, options)`` — pure: what peers need to reach this node
+   (published in the lease as ``backend_data``, in the same write as the
+   subnet claim, so peers see a new node once, complete).
 1. ``setup(ctx)`` — once at start, idempotent: create the backend's devices;
-   returns the data peers need (published in the lease as ``backend_data``).
+   returns the same data as ``lease_data``.
 2. ``pod_mtu(ctx)`` — the MTU pods and the bridge get (underlay MTU minus the
    encapsulation overhead).
 3. ``desired(ctx, peers)`` — pure: the routes / neighbours / FDB entries for
@@ -102,6 +105,8 @@ class Context:
 class Backend(Protocol):
     name: str
 
+    def lease_data(self, subnet: str, options: dict[str, object]) -> dict[str, object]: ...
+
     def setup(self, ctx: Context) -> dict[str, object]: ...
 
     def pod_mtu(self, ctx: Context) -> int: ...
@@ -117,6 +122,9 @@ class Backend(Protocol):
 
 class NoDevices:
     """For backends that make no devices of their own: the no-op parts."""
+
+    def lease_data(self, subnet: str, options: dict[str, object]) -> dict[str, object]:
+        return {}
 
     def setup(self, ctx: Context) -> dict[str, object]:
         return {}

@@ -85,6 +85,9 @@ class Udp:
     def devices(self, ctx: Context) -> tuple[str, ...]:
         return ()
 
+    def lease_data(self, subnet: str, options: dict[str, object]) -> dict[str, object]:
+        return {"port": int(str(options.get("port", 8285)))}
+
     def setup(self, ctx: Context) -> dict[str, object]:
         port = int(str(ctx.options.get("port", 8285)))
         self.mask = int(ipaddress.IPv4Network(ctx.lease.subnet).netmask)
@@ -116,7 +119,7 @@ class Udp:
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        return {"port": port}
+        return self.lease_data(ctx.lease.subnet, ctx.options)
 
     def desired(self, ctx: Context, peers: list[Lease]) -> Desired:
         routes, refused = set(), {}

@@ -51,6 +51,14 @@ class Vxlan:
     def pod_mtu(self, ctx: Context) -> int:
         return ctx.underlay_mtu - OVERHEAD
 
+    def lease_data(self, subnet: str, options: dict[str, object]) -> dict[str, object]:
+        vtep = ipaddress.IPv4Network(subnet).network_address
+        return {
+            "vtepMAC": links.ip_mac(str(vtep)),
+            "vni": int(str(options.get("vni", 1))),
+            "port": int(str(options.get("port", 8472))),
+        }
+
     def setup(self, ctx: Context) -> dict[str, object]:
         dev, vni, port = self.dev(ctx), int(_opt(ctx, "vni", 1)), int(_opt(ctx, "port", 8472))
         vtep = ipaddress.IPv4Network(ctx.lease.subnet).network_address
@@ -81,7 +89,7 @@ class Vxlan:
             raise KernelError(f"failed to set up VXLAN device '{dev}' (VNI {vni}): {e}") from e
         if _opt(ctx, "txChecksumOffload", True) is False:
             set_tx_checksum(ctx.ns, dev, False)
-        return {"vtepMAC": mac, "vni": vni, "port": port}
+        return self.lease_data(ctx.lease.subnet, ctx.options)
 
     def desired(self, ctx: Context, peers: list[Lease]) -> Desired:
         dev, direct = self.dev(ctx), bool(_opt(ctx, "directRouting", False))
