@@ -111,10 +111,7 @@ class Udp:
             ) from e
         vtep = str(ipaddress.IPv4Network(ctx.lease.subnet).network_address)
         with netns.iproute(ctx.ns) as ipr:
-            idx = ipr.link_lookup(ifname=DEV)[0]
-            ipr.link("set", index=idx, mtu=self.pod_mtu(ctx), state="up")
-            if (vtep, 32) not in links.link_addrs(ipr, idx):
-                ipr.addr("add", index=idx, address=vtep, prefixlen=32)
+            links.up_with_address(ipr, DEV, vtep, 32, self.pod_mtu(ctx))
         for fn, name in ((self._tun_to_udp, "udp-tx"), (self._udp_to_tun, "udp-rx")):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()

@@ -60,9 +60,9 @@ class Vxlan:
         }
 
     def setup(self, ctx: Context) -> dict[str, object]:
-        dev, vni, port = self.dev(ctx), int(_opt(ctx, "vni", 1)), int(_opt(ctx, "port", 8472))
-        vtep = ipaddress.IPv4Network(ctx.lease.subnet).network_address
-        mac = links.ip_mac(str(vtep))
+        data = self.lease_data(ctx.lease.subnet, ctx.options)
+        dev, vni, port = self.dev(ctx), int(str(data["vni"])), int(str(data["port"]))
+        vtep = str(ipaddress.IPv4Network(ctx.lease.subnet).network_address)
         try:
             with netns.iproute(ctx.ns) as ipr:
                 under = ipr.link_lookup(ifname=ctx.underlay_dev)[0]
@@ -81,15 +81,13 @@ class Vxlan:
                         vxlan_port=port,
                         vxlan_learning=0,
                     )
-                idx = ipr.link_lookup(ifname=dev)[0]
-                ipr.link("set", index=idx, address=mac, mtu=self.pod_mtu(ctx), state="up")
-                if (str(vtep), 32) not in links.link_addrs(ipr, idx):
-                    ipr.addr("add", index=idx, address=str(vtep), prefixlen=32)
+                mac = str(data["vtepMAC"])
+                links.up_with_address(ipr, dev, vtep, 32, self.pod_mtu(ctx), mac)
         except (NetlinkError, IndexError) as e:
             raise KernelError(f"failed to set up VXLAN device '{dev}' (VNI {vni}): {e}") from e
         if _opt(ctx, "txChecksumOffload", True) is False:
             set_tx_checksum(ctx.ns, dev, False)
-        return self.lease_data(ctx.lease.subnet, ctx.options)
+        return data
 
     def desired(self, ctx: Context, peers: list[Lease]) -> Desired:
         dev, direct = self.dev(ctx), bool(_opt(ctx, "directRouting", False))

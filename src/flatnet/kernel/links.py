@@ -23,6 +23,7 @@ __all__ = [
     "get_link",
     "host_veth_name",
     "link_addrs",
+    "up_with_address",
 ]
 
 
@@ -64,13 +65,21 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway_cidr: str, mtu: int) -> int:
     try:
         if get_link(ipr, name) is None:
             ipr.link("add", ifname=name, kind="bridge", address=ip_mac(gw), mtu=mtu)
-        idx = ipr.link_lookup(ifname=name)[0]
-        ipr.link("set", index=idx, address=ip_mac(gw), mtu=mtu, state="up")
-        if (gw, int(plen)) not in link_addrs(ipr, idx):
-            ipr.addr("add", index=idx, address=gw, prefixlen=int(plen))
-        return int(idx)
+        return up_with_address(ipr, name, gw, int(plen), mtu, ip_mac(gw))
     except NetlinkError as e:
         raise KernelError(f"failed to set up bridge '{name}' with {gateway_cidr}: {e}") from e
+
+
+def up_with_address(
+    ipr: IPRoute, name: str, ip: str, plen: int, mtu: int, mac: str | None = None
+) -> int:
+    """Link ``name`` up with ``mtu`` (and ``mac``), holding ``ip/plen`` once;
+    idempotent. Returns its index. NetlinkError/IndexError pass to the caller."""
+    idx = int(ipr.link_lookup(ifname=name)[0])
+    ipr.link("set", index=idx, mtu=mtu, state="up", **({"address": mac} if mac else {}))
+    if (ip, plen) not in link_addrs(ipr, idx):
+        ipr.addr("add", index=idx, address=ip, prefixlen=plen)
+    return idx
 
 
 def link_addrs(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
