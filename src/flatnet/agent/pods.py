@@ -155,12 +155,17 @@ class PodNetwork:
 
     def delete(self, cid: str, ifname: str) -> None:
         self.ipam.release(cid, ifname)
-        if self.rtnl.set_link(links.host_veth_name(cid, ifname), up=False, group=DOOMED):
-            self._doomed.set()
-            if self._reaper is None:
-                self.reap()  # no reaper thread running: destroy it now
+        self._doom({links.host_veth_name(cid, ifname)})
 
     # -- destroying doomed host veths ----------------------------------------
+    def _doom(self, names: set[str]) -> None:
+        """Take these host veths down into :data:`DOOMED` (their pods lose carrier
+        now) and have them destroyed in the reaper's next batch."""
+        if any([self.rtnl.set_link(n, up=False, group=DOOMED) for n in names]):
+            self._doomed.set()
+            if self._reaper is None:
+                self.reap()  # no reaper thread running: destroy them now
+
     def reap(self) -> None:
         """Destroy every doomed host veth now (one kernel operation)."""
         self.rtnl.delete_group(DOOMED)
@@ -228,9 +233,7 @@ class PodNetwork:
         stale = {links.host_veth_name(a.container_id, a.ifname) for a in freed}
         if not older_than:
             stale |= self.host_veths() - keep
-        with self._node() as ipr:
-            for name in stale - keep:
-                links.delete_link(ipr, name)
+        self._doom(stale - keep)
         return len(freed)
 
     def orphans(self, grace: float) -> list[str]:
