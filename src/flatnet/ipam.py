@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from flatnet.errors import IPAMError, StoreError, SubnetExhausted
+from flatnet.errors import StoreError, SubnetExhausted
 from flatnet.model import PREFIX, Allocation, Lease, NetworkConfig, subnet_key, subnet_of_key
 from flatnet.store import KV, Store
 
@@ -122,10 +122,11 @@ class PodIPAM:
 
     def allocate(self, container_id: str, ifname: str, pod: str = "") -> Allocation:
         with self._lock:
-            existing = self.find(container_id, ifname)
-            if existing is not None:
-                return existing
-            used = {ipaddress.IPv4Address(a.ip) for a in self.allocations()}
+            held = self.allocations()  # one read serves both questions
+            for a in held:
+                if a.container_id == container_id and a.ifname == ifname:
+                    return a
+            used = {ipaddress.IPv4Address(a.ip) for a in held}
             first, last = int(self.gateway) + 1, int(self.subnet.broadcast_address) - 1
             span = last - first + 1
             for step in range(1, span + 1):
@@ -161,11 +162,3 @@ class PodIPAM:
             if self.store.delete(kv.key, revision=kv.mod_revision):
                 freed.append(a)
         return freed
-
-    def check(self, container_id: str, ifname: str, ip: str) -> None:
-        a = self.find(container_id, ifname)
-        if a is None or a.ip != ip:
-            raise IPAMError(
-                f"container '{container_id}' interface '{ifname}' holds "
-                f"{a.ip if a else 'no IP'} in the store, expected {ip}"
-            )
