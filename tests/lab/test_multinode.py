@@ -230,6 +230,8 @@ def test_faults_heal(cluster: str) -> None:
     # it comes back (re-claims its old subnet, still free) and is programmed again
     wait_for(lambda: subnet3 in {r["dst"] for r in owned_routes(ns1)}, 15, "peer back")
     assert nodes(cluster)["node3"]["podSubnet"] == subnet3
+    # its status went with the expired lease; the agent publishes it again
+    wait_for(lambda: sorted(nodes(cluster)["node3"]["peers"]) == ["node1", "node2"], 5, "status")
     assert run(cluster, "1p1", "ping", "-c1", "-W1", target).returncode == 0
 
 

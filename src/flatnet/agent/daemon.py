@@ -76,20 +76,15 @@ class Agent:
         self.backend = backends.get(cfg.backend)
         self._ttl_lease = self.store.grant(cfg.lease_ttl)
         opts = dict(cfg.backend_options)
+        self._lease_data = lambda subnet: self.backend.lease_data(subnet, opts)
         self.lease = lease_subnet(  # published once, with what peers need (VTEP MAC...)
-            self.store,
-            cfg,
-            o.node,
-            underlay,
-            self._ttl_lease,
-            lambda subnet: self.backend.lease_data(subnet, opts),
+            self.store, cfg, o.node, underlay, self._ttl_lease, self._lease_data
         )
-        self.backend_data = dict(self.lease.backend_data)
         ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, opts)
         for other in backends.names():  # objects of a backend this node ran before
             if other != cfg.backend:
                 backends.get(other).teardown(ctx)
-        if self.backend.setup(ctx) != self.backend_data:
+        if self.backend.setup(ctx) != self.lease.backend_data:
             raise ConfigError(f"backend {cfg.backend}: set-up disagrees with its lease data")
         self.mtu = min(cfg.mtu, self.backend.pod_mtu(ctx))
         self.nft = Nft(o.ns)
@@ -196,8 +191,9 @@ class Agent:
                         self.opts.node,
                         self.lease.underlay_ip if self.lease else "",
                         self._ttl_lease,
-                        self.backend_data,
+                        self._lease_data,
                     )
+                    self.peers.rebind(self._ttl_lease)
             except Exception as e:  # keep trying: the store may be back soon
                 log.warning("lease keep-alive failed: %s", e)
 

@@ -49,9 +49,13 @@ class PeerWatcher:
         self.status_lease = status_lease
         self.resync = resync
         self.leases: dict[str, Lease] = {}
-        self.synced = threading.Event()  # set after the first convergence
-        self.syncs = 0
         self._status: dict[str, Any] = {}
+
+    def rebind(self, status_lease: int) -> None:
+        """The node's TTL lease was re-granted: the status key went with the old
+        one, so publish it again (under the new lease) at the next sync."""
+        self.status_lease = status_lease
+        self._status = {}
 
     # -- state --------------------------------------------------------------
     def peers(self) -> list[Lease]:
@@ -71,7 +75,6 @@ class PeerWatcher:
         peers = self.peers()
         want = self.backend.desired(self.ctx, peers)
         changes = converge(self.ctx.ns, want, self.devices)
-        self.syncs += 1
         programmed = [p.node for p in peers if p.node not in set(want.refused) | want.pending]
         if changes:
             log.info(
@@ -95,7 +98,6 @@ class PeerWatcher:
             self.store.put(
                 STATUS_PREFIX + self.ctx.lease.node, json.dumps(status), lease=self.status_lease
             )
-        self.synced.set()
 
     # -- the loop -----------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
