@@ -14,14 +14,14 @@ import struct
 from flatnet.errors import KernelError
 from flatnet.kernel import netns
 
-__all__ = ["get_tx_checksum", "set_tx_checksum"]
+__all__ = ["set_tx_checksum"]
 
 SIOCETHTOOL = 0x8946
-ETHTOOL_GTXCSUM, ETHTOOL_STXCSUM = 0x16, 0x17
+ETHTOOL_STXCSUM = 0x17
 
 
-def _call(ns: str | None, dev: str, cmd: int, value: int) -> int:
-    data = ctypes.create_string_buffer(struct.pack("=II", cmd, value))
+def set_tx_checksum(ns: str | None, dev: str, on: bool) -> None:
+    data = ctypes.create_string_buffer(struct.pack("=II", ETHTOOL_STXCSUM, int(on)))
     ifreq = struct.pack("16sP", dev.encode(), ctypes.addressof(data))
     sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -30,12 +30,3 @@ def _call(ns: str | None, dev: str, cmd: int, value: int) -> int:
         raise KernelError(f"ethtool on '{dev}' failed: {e.strerror}") from e
     finally:
         sock.close()
-    return int(struct.unpack("=II", data.raw[:8])[1])
-
-
-def set_tx_checksum(ns: str | None, dev: str, on: bool) -> None:
-    _call(ns, dev, ETHTOOL_STXCSUM, int(on))
-
-
-def get_tx_checksum(ns: str | None, dev: str) -> bool:
-    return bool(_call(ns, dev, ETHTOOL_GTXCSUM, 0))

@@ -159,13 +159,9 @@ class _Builder:
             self.st.external = self.prefix + "ext"
         for i, (name, ns, ip, seg) in enumerate(members):
             self.st.add_ns(ns)
-            gw = t.router_ip(seg) if t.underlay == "routed" else t.external_ip
-            routes = {"0.0.0.0/0": gw} if t.external and name != "external" else {}
-            if t.underlay == "routed" and name == "external":
-                routes = {segs[1]: t.router_ip(0)}
-            elif t.underlay == "routed":
-                routes = {"0.0.0.0/0": gw}
-            self._plug(sw, seg, ns, f"p{next(ports)}", "eth0", ip, segs[seg], routes)
+            self._plug(
+                sw, seg, ns, f"p{next(ports)}", "eth0", ip, segs[seg], self._routes(name, seg)
+            )
             if name != "external":
                 self.st.nodes[name] = {"ns": ns, "underlayIP": ip}
                 if t.netem:
@@ -180,6 +176,17 @@ class _Builder:
                 {"FLATNET_POD_NAME": "external"},
             )
             self.st.add_process(pid, "external")
+
+    def _routes(self, member: str, seg: int) -> dict[str, str]:
+        """Routes of a node or the external host. routed: nodes leave through their
+        segment's router, the external host reaches segment B through it; l2: nodes
+        leave through the external host, if there is one."""
+        t = self.t
+        if t.underlay == "routed":
+            if member == "external":
+                return {t.segments()[1]: t.router_ip(0)}
+            return {"0.0.0.0/0": t.router_ip(seg)}
+        return {"0.0.0.0/0": t.external_ip} if t.external and member != "external" else {}
 
     def _plug(
         self,
