@@ -64,6 +64,7 @@ def netexec(http_port: int, udp_port: int | None) -> int:
     if udp_port:
         threading.Thread(target=_udp_echo, args=(udp_port,), daemon=True).start()
     ThreadingHTTPServer.allow_reuse_address = True
+    ThreadingHTTPServer.request_queue_size = 512  # bursts of connects are not dropped
     srv = ThreadingHTTPServer(("0.0.0.0", http_port), _Handler)
     srv.daemon_threads = True
     srv.serve_forever()

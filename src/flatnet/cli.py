@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -42,6 +44,9 @@ def agent(
     backend: str = "vxlan",
     mtu: int = 1500,
     resync: Annotated[float, typer.Option(help="seconds between peer re-syncs")] = 10.0,
+    proxy_resync: Annotated[
+        float, typer.Option(help="seconds between full rewrites of the service table")
+    ] = 300.0,
 ) -> None:
     """Run the node agent (in this host's or lab node's own network namespace)."""
     from flatnet.agent.daemon import Agent, AgentOptions
@@ -60,8 +65,100 @@ def agent(
             bridge=bridge,
             network=net,
             resync_every=resync,
+            proxy_resync=proxy_resync,
         )
     ).run_forever()
+
+
+@app.command()
+def dns(
+    store: Annotated[str, typer.Option(help="sqlite://PATH or etcd://HOST:PORT")],
+    listen: Annotated[str, typer.Option(help="address:port to serve on")] = "0.0.0.0:53",
+    upstream: Annotated[str, typer.Option(help="resolver for other names, ip[:port]")] = "",
+    domain: str = "cluster.local",
+    ttl: int = 30,
+) -> None:
+    """Run the cluster DNS server (as the kube-dns pod does)."""
+    from flatnet.dns.server import DNSServer
+    from flatnet.store import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    host, _, port = listen.rpartition(":")
+    up = None
+    if upstream:
+        uh, _, up_port = upstream.partition(":")
+        up = (uh, int(up_port or 53))
+    srv = DNSServer(open_store(store), (host or "0.0.0.0", int(port)), up, domain, ttl)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: srv.stop.set())
+    srv.serve()
+
+
+def _manifests(file: str) -> tuple[list[Any], list[Any]]:
+    from flatnet.lab import topo
+    from flatnet.manifest import docs
+
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
+    return topo.objects(docs(text, file), file, None)
+
+
+@app.command()
+def apply(
+    file: Annotated[str, typer.Option("-f", "--filename", help="manifest file, - for stdin")],
+    lab: Annotated[str | None, typer.Option()] = None,
+    store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
+) -> None:
+    """Create or update the Services (and, on a lab, the Pods) of a manifest file."""
+    from flatnet import services
+    from flatnet.ipam import load_config
+
+    pods, svcs = _manifests(file)
+    s, st = _store_for(lab, store)
+    try:
+        if pods and st is None:
+            raise ConfigError(f"{file}: Pods can only be applied to a lab (give --lab)")
+        if pods:
+            from flatnet.lab import cluster
+
+            cluster.check_new_pods(st, pods, file)
+        done = services.apply(s, load_config(s), svcs)
+        for svc in done:
+            out.print(f"service/{svc.name} configured (clusterIP {svc.cluster_ip or '-'})")
+        if pods:
+            cluster.add_pods(st, pods, s)
+            for p in pods:
+                out.print(f"pod/{p.name} created on {p.node}")
+    finally:
+        s.close()
+
+
+@app.command()
+def delete(
+    file: Annotated[str, typer.Option("-f", "--filename", help="manifest file, - for stdin")],
+    lab: Annotated[str | None, typer.Option()] = None,
+    store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
+) -> None:
+    """Delete the Services (and, on a lab, the Pods) named in a manifest file."""
+    from flatnet import services
+
+    pods, svcs = _manifests(file)
+    s, st = _store_for(lab, store)
+    try:
+        for name in services.delete(s, [(x.namespace, x.name) for x in svcs]):
+            out.print(f"service/{name.split('/')[1]} deleted")
+        if pods:
+            if st is None:
+                raise ConfigError(f"{file}: Pods can only be deleted from a lab (give --lab)")
+            from flatnet.lab import cluster
+
+            for p in pods:
+                if cluster.delete_pod(st, p.name, s):
+                    out.print(f"pod/{p.name} deleted")
+    finally:
+        s.close()
 
 
 @app.command("install-cni")
@@ -222,8 +319,11 @@ def lab_exec(
     if not ctx.args:
         raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
 
+    from flatnet.lab.cluster import pod_argv
+
     env = dict(os.environ, FLATNET_POD_NAME=target)
-    raise typer.Exit(subprocess.call(ctx.args, preexec_fn=netns.preexec(ns), env=env))
+    argv = pod_argv(ns, ctx.args)
+    raise typer.Exit(subprocess.call(argv, preexec_fn=netns.preexec(ns), env=env))
 
 
 @lab_app.command("cni")
@@ -309,7 +409,7 @@ def get(
     store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
     output: Annotated[str, typer.Option("-o", "--output", help="json|wide")] = "wide",
 ) -> None:
-    """Show pods or nodes: get pods|nodes [-o json|wide]."""
+    """Show what the cluster holds: get pods|nodes|services|endpoints [-o json|wide]."""
     from flatnet.model import PREFIX, PodRecord
 
     items: list[dict[str, Any]] = []
@@ -350,8 +450,10 @@ def get(
                     it["peers"] = ",".join(it["peers"]) or "-"
                     it["refused"] = "; ".join(it["refused"].values()) or "-"
             cols = ["name", "underlayIP", "podSubnet", "backend", "peers", "refused"]
+        elif kind in ("services", "service", "svc", "endpoints", "endpoint", "ep"):
+            items, cols = _services(s, kind.startswith("e"), output)
         else:
-            raise ConfigError(f"unknown kind '{kind}': use pods or nodes")
+            raise ConfigError(f"unknown kind '{kind}': use pods, nodes, services or endpoints")
     finally:
         s.close()
     if output == "json":
@@ -361,6 +463,64 @@ def get(
     for it in items:
         t.add_row(*[str(it.get(c, "")) for c in cols])
     out.print(t)
+
+
+def svc_selector(it: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted(dict(it["selector"]).items())
+
+
+def _services(s: Any, eps_view: bool, output: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Services with their endpoints (ready pods matching the selector) and how
+    many nodes' proxies have programmed their latest version."""
+    from flatnet.model import PREFIX, PodRecord, Service
+    from flatnet.proxy.desired import PodIndex, endpoints
+    from flatnet.proxy.sync import PROXY_PREFIX
+    from flatnet.services import SERVICES_PREFIX
+
+    pods = PodIndex()
+    for kv in s.range(PREFIX + "pods/"):
+        pods.put(kv.key, PodRecord.from_json(kv.value))
+    proxies = [json.loads(kv.value) for kv in s.range(PROXY_PREFIX)]
+    items = []
+    for kv in s.range(SERVICES_PREFIX):
+        svc = Service.from_json(kv.value)
+        eps = endpoints(svc, pods.select(svc.namespace, svc.selector))
+        ports = [
+            f"{p.name + ':' if p.name else ''}{p.port}"
+            + (f":{p.node_port}" if p.node_port else "")
+            + f"/{p.protocol}"
+            for p in svc.ports
+        ]
+        items.append(
+            {
+                "namespace": svc.namespace,
+                "name": svc.name,
+                "type": svc.type,
+                "clusterIP": svc.cluster_ip or "-",
+                "externalName": svc.external_name,
+                "ports": ports,
+                "selector": svc.selector,
+                "sessionAffinity": svc.session_affinity,
+                "endpoints": sorted(
+                    {f"{e.ip}:{e.port}" for es in eps.values() for e in es},
+                ),
+                "endpointPods": sorted({e.pod for es in eps.values() for e in es}),
+                "programmedOn": sorted(
+                    p["node"] for p in proxies if p["revision"] >= kv.mod_revision
+                ),
+            }
+        )
+    if output != "json":
+        for it in items:
+            it["ports"] = ",".join(it["ports"]) or "-"
+            it["endpoints"] = ",".join(it["endpoints"]) or "<none>"
+            it["programmed"] = f"{len(it['programmedOn'])}/{len(proxies)}"
+            it["selector"] = ",".join(f"{k}={v}" for k, v in svc_selector(it)) or "-"
+    if eps_view:
+        return items, ["namespace", "name", "endpoints"]
+    return items, [
+        "namespace", "name", "type", "clusterIP", "ports", "endpoints", "selector", "programmed",
+    ]  # fmt: skip
 
 
 def main() -> None:

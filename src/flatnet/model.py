@@ -7,6 +7,10 @@ Keys (all under ``/flatnet/``)::
     nodes/<node>                   the node's record: name, underlayIP, podSubnet
     ipam/10.244.3.0-24/10.244.3.7  one pod IP allocation (Allocation JSON)
     pods/<namespace>/<name>        a pod as the API server would hold it (lab, CLI)
+    services/<namespace>/<name>    a Service (Service JSON)
+    serviceips/10.96.0.10          the claim of a cluster IP by one service
+    nodeports/tcp/30080            the claim of a node port by one service
+    proxy/<node>                   what the node's service proxy has programmed
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ __all__ = [
     "Lease",
     "NetworkConfig",
     "PodRecord",
+    "Service",
+    "ServicePort",
     "subnet_key",
     "subnet_of_key",
 ]
@@ -140,7 +146,58 @@ class PodRecord(_Json):
     labels: dict[str, str] = field(default_factory=dict)
     container_id: str = ""
     phase: str = "Pending"
+    ready: bool = False
+    ports: dict[str, list[Any]] = field(default_factory=dict)  # name -> [port, protocol]
+
+    @property
+    def serving(self) -> bool:
+        """Counted as a ready endpoint of the services that select it."""
+        return self.ready and bool(self.ip) and self.phase == "Running"
 
     @property
     def key(self) -> str:
         return f"{PREFIX}pods/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    protocol: str = "TCP"  # TCP | UDP
+    name: str = ""
+    target_port: int | str = 0  # a number, or a container port's name
+    node_port: int = 0
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Kubernetes v1 Service, as flatnet keeps it. ``cluster_ip`` is "None" for
+    a headless service and "" for ExternalName."""
+
+    name: str
+    namespace: str
+    type: str = "ClusterIP"  # ClusterIP | NodePort | ExternalName
+    cluster_ip: str = ""
+    selector: dict[str, str] = field(default_factory=dict)
+    ports: tuple[ServicePort, ...] = ()
+    session_affinity: str = "None"  # None | ClientIP
+    affinity_timeout: int = 10800
+    internal_local: bool = False
+    external_local: bool = False
+    external_name: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}services/{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip == "None"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Service:
+        d = json.loads(text)
+        d["ports"] = tuple(ServicePort(**p) for p in d.get("ports", ()))
+        return cls(**d)

@@ -96,7 +96,7 @@ def lab(request: pytest.FixtureRequest, uniq: str, tmp_path: Path) -> Iterator[s
 
 def pods(name: str) -> dict[str, dict]:  # type: ignore[type-arg]
     items = json.loads(flatnet("get", "pods", "--lab", name, "-o", "json").stdout)["items"]
-    return {p["name"]: p for p in items}
+    return {p["name"]: p for p in items if p["namespace"] != "kube-system"}
 
 
 def run(name: str, target: str, *cmd: str) -> subprocess.CompletedProcess[str]:

@@ -53,7 +53,7 @@ def test_good_file() -> None:
         (GOOD.replace("kind: Lab", "kind: Cluster"), 1, "kind: Lab"),
         (GOOD.replace('"container:a"', '"bridgey"'), 15, "'bridgey'"),
         (GOOD.replace('"container:a"', '"container:zz"'), 11, "container:zz"),
-        (GOOD + "---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n", 18, "'Service'"),
+        (GOOD + "---\napiVersion: apps/v1\nkind: Deployment\n", 18, "'Deployment'"),
         (GOOD.replace("name: t1", "name: t1\nnetwork: {podCIDR: 10.244.0.0/33}"), 3, "podCIDR"),
         (GOOD.replace("external: true", "external: [true"), 5, "not valid YAML"),
         (

@@ -32,6 +32,7 @@ from flatnet.ipam import PodIPAM, lease_subnet, save_config
 from flatnet.kernel import netns
 from flatnet.kernel.nft import Nft
 from flatnet.model import Lease, NetworkConfig
+from flatnet.proxy.sync import ServiceProxy
 from flatnet.store import Store, open_store
 
 __all__ = ["Agent", "AgentOptions"]
@@ -52,6 +53,7 @@ class AgentOptions:
     reclaim_every: float = 30.0
     reap_delay: float = 0.5  # batch window for destroying deleted pods' veths
     resync_every: float = 10.0  # peer routes re-converged this often without events
+    proxy_resync: float = 300.0  # the whole service table rewritten this often
 
 
 class Agent:
@@ -100,7 +102,11 @@ class Agent:
             self._ttl_lease,
             o.resync_every,
         )
+        self.proxy = ServiceProxy(
+            self.store, self.nft, o.node, cfg.pod_cidr, self._ttl_lease, o.proxy_resync
+        )
         self._serve()
+        self._spawn(lambda: self.proxy.run(self._stop), "proxy")
         self._spawn(self._keepalive_loop, "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
         self._spawn(lambda: self.peers.run(self._stop), "peers")
@@ -159,7 +165,7 @@ class Agent:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.opts.socket_path)
         for t in self._threads:
-            if t.name == "peers":
+            if t.name in ("peers", "proxy"):
                 t.join(timeout=5)
         if self.pods is not None:
             self.pods.close()
@@ -194,6 +200,7 @@ class Agent:
                         self._lease_data,
                     )
                     self.peers.rebind(self._ttl_lease)
+                    self.proxy.status_lease = self._ttl_lease
             except Exception as e:  # keep trying: the store may be back soon
                 log.warning("lease keep-alive failed: %s", e)
 

@@ -50,6 +50,11 @@ def _load() -> ctypes.CDLL:
 _JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
 
 
+def _trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class Nft:
     def __init__(self, ns: str | None = None) -> None:
         self._lib = _load()
@@ -66,6 +71,8 @@ class Nft:
             rc = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
             out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
             err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
+            if len(script) > 1 << 20:  # libnftables' parse of a big script leaves ~100 MB
+                _trim()  # of freed heap that glibc keeps unless asked to give it back
         if rc != 0:
             where = f" in namespace '{self.ns}'" if self.ns else ""
             raise KernelError(f"failed to apply {what}{where}: {err.strip()}")

@@ -33,6 +33,7 @@ IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_GROUP = 18, 28, 27
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA, IFLA_BRPORT_MODE = 4, 5, 4
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_GATEWAY, RTA_OIF = 5, 4
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
@@ -148,9 +149,13 @@ class Rtnl:
         peer_mac: str,
         peer_ns_fd: int,
     ) -> None:
-        """Create veth ``name`` (up, on bridge ``master``) with its peer ``peer``
-        born in the namespace of ``peer_ns_fd``, in one request. (The peer cannot
-        be brought up from here: the kernel refuses with ENOTCONN.)"""
+        """Create veth ``name`` (up, on bridge ``master``, in hairpin mode) with its
+        peer ``peer`` born in the namespace of ``peer_ns_fd``, in one write. (The
+        peer cannot be brought up from here: the kernel refuses with ENOTCONN.)
+
+        Hairpin mode lets the bridge send a frame back out of the port it came
+        in on: a pod reaching itself through a service VIP is DNATed back to its
+        own port (kubelet's hairpinMode; the reference bridge plugin's too)."""
         peer_info = (
             _ifinfo()
             + _str(IFLA_IFNAME, peer)
@@ -170,7 +175,14 @@ class Rtnl:
                 _nest(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_info)),
             )
         )
-        self._request([(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)])
+        hairpin = _str(IFLA_IFNAME, name) + _nest(
+            IFLA_LINKINFO,
+            _str(IFLA_INFO_SLAVE_KIND, "bridge"),
+            _nest(IFLA_INFO_SLAVE_DATA, _attr(IFLA_BRPORT_MODE, b"\x01")),
+        )
+        self._request(
+            [(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body), (RTM_NEWLINK, 0, _ifinfo() + hairpin)]
+        )
 
     def up_with_default(self, index: int, ip: str, plen: int, gateway: str) -> None:
         """Link ``index`` up, address ``ip/plen`` on it and a default route via

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from flatnet import services
 from flatnet.agent.peers import STATUS_PREFIX
 from flatnet.cni.install import install
 from flatnet.cni.runtime import Chain, load_conflist
@@ -41,7 +43,9 @@ from flatnet.kernel import netns
 from flatnet.kernel.nft import Nft
 from flatnet.lab.state import LABS_DIR, LabState
 from flatnet.lab.topo import LabPod, LabTopo
-from flatnet.model import PodRecord
+from flatnet.model import PREFIX, PodRecord, Service, ServicePort
+from flatnet.proxy.sync import PROXY_PREFIX
+from flatnet.services import dns_ip
 from flatnet.store import Store, open_store
 
 __all__ = ["Progress", "build", "spawn", "wait_port"]
@@ -52,8 +56,20 @@ _lock = threading.Lock()
 LOOPBACK = {"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}
 
 
+ETC_NETNS = Path("/etc/netns")
+
+
+def pod_argv(ns: str, argv: list[str]) -> list[str]:
+    """``argv`` as a process of the pod in ``ns`` sees the world: through
+    ``ip netns exec`` when the pod has its own /etc files (resolv.conf)."""
+    if (ETC_NETNS / ns).is_dir():
+        return ["ip", "netns", "exec", ns, *argv]
+    return argv
+
+
 def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     """Start ``argv`` detached (own session) inside namespace ``ns``; returns its PID."""
+    argv = pod_argv(ns, argv)
     with open(log, "ab") as out:
         p = subprocess.Popen(
             argv,
@@ -132,6 +148,7 @@ class _Builder:
         self.prefix = f"fl-{topo.name}-"
         self.plen = int(topo.underlay_cidr.split("/")[1])
         self.st.segments = topo.segments()
+        self.agent_url = ""
 
     # -- underlay ---------------------------------------------------------
     def underlay(self) -> None:
@@ -292,78 +309,263 @@ class _Builder:
 
     # -- pods ---------------------------------------------------------------
     def pods(self, store: Store) -> None:
-        first = [p for p in self.t.pods if p.shares_with is None]
-        later = [p for p in self.t.pods if p.shares_with is not None]
-        done = [0]
-        total = len(self.t.pods)
+        if self.t.dns:
+            self.dns(store)
+        add_pods(self.st, list(self.t.pods), store, self.progress)
+        if self.t.services:
+            services.apply(store, load_config(store), self.t.services)
+            wait_proxies(store, self.st, store.revision())
 
-        def one(p: LabPod) -> None:
-            self.pod(p, store)
-            with _lock:
-                done[0] += 1
-                self.progress("pods running", done[0], total)
+    def dns(self, store: Store) -> None:
+        """The cluster DNS: a kube-dns pod in kube-system running ``flatnet dns``
+        behind the kube-dns service VIP; the external host, if any, runs dnsmasq
+        as the upstream resolver (so no query leaves the machine)."""
+        upstream = []
+        if self.t.external:
+            hosts = self.st.dir / "upstream.hosts"
+            hosts.write_text(f"{self.t.external_ip} external.{UPSTREAM_ZONE}\n")
+            argv = [
+                "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                f"--addn-hosts={hosts}", f"--listen-address={self.t.external_ip}",
+                "--bind-interfaces", "--pid-file=", "--user=root", "--group=root",
+                f"--local=/{UPSTREAM_ZONE}/", "--log-facility=-",
+            ]  # fmt: skip
+            self.st.add_process(
+                spawn(self.st.external, argv, self.st.dir / "dnsmasq.log"), "dnsmasq"
+            )
+            upstream = ["--upstream", self.t.external_ip]
+        node = self.t.nodes[0]
+        pod = LabPod(
+            "kube-dns",
+            "kube-system",
+            node,
+            {"k8s-app": "kube-dns"},
+            "bridge",
+            (tuple(_py("flatnet", "dns", "--store", self.agent_url, *upstream)),),
+            {"dns": [53, "UDP"], "dns-tcp": [53, "TCP"], "metrics": [53, "TCP"]},
+        )
+        svc = Service(
+            "kube-dns",
+            "kube-system",
+            cluster_ip=dns_ip(self.t.network),
+            selector={"k8s-app": "kube-dns"},
+            ports=(
+                ServicePort(53, "UDP", "dns", "dns"),
+                ServicePort(53, "TCP", "dns-tcp", "dns-tcp"),
+            ),
+        )
+        services.apply(store, load_config(store), [svc])
+        add_pods(self.st, [pod], store)
 
-        for batch in (first, later):
-            with ThreadPoolExecutor(max_workers=6) as ex:
-                list(ex.map(one, batch))
-        for p in self.t.pods:
-            if not any(p.commands) and p.shares_with is None:
-                self._wait_ready(p)
 
-    def pod(self, p: LabPod, store: Store) -> None:
-        node = self.st.nodes[p.node]
-        cid = uuid.uuid4().hex
-        rec: dict[str, Any] = {
-            "node": p.node,
-            "namespace": p.namespace,
-            "mode": p.mode,
-            "containerID": cid,
-            "labels": p.labels,
-        }
-        if p.mode == "host":
-            ns, ip = node["ns"], node["underlayIP"]
-        elif p.shares_with:
-            other = self.st.pods[p.shares_with]
-            ns, ip = other["ns"], other["ip"]
-        else:
-            ns = self.prefix + "p-" + p.name
-            with _lock:
-                self.st.pods[p.name] = dict(rec, ns=ns, ip="")
-                self.st.add_ns(ns)
-            ip = self._attach(p, ns, cid, node)
-        rec.update(ns=ns, ip=ip)
+UPSTREAM_ZONE = "flatnet.test"
+
+
+def check_new_pods(st: LabState, pods: list[LabPod], path: str) -> None:
+    """Pods from a manifest, checked against the running lab before anything is made."""
+    for p in pods:
+        if p.name in st.pods:
+            raise ConfigError(f"{path}: pod '{p.name}' exists already in lab '{st.name}'")
+        if p.node not in st.nodes:
+            raise ConfigError(
+                f"{path}: pod '{p.name}': spec.nodeName: '{p.node}' is not one of the lab's "
+                f"nodes ({', '.join(st.nodes)})"
+            )
+        other = p.shares_with
+        if other is not None and other not in st.pods and other not in [q.name for q in pods]:
+            raise ConfigError(f"{path}: pod '{p.name}': no pod '{other}' to share a network with")
+
+
+def add_pods(
+    st: LabState, pods: list[LabPod], store: Store, progress: Progress | None = None
+) -> None:
+    """Create pods as a runtime does (in parallel), then mark each ready once it
+    serves: endpoints only ever point at pods that answer."""
+    first = [p for p in pods if p.shares_with is None]
+    later = [p for p in pods if p.shares_with is not None]
+    done = [0]
+
+    def one(p: LabPod) -> None:
+        _create_pod(st, p, store)
         with _lock:
-            self.st.pods[p.name] = rec
-            self.st.save()
-        for i, cmd in enumerate(p.commands or ((),)):
-            argv = list(cmd) or _py("flatnet.agnhost", "netexec", "--http-port", "8080")
-            log = self.st.dir / "pods" / f"{p.name}.{i}.log"
-            log.parent.mkdir(exist_ok=True)
-            pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name})
-            with _lock:
-                self.st.add_process(pid, f"pod:{p.name}")
-        record = PodRecord(
-            p.name, p.namespace, p.node, ip, netns.path_of(ns), p.mode, p.labels, cid, "Running"
-        )
-        store.put(record.key, record.to_json())
+            done[0] += 1
+            if progress:
+                progress("pods running", done[0], len(pods))
 
-    def _attach(self, p: LabPod, ns: str, cid: str, node: dict[str, Any]) -> str:
-        path = netns.path_of(ns)
-        lo = Chain(LOOPBACK, [node["binDir"]], ns=node["ns"])
-        lo.add(cid, path, "lo", pod=(p.namespace, p.name))
-        if p.mode == "none":
-            return ""
-        chain = Chain(
-            load_conflist(node["confDir"]),
-            [node["binDir"]],
-            ns=node["ns"],
-            cache_dir=str(self.st.dir / "cni-cache"),
-        )
-        result = chain.add(cid, path, "eth0", pod=(p.namespace, p.name))
-        return str(result["ips"][0]["address"].split("/")[0])
+    for batch in (first, later):
+        with ThreadPoolExecutor(max_workers=6) as ex:
+            list(ex.map(one, batch))
+    with ThreadPoolExecutor(max_workers=6) as ex:
+        list(ex.map(lambda p: _ready(st, p, store), pods))
 
-    def _wait_ready(self, p: LabPod) -> None:
-        wait_port(self.st.pods[p.name]["ns"], 8080)
+
+def _record(st: LabState, p: LabPod, ready: bool) -> PodRecord:
+    info = st.pods[p.name]
+    return PodRecord(
+        p.name,
+        p.namespace,
+        p.node,
+        info["ip"],
+        netns.path_of(info["ns"]),
+        p.mode,
+        p.labels,
+        info["containerID"],
+        "Running",
+        ready,
+        dict(p.ports),
+    )
+
+
+def _create_pod(st: LabState, p: LabPod, store: Store) -> None:
+    node = st.nodes[p.node]
+    cid = uuid.uuid4().hex
+    rec: dict[str, Any] = {
+        "node": p.node,
+        "namespace": p.namespace,
+        "mode": p.mode,
+        "containerID": cid,
+        "labels": p.labels,
+    }
+    if p.mode == "host":
+        ns, ip = node["ns"], node["underlayIP"]
+    elif p.shares_with:
+        other = st.pods[p.shares_with]
+        ns, ip = other["ns"], other["ip"]
+    else:
+        ns = f"fl-{st.name}-p-{p.name}"
+        with _lock:
+            st.pods[p.name] = dict(rec, ns=ns, ip="")
+            st.add_ns(ns)
+        if p.mode == "bridge":
+            _resolv_conf(st, p, ns)
+        ip = _attach(st, p, ns, cid, node)
+    rec.update(ns=ns, ip=ip)
+    with _lock:
+        st.pods[p.name] = rec
+        st.save()
+    for i, cmd in enumerate(p.commands or ((),)):
+        argv = list(cmd) or _py("flatnet.agnhost", "netexec", "--http-port", "8080")
+        log = st.dir / "pods" / f"{p.name}.{i}.log"
+        log.parent.mkdir(exist_ok=True)
+        pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name})
+        with _lock:
+            st.add_process(pid, f"pod:{p.name}")
+    store.put(f"{PREFIX}pods/{p.namespace}/{p.name}", _record(st, p, False).to_json())
+
+
+def _resolv_conf(st: LabState, p: LabPod, ns: str) -> None:
+    """What kubelet gives a pod with dnsPolicy ClusterFirst."""
+    store = open_store(st.store_url)
+    try:
+        cfg = load_config(store)
+    finally:
+        store.close()
+    d = ETC_NETNS / ns
+    with _lock:
+        st.etc_dirs.append(str(d))
+        st.save()
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "resolv.conf").write_text(
+        f"search {p.namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
+        f"nameserver {dns_ip(cfg)}\n"
+        "options ndots:5\n"
+    )
+
+
+def _attach(st: LabState, p: LabPod, ns: str, cid: str, node: dict[str, Any]) -> str:
+    path = netns.path_of(ns)
+    lo = Chain(LOOPBACK, [node["binDir"]], ns=node["ns"])
+    lo.add(cid, path, "lo", pod=(p.namespace, p.name))
+    if p.mode == "none":
+        return ""
+    chain = Chain(
+        load_conflist(node["confDir"]),
+        [node["binDir"]],
+        ns=node["ns"],
+        cache_dir=str(st.dir / "cni-cache"),
+    )
+    result = chain.add(cid, path, "eth0", pod=(p.namespace, p.name))
+    return str(result["ips"][0]["address"].split("/")[0])
+
+
+def _ready(st: LabState, p: LabPod, store: Store) -> None:
+    """A pod is ready when it serves: agnhost on 8080, else its first TCP port."""
+    ns = st.pods[p.name]["ns"]
+    tcp = [int(v[0]) for v in p.ports.values() if v[1] == "TCP"]
+    if not any(p.commands):
+        wait_port(ns, 8080)
+    elif tcp and p.mode != "none":
+        wait_port(ns, tcp[0])
+    store.put(f"{PREFIX}pods/{p.namespace}/{p.name}", _record(st, p, True).to_json())
+
+
+def delete_pod(st: LabState, name: str, store: Store) -> bool:
+    """Delete a pod gracefully: out of every service's endpoints first (and wait
+    until every node's proxy has programmed that), then stop it and tear down its
+    network with CNI DEL. Returns False if there is no such pod."""
+    info = st.pods.get(name)
+    if info is None:
+        return False
+    sharing = [n for n, o in st.pods.items() if n != name and o["ns"] == info["ns"]]
+    if info["mode"] != "host" and sharing and not info["mode"].startswith("container:"):
+        raise ConfigError(
+            f"pod '{name}': pods {', '.join(sharing)} share its network; delete them first"
+        )
+    key = f"{PREFIX}pods/{info['namespace']}/{name}"
+    kv = store.get(key)
+    if kv is not None:
+        rec = PodRecord.from_json(kv.value)
+        rev = store.put(key, replace(rec, phase="Terminating", ready=False).to_json())
+        if any(
+            s.namespace == rec.namespace and s.selector and s.selector.items() <= rec.labels.items()
+            for s in services.load_all(store).values()
+        ):
+            wait_proxies(store, st, rev)
+    st.kill(f"pod:{name}", exact=True)
+    if info["mode"] in ("bridge", "none"):
+        node = st.nodes[info["node"]]
+        path = netns.path_of(info["ns"])
+        pod = (info["namespace"], name)
+        if info["mode"] == "bridge":
+            chain = Chain(
+                load_conflist(node["confDir"]),
+                [node["binDir"]],
+                ns=node["ns"],
+                cache_dir=str(st.dir / "cni-cache"),
+            )
+            chain.delete(info["containerID"], path, "eth0", pod=pod)
+        Chain(LOOPBACK, [node["binDir"]], ns=node["ns"]).delete(
+            info["containerID"], path, "lo", pod=pod
+        )
+        netns.delete(info["ns"])
+        st.namespaces.remove(info["ns"])
+        d = ETC_NETNS / info["ns"]
+        if str(d) in st.etc_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+            st.etc_dirs.remove(str(d))
+    store.delete(key)
+    del st.pods[name]
+    st.save()
+    return True
+
+
+def wait_proxies(store: Store, st: LabState, rev: int, timeout: float = 10) -> None:
+    """Until every node's service proxy has programmed the store up to ``rev``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {
+            s["node"]: s["revision"]
+            for s in (json.loads(kv.value) for kv in store.range(PROXY_PREFIX))
+        }
+        late = [n for n in st.nodes if seen.get(n, 0) < rev]
+        if not late:
+            return
+        if time.monotonic() > deadline:
+            raise FlatnetError(
+                f"the service proxies of {', '.join(late)} did not reach revision {rev} "
+                f"within {timeout}s"
+            )
+        time.sleep(0.02)
 
 
 def wait_agent(node: str, info: dict[str, Any], timeout: float = 30) -> None:
@@ -477,6 +679,7 @@ def build(topo: LabTopo, progress: Progress) -> LabState:
     try:
         b.underlay()
         agent_url, cli_url = b.datastore()
+        b.agent_url = agent_url
         store = open_store(cli_url)
         try:
             save_config(store, topo.network)

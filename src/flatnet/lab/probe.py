@@ -48,8 +48,13 @@ def ping(ns: str, ip: str, timeout: float = 1.0) -> bool:
 
 
 def endpoints(st: LabState) -> dict[str, tuple[str, str]]:
-    """name -> (namespace, ip) of everything that runs a test server and has an IP."""
-    out = {n: (p["ns"], p["ip"]) for n, p in st.pods.items() if p["ip"] and p["mode"] == "bridge"}
+    """name -> (namespace, ip) of everything that runs a test server and has an IP
+    (the user's pods: system pods like kube-dns run no test server)."""
+    out = {
+        n: (p["ns"], p["ip"])
+        for n, p in st.pods.items()
+        if p["ip"] and p["mode"] == "bridge" and p["namespace"] != "kube-system"
+    }
     if st.external:
         ext_ip = _first_ip(st.external)
         out["external"] = (st.external, ext_ip)

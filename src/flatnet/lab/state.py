@@ -47,6 +47,7 @@ class LabState:
     router: str = ""
     etcd_argv: list[str] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
+    etc_dirs: list[str] = field(default_factory=list)  # /etc/netns/<pod ns> (resolv.conf)
     created: float = field(default_factory=time.time)
 
     @property
@@ -104,6 +105,8 @@ class LabState:
         """Kill the lab's processes, delete its namespaces, remove its directory."""
         self.kill()
         removed = [ns for ns in reversed(self.namespaces) if netns.delete(ns)]
+        for d in self.etc_dirs:
+            shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
         return removed
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flatnet import manifest
 from flatnet.errors import ConfigError, LabFileError
-from flatnet.model import NetworkConfig
+from flatnet.model import NetworkConfig, Service
 
 __all__ = ["LabPod", "LabTopo", "load", "parse"]
 
@@ -63,6 +64,7 @@ class _Lab(_Strict):
     agentResync: float = Field(default=10.0, gt=0)  # noqa: N815
     nodes: list[str] = Field(min_length=1, max_length=60)
     external: bool = False
+    dns: bool = True
 
     @field_validator("nodes")
     @classmethod
@@ -83,9 +85,17 @@ class _Meta(BaseModel):
     annotations: dict[str, str] = {}
 
 
+class _ContainerPort(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(default="", pattern=r"^$|^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+    containerPort: int = Field(ge=1, le=65535)  # noqa: N815
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
 class _Container(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
+    ports: list[_ContainerPort] = []
     command: list[str] | None = None
     args: list[str] | None = None
 
@@ -113,6 +123,7 @@ class LabPod:
     labels: dict[str, str]
     mode: str  # bridge | host | none | container:<pod>
     commands: tuple[tuple[str, ...], ...]  # one per container; () runs agnhost netexec
+    ports: dict[str, list[Any]] = field(default_factory=dict)  # named container ports
 
     @property
     def shares_with(self) -> str | None:
@@ -137,6 +148,8 @@ class LabTopo:
     path: str = ""
     netem: tuple[tuple[str, str], ...] = ()  # (delay|jitter|loss|rate, value)
     agent_resync: float = 10.0
+    services: tuple[Service, ...] = ()
+    dns: bool = True
 
     def segments(self) -> list[str]:
         a = ipaddress.IPv4Network(self.underlay_cidr)
@@ -168,34 +181,6 @@ class LabTopo:
         return str(ipaddress.IPv4Network(self.underlay_cidr).network_address + 2)
 
 
-def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the YAML node at path ``loc`` (as deep as it exists)."""
-    best = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), None)
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            node = node.value[part]
-        else:
-            break
-        if node is None:
-            break
-        best = node.start_mark.line + 1
-    return best
-
-
-def _check(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
-        field_name = ".".join(str(p) for p in loc) or "document"
-        raise LabFileError(path, _line(node, loc), f"{field_name}: {err['msg']}") from None
-
-
 def _mode(p: _Pod) -> str:
     mode = p.metadata.annotations.get(MODE_ANNOTATION, "host" if p.spec.hostNetwork else "bridge")
     if mode in ("bridge", "host", "none") or re.match(r"^container:[a-z0-9.-]+$", mode):
@@ -206,24 +191,10 @@ def _mode(p: _Pod) -> str:
 
 
 def parse(text: str, path: str = "<lab>") -> LabTopo:
-    loader = yaml.SafeLoader(text)
-    docs: list[tuple[yaml.Node, Any]] = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            assert node is not None
-            docs.append((node, loader.construct_document(node)))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise LabFileError(
-            path, mark.line + 1 if mark else None, f"not valid YAML: {getattr(e, 'problem', e)}"
-        ) from None
-    finally:
-        loader.dispose()
-    docs = [(n, d) for n, d in docs if d is not None]
+    docs = manifest.docs(text, path)
     if not docs or not isinstance(docs[0][1], dict) or docs[0][1].get("kind") != "Lab":
         raise LabFileError(path, 1, "the first document must be 'kind: Lab'")
-    lab = _check(_Lab, docs[0][1], docs[0][0], path)
+    lab = manifest.check(_Lab, docs[0][1], docs[0][0], path)
     try:
         net = NetworkConfig(
             pod_cidr=lab.network.podCIDR,
@@ -236,40 +207,9 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         )
         ipaddress.IPv4Network(lab.underlayCIDR)
     except (ConfigError, ValueError) as e:
-        raise LabFileError(path, _line(docs[0][0], ("network",)), str(e)) from None
-    pods: list[LabPod] = []
-    for node, data in docs[1:]:
-        if not isinstance(data, dict) or data.get("kind") != "Pod":
-            kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
-            raise LabFileError(
-                path,
-                node.start_mark.line + 1,
-                f"kind '{kind}' is not supported in a lab file (only Pod)",
-            )
-        p = _check(_Pod, data, node, path)
-        if p.spec.nodeName not in lab.nodes:
-            raise LabFileError(
-                path,
-                _line(node, ("spec", "nodeName")),
-                f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
-                f"nodes ({', '.join(lab.nodes)})",
-            )
-        try:
-            mode = _mode(p)
-        except ValueError as e:
-            raise LabFileError(path, _line(node, ("metadata", "annotations")), str(e)) from None
-        cmds = tuple(tuple((c.command or []) + (c.args or [])) for c in p.spec.containers)
-        pods.append(
-            LabPod(
-                p.metadata.name,
-                p.metadata.namespace,
-                p.spec.nodeName,
-                dict(p.metadata.labels),
-                mode,
-                cmds,
-            )
-        )
-    _check_pods(pods, path, docs)
+        raise LabFileError(path, manifest.line_of(docs[0][0], ("network",)), str(e)) from None
+    pods, services = objects(docs[1:], path, lab.nodes)
+    _check_pods(pods, path, [d for d in docs[1:] if d[1].get("kind") == "Pod"])
     return LabTopo(
         lab.name,
         net,
@@ -282,18 +222,71 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         path,
         lab.netem.args(),
         lab.agentResync,
+        tuple(services),
+        lab.dns,
     )
+
+
+def objects(
+    docs: list[tuple[yaml.Node, Any]], path: str, nodes: list[str] | tuple[str, ...] | None
+) -> tuple[list[LabPod], list[Service]]:
+    """The Pod and Service documents of a file (anything else is an error)."""
+    pods: list[LabPod] = []
+    services: list[Service] = []
+    for node, data in docs:
+        kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        if kind == "Service":
+            services.append(manifest.service(data, node, path))
+            continue
+        if kind != "Pod":
+            raise LabFileError(
+                path,
+                node.start_mark.line + 1,
+                f"kind '{kind}' is not supported here (only Pod and Service)",
+            )
+        p = manifest.check(_Pod, data, node, path)
+        if nodes is not None and p.spec.nodeName not in nodes:
+            raise LabFileError(
+                path,
+                manifest.line_of(node, ("spec", "nodeName")),
+                f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
+                f"nodes ({', '.join(nodes or ())})",
+            )
+        try:
+            mode = _mode(p)
+        except ValueError as e:
+            raise LabFileError(
+                path, manifest.line_of(node, ("metadata", "annotations")), str(e)
+            ) from None
+        cmds = tuple(tuple((c.command or []) + (c.args or [])) for c in p.spec.containers)
+        pods.append(
+            LabPod(
+                p.metadata.name,
+                p.metadata.namespace,
+                p.spec.nodeName,
+                dict(p.metadata.labels),
+                mode,
+                cmds,
+                {
+                    cp.name: [cp.containerPort, cp.protocol]
+                    for c in p.spec.containers
+                    for cp in c.ports
+                    if cp.name
+                },
+            )
+        )
+    return pods, services
 
 
 def _check_pods(pods: list[LabPod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:
     by_name: dict[str, LabPod] = {}
     for i, p in enumerate(pods):
-        line = docs[i + 1][0].start_mark.line + 1
+        line = docs[i][0].start_mark.line + 1
         if p.name in by_name:
             raise LabFileError(path, line, f"pod '{p.name}' is defined twice")
         by_name[p.name] = p
     for i, p in enumerate(pods):
-        line = docs[i + 1][0].start_mark.line + 1
+        line = docs[i][0].start_mark.line + 1
         other = by_name.get(p.shares_with or "")
         if p.shares_with is not None:
             if other is None or other.shares_with is not None or other.mode == "none":

@@ -1,0 +1,214 @@
+"""Kubernetes manifests as users write them: YAML documents checked with line numbers.
+
+``docs(text, path)`` splits a file into (YAML node, data) pairs; ``check`` validates
+one against a pydantic model and reports the first mistake as ``FILE:LINE:
+field.path: what is wrong``; ``service(...)`` turns a ``v1 Service`` into
+:class:`~flatnet.model.Service` (everything that can be checked without the
+store: the cluster IP range and conflicts are checked when it is applied).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from flatnet.errors import LabFileError
+from flatnet.model import Service, ServicePort
+
+__all__ = ["check", "docs", "line_of", "service"]
+
+_LABEL = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+_SVC_NAME = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"  # DNS-1035 label
+_PORT_NAME = r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$"  # IANA service name, <= 15
+
+
+def docs(text: str, path: str) -> list[tuple[yaml.Node, Any]]:
+    loader = yaml.SafeLoader(text)
+    out: list[tuple[yaml.Node, Any]] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            assert node is not None
+            out.append((node, loader.construct_document(node)))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise LabFileError(
+            path, mark.line + 1 if mark else None, f"not valid YAML: {getattr(e, 'problem', e)}"
+        ) from None
+    finally:
+        loader.dispose()
+    return [(n, d) for n, d in out if d is not None]
+
+
+def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at path ``loc`` (as deep as it exists)."""
+    best = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            break
+        if node is None:
+            break
+        best = node.start_mark.line + 1
+    return best
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else ("." if out else "") + str(p)
+    return out or "document"
+
+
+def check(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(
+            p for p in err["loc"] if not str(p).startswith("function-") and p not in ("int", "str")
+        )
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise LabFileError(path, line_of(node, loc), f"{_dotted(loc)}: {msg}") from None
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=_SVC_NAME, max_length=63)
+    namespace: str = Field(default="default", pattern=_LABEL, max_length=63)
+    labels: dict[StrictStr, StrictStr] = {}
+
+
+class _Port(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="", pattern=r"^$|" + _PORT_NAME)
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    port: StrictInt = Field(ge=1, le=65535)
+    targetPort: StrictInt | StrictStr | None = None  # noqa: N815
+    nodePort: StrictInt | None = Field(default=None, ge=30000, le=32767)  # noqa: N815
+    appProtocol: str | None = None  # noqa: N815
+
+    @field_validator("targetPort")
+    @classmethod
+    def _target(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and not 1 <= v <= 65535:
+            raise ValueError(f"{v} is out of range 1..65535")
+        if isinstance(v, str) and not (re.match(_PORT_NAME, v) and re.search("[a-z]", v)):
+            raise ValueError(f"'{v}' is neither a port number nor a container port name")
+        return v
+
+
+class _ClientIP(BaseModel):
+    timeoutSeconds: StrictInt = Field(default=10800, ge=1, le=86400)  # noqa: N815
+
+
+class _AffinityConfig(BaseModel):
+    clientIP: _ClientIP = _ClientIP()  # noqa: N815
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["ClusterIP", "NodePort", "ExternalName"] = "ClusterIP"
+    clusterIP: StrictStr | None = None  # noqa: N815
+    clusterIPs: list[StrictStr] | None = None  # noqa: N815
+    selector: dict[StrictStr, StrictStr] | None = None
+    ports: list[_Port] = []
+    sessionAffinity: Literal["None", "ClientIP"] = "None"  # noqa: N815
+    sessionAffinityConfig: _AffinityConfig = _AffinityConfig()  # noqa: N815
+    internalTrafficPolicy: Literal["Cluster", "Local"] = "Cluster"  # noqa: N815
+    externalTrafficPolicy: Literal["Cluster", "Local"] | None = None  # noqa: N815
+    externalName: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*)$")  # noqa: N815
+    ipFamilies: list[Literal["IPv4"]] | None = None  # noqa: N815
+    ipFamilyPolicy: Literal["SingleStack"] | None = None  # noqa: N815
+
+    @field_validator("clusterIP")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        if v in (None, "", "None"):
+            return v
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError(f"'{v}' is not an IPv4 address or None") from None
+        return v
+
+    @model_validator(mode="after")
+    def _whole(self) -> _Spec:
+        if self.type == "ExternalName":
+            if not self.externalName:
+                raise ValueError("externalName: required for type ExternalName")
+            if self.clusterIP not in (None, "", "None"):
+                raise ValueError("clusterIP: must be empty for type ExternalName")
+            return self
+        if not self.ports and self.clusterIP != "None":
+            raise ValueError("ports: a service needs at least one port")
+        names = [p.name for p in self.ports]
+        if len(self.ports) > 1 and "" in names:
+            raise ValueError(f"ports[{names.index('')}].name: required when there are several")
+        for i, p in enumerate(self.ports):
+            if names.count(p.name) > 1 and p.name:
+                raise ValueError(f"ports[{i}].name: '{p.name}' is used twice")
+            if [(q.port, q.protocol) for q in self.ports].count((p.port, p.protocol)) > 1:
+                raise ValueError(f"ports[{i}].port: {p.port}/{p.protocol} is used twice")
+            if p.nodePort is not None and self.type != "NodePort":
+                raise ValueError(f"ports[{i}].nodePort: only for type NodePort")
+        if self.type == "NodePort" and self.clusterIP == "None":
+            raise ValueError("clusterIP: a NodePort service cannot be headless")
+        if self.externalTrafficPolicy == "Local" and self.type != "NodePort":
+            raise ValueError("externalTrafficPolicy: Local is only for type NodePort")
+        return self
+
+
+class _Service(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    apiVersion: Literal["v1"]  # noqa: N815
+    kind: Literal["Service"]
+    metadata: _Meta
+    spec: _Spec
+    status: dict[str, Any] | None = None
+
+
+def service(data: Any, node: yaml.Node, path: str) -> Service:
+    m: _Service = check(_Service, data, node, path)
+    s = m.spec
+    ports = tuple(
+        ServicePort(
+            port=p.port,
+            protocol=p.protocol,
+            name=p.name,
+            target_port=p.targetPort if p.targetPort is not None else p.port,
+            node_port=p.nodePort or 0,
+        )
+        for p in s.ports
+    )
+    return Service(
+        name=m.metadata.name,
+        namespace=m.metadata.namespace,
+        type=s.type,
+        cluster_ip="" if s.type == "ExternalName" else (s.clusterIP or ""),
+        selector=dict(s.selector or {}),
+        ports=ports,
+        session_affinity=s.sessionAffinity,
+        affinity_timeout=s.sessionAffinityConfig.clientIP.timeoutSeconds,
+        internal_local=s.internalTrafficPolicy == "Local",
+        external_local=s.externalTrafficPolicy == "Local",
+        external_name=s.externalName or "",
+    )

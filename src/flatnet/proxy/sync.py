@@ -1,0 +1,179 @@
+"""The node's service proxy: Services and pods in the store → the node's nftables.
+
+One thread follows ``services/`` and ``pods/`` (list, then watch). The first
+listing, and every ``resync`` seconds after, writes the whole table in one
+transaction (this repairs drift). Each batch of events recomputes only the
+services it touches — a changed service, or the services whose selector
+matches a changed pod's old or new labels — and applies the difference of
+their fragments in one transaction. Then, for every UDP endpoint that went
+away, conntrack entries still pointing at it are deleted (otherwise a client
+keeps sending to the dead endpoint: kube-proxy #48370).
+
+It publishes ``/flatnet/proxy/<node>``: the store revision programmed and the
+counts, so ``flatnet get services`` can tell what every node has programmed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+import time
+from typing import Any
+
+from flatnet.kernel import netns
+from flatnet.kernel.nft import Nft
+from flatnet.model import PREFIX, PodRecord, Service
+from flatnet.proxy import render
+from flatnet.proxy.desired import Fragment, PodIndex, endpoints, fragment, hairpin
+from flatnet.services import SERVICES_PREFIX
+from flatnet.store import KV, Event, Store
+from flatnet.store.follow import follow
+
+__all__ = ["PROXY_PREFIX", "ServiceProxy"]
+
+log = logging.getLogger("flatnet.agent.proxy")
+PODS_PREFIX = PREFIX + "pods/"
+PROXY_PREFIX = PREFIX + "proxy/"
+HAIRPIN = "~hairpin"  # the fragment holding this node's pods for hairpin NAT
+
+
+class ServiceProxy:
+    def __init__(
+        self,
+        store: Store,
+        nft: Nft,
+        node: str,
+        pod_cidr: str,
+        status_lease: int = 0,
+        resync: float = 300.0,
+    ) -> None:
+        self.store, self.nft, self.node, self.pod_cidr = store, nft, node, pod_cidr
+        self.ns = nft.ns
+        self.status_lease = status_lease
+        self.resync = resync
+        self.services: dict[str, Service] = {}
+        self.pods = PodIndex()
+        self.frags: dict[str, Fragment] = {}
+        self.revision = 0
+        self.last_sync: dict[str, float] = {}
+
+    # -- pure-ish computation ------------------------------------------------
+    def _fragment(self, key: str) -> Fragment:
+        if key == HAIRPIN:
+            return hairpin(self.pods.pods.values(), self.node)
+        svc = self.services.get(key)
+        if svc is None:
+            return Fragment()
+        eps = endpoints(svc, self.pods.select(svc.namespace, svc.selector))
+        return fragment(svc, eps, self.node, self.pod_cidr)
+
+    def _touched_by(self, old: PodRecord | None, new: PodRecord | None) -> set[str]:
+        out = set()
+        for pod in (old, new):
+            if pod is None:
+                continue
+            for key, svc in self.services.items():
+                if (
+                    svc.namespace == pod.namespace
+                    and svc.selector
+                    and svc.selector.items() <= pod.labels.items()
+                ):
+                    out.add(key)
+        return out
+
+    # -- kernel ----------------------------------------------------------------
+    def full_sync(self) -> None:
+        t0 = time.monotonic()
+        self.frags = {k: self._fragment(k) for k in self.services}
+        self.frags[HAIRPIN] = hairpin(self.pods.pods.values(), self.node)
+        self.nft.apply(render.full(self.frags.values()), what=f"table ip {render.TABLE}")
+        self.last_sync = {"full": time.monotonic() - t0}
+        log.info(
+            "proxy: full sync of %d services in %.3fs", len(self.services), self.last_sync["full"]
+        )
+        self._publish()
+
+    def listed(self, kvs: list[KV], rev: int) -> None:
+        self.services, self.pods = {}, PodIndex()
+        for kv in kvs:
+            if kv.key.startswith(SERVICES_PREFIX):
+                self.services[kv.key] = Service.from_json(kv.value)
+            else:
+                self.pods.put(kv.key, PodRecord.from_json(kv.value))
+        self.revision = rev
+        self.full_sync()
+
+    def changed(self, events: list[Event]) -> None:
+        t0 = time.monotonic()
+        touched: set[str] = set()
+        for ev in events:
+            if ev.key.startswith(SERVICES_PREFIX):
+                if ev.type == "delete":
+                    self.services.pop(ev.key, None)
+                else:
+                    self.services[ev.key] = Service.from_json(ev.value)
+                touched.add(ev.key)
+            else:
+                new = PodRecord.from_json(ev.value) if ev.type == "put" else None
+                old = self.pods.put(ev.key, new) if new else self.pods.remove(ev.key)
+                touched |= self._touched_by(old, new)
+                if self.node in (getattr(old, "node", ""), getattr(new, "node", "")):
+                    touched.add(HAIRPIN)
+            self.revision = max(self.revision, ev.revision)
+        pairs = []
+        for key in touched:
+            new_frag = self._fragment(key)
+            old_frag = self.frags.get(key, Fragment())
+            pairs.append((old_frag, new_frag))
+            if key in self.services or key == HAIRPIN:
+                self.frags[key] = new_frag
+            else:
+                self.frags.pop(key, None)
+        script = render.diff(pairs)
+        if script:
+            self.nft.apply(script, what=f"service changes in table ip {render.TABLE}")
+            gone = set().union(*(o.udp - n.udp for o, n in pairs))
+            for dst, port, ep in sorted(gone):
+                flush_udp(self.ns, dst, port, ep)
+        self.last_sync = {"partial": time.monotonic() - t0}
+        self._publish()
+
+    def _publish(self) -> None:
+        status: dict[str, Any] = {
+            "node": self.node,
+            "revision": self.revision,
+            "services": len(self.services),
+            "chains": sum(len(f.chains) for f in self.frags.values()),
+            "lastSyncSeconds": self.last_sync,
+        }
+        try:
+            self.store.put(PROXY_PREFIX + self.node, json.dumps(status), lease=self.status_lease)
+        except Exception as e:  # the table is programmed; the status can wait
+            log.warning("cannot publish proxy status: %s", e)
+
+    def run(self, stop: threading.Event) -> None:
+        follow(
+            self.store,
+            (SERVICES_PREFIX, PODS_PREFIX),
+            stop,
+            self.listed,
+            self.changed,
+            self.full_sync,
+            self.resync,
+            log,
+        )
+
+
+def flush_udp(ns: str | None, dst: str, port: int, endpoint: str) -> None:
+    """Delete UDP conntrack entries to ``dst:port`` (any local address when dst is
+    "": a node port) that were DNATed to ``endpoint``."""
+    argv = ["conntrack", "-D", "-p", "udp", "--dport", str(port), "--reply-src", endpoint]
+    if dst:
+        argv += ["--orig-dst", dst]
+    r = subprocess.run(argv, capture_output=True, text=True, preexec_fn=netns.preexec(ns))
+    if r.returncode not in (0, 1):  # 1: nothing matched
+        log.warning("conntrack flush for %s:%d -> %s failed: %s", dst, port, endpoint, r.stderr)
+    elif r.returncode == 0:
+        log.info("flushed UDP conntrack entries %s:%d -> %s", dst or "*", port, endpoint)

@@ -1,0 +1,200 @@
+"""Services in the store: apply and delete, with cluster IPs and node ports claimed.
+
+A cluster IP is claimed with create-if-absent at ``serviceips/<ip>`` and a node
+port at ``nodeports/<proto>/<port>``, so two services never share one, even
+when two ``apply`` run at once. ``apply`` checks every service of the file
+against the store before it writes anything, and gives back any claim it made
+if a later write fails: a bad file leaves nothing applied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import replace
+
+from flatnet.errors import ConfigError
+from flatnet.model import PREFIX, NetworkConfig, Service, ServicePort
+from flatnet.store import Store
+
+__all__ = [
+    "DNS_SERVICE",
+    "NODE_PORTS",
+    "SERVICES_PREFIX",
+    "apply",
+    "delete",
+    "dns_ip",
+    "load_all",
+]
+
+SERVICES_PREFIX = PREFIX + "services/"
+IPS_PREFIX = PREFIX + "serviceips/"
+PORTS_PREFIX = PREFIX + "nodeports/"
+NODE_PORTS = range(30000, 32768)
+DNS_SERVICE = ("kube-system", "kube-dns")
+
+
+def dns_ip(cfg: NetworkConfig) -> str:
+    """The cluster DNS VIP: the 10th address of the service CIDR (as kubeadm)."""
+    return str(ipaddress.IPv4Network(cfg.service_cidr).network_address + 10)
+
+
+def load_all(store: Store) -> dict[str, Service]:
+    return {kv.key: Service.from_json(kv.value) for kv in store.range(SERVICES_PREFIX)}
+
+
+def _ip_key(ip: str) -> str:
+    return IPS_PREFIX + ip
+
+
+def _port_key(p: ServicePort) -> str:
+    return f"{PORTS_PREFIX}{p.protocol.lower()}/{p.node_port}"
+
+
+def _owner(svc: Service) -> str:
+    return f"{svc.namespace}/{svc.name}"
+
+
+def _plan(
+    store: Store, cfg: NetworkConfig, svc: Service, old: Service | None, reserved: set[str]
+) -> Service:
+    """``svc`` with its cluster IP and node ports chosen (not yet claimed)."""
+    where = f"service {_owner(svc)}"
+    cidr = ipaddress.IPv4Network(cfg.service_cidr)
+    ip = svc.cluster_ip
+    if svc.type != "ExternalName" and ip != "None":
+        if old is not None and old.cluster_ip not in ("", "None"):
+            if ip and ip != old.cluster_ip:
+                raise ConfigError(
+                    f"{where}: spec.clusterIP: cannot change {old.cluster_ip} to {ip} "
+                    "(the field is immutable; delete the service first)"
+                )
+            ip = old.cluster_ip
+        elif ip:
+            if ipaddress.IPv4Address(ip) not in cidr or ip in (
+                str(cidr.network_address),
+                str(cidr.broadcast_address),
+            ):
+                raise ConfigError(
+                    f"{where}: spec.clusterIP: {ip} is not a usable address of the "
+                    f"service CIDR {cidr}"
+                )
+            kv = store.get(_ip_key(ip))
+            if kv is not None and kv.value != _owner(svc):
+                raise ConfigError(
+                    f"{where}: spec.clusterIP: {ip} is already allocated to service {kv.value}"
+                )
+        else:
+            ip = _free_ip(store, cidr, reserved)
+            if not ip:
+                raise ConfigError(f"{where}: no free cluster IP left in {cidr}")
+    old_ports = {(p.port, p.protocol): p.node_port for p in (old.ports if old else ())}
+    ports: list[ServicePort] = []
+    taken = {kv.key: kv.value for kv in store.range(PORTS_PREFIX)}
+    for i, p in enumerate(svc.ports):
+        if svc.type == "NodePort":
+            np = p.node_port or old_ports.get((p.port, p.protocol), 0)
+            if np:
+                owner = taken.get(_port_key(replace(p, node_port=np)))
+                if owner is not None and owner != _owner(svc):
+                    raise ConfigError(
+                        f"{where}: spec.ports[{i}].nodePort: {np}/{p.protocol} is already "
+                        f"allocated to service {owner}"
+                    )
+            else:
+                np = next(
+                    (
+                        n
+                        for n in NODE_PORTS
+                        if _port_key(replace(p, node_port=n)) not in taken
+                        and n not in [q.node_port for q in ports]
+                    ),
+                    0,
+                )
+                if not np:
+                    raise ConfigError(f"{where}: spec.ports[{i}].nodePort: no free node port")
+            p = replace(p, node_port=np)
+            taken[_port_key(p)] = _owner(svc)
+        ports.append(p)
+    return replace(svc, cluster_ip=ip, ports=tuple(ports))
+
+
+def _free_ip(store: Store, cidr: ipaddress.IPv4Network, reserved: set[str]) -> str:
+    used = {kv.key.rsplit("/", 1)[1] for kv in store.range(IPS_PREFIX)} | reserved
+    base = int(cidr.network_address)
+    for off in range(11, cidr.num_addresses - 1):  # .1-.10: kubernetes, kube-dns...
+        ip = str(ipaddress.IPv4Address(base + off))
+        if ip not in used:
+            return ip
+    return ""
+
+
+def apply(store: Store, cfg: NetworkConfig, services: Iterable[Service]) -> list[Service]:
+    """Create or update services; all or nothing. Returns them as stored."""
+    services = list(services)
+    seen: set[str] = set()
+    for s in services:
+        if s.key in seen:
+            raise ConfigError(f"service {_owner(s)} is given twice")
+        seen.add(s.key)
+    current = load_all(store)
+    asked = [s.cluster_ip for s in services if s.cluster_ip not in ("", "None")]
+    for ip in asked:
+        if asked.count(ip) > 1:
+            raise ConfigError(f"spec.clusterIP: two services of the file ask for {ip}")
+    reserved = set(asked)
+    plans = []
+    for s in services:  # every service is checked before anything is written
+        plan = _plan(store, cfg, s, current.get(s.key), reserved)
+        reserved.add(plan.cluster_ip)
+        plans.append(plan)
+    claimed: list[str] = []
+    try:
+        for new in plans:
+            new = _claim(store, new, current.get(new.key), claimed)
+            store.put(new.key, new.to_json())
+    except BaseException:
+        for key in claimed:
+            store.delete(key)
+        raise
+    return plans
+
+
+def _claim(store: Store, svc: Service, old: Service | None, claimed: list[str]) -> Service:
+    keys = []
+    if svc.cluster_ip not in ("", "None") and (old is None or old.cluster_ip != svc.cluster_ip):
+        keys.append(_ip_key(svc.cluster_ip))
+    old_np = {_port_key(p) for p in (old.ports if old else ()) if p.node_port}
+    keys += [_port_key(p) for p in svc.ports if p.node_port and _port_key(p) not in old_np]
+    for k in keys:
+        kv = store.get(k)
+        if kv is not None and kv.value == _owner(svc):
+            continue
+        if not store.create(k, _owner(svc)):
+            raise ConfigError(
+                f"service {_owner(svc)}: {k.removeprefix(PREFIX)} was taken meanwhile; apply again"
+            )
+        claimed.append(k)
+    if old is not None:  # node ports the new version gave up
+        for k in old_np - {_port_key(p) for p in svc.ports if p.node_port}:
+            store.delete(k)
+    return svc
+
+
+def delete(store: Store, keys: Iterable[tuple[str, str]]) -> list[str]:
+    """Delete services by (namespace, name); returns the ones that existed."""
+    gone = []
+    for ns, name in keys:
+        key = f"{SERVICES_PREFIX}{ns}/{name}"
+        kv = store.get(key)
+        if kv is None:
+            continue
+        svc = Service.from_json(kv.value)
+        store.delete(key)
+        if svc.cluster_ip not in ("", "None"):
+            store.delete(_ip_key(svc.cluster_ip))
+        for p in svc.ports:
+            if p.node_port:
+                store.delete(_port_key(p))
+        gone.append(f"{ns}/{name}")
+    return gone
