@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := python3 gcc libc6-dev ethtool time nftables iproute2 iputils-ping etcd-server containernetworking-plugins iperf3 iptables
+DEBS := python3 gcc libc6-dev ethtool time nftables iproute2 iputils-ping etcd-server containernetworking-plugins iperf3 iptables dnsmasq-base dnsperf bind9-dnsutils conntrack
 STAMP_DEBS := $(VENV)/.debs-installed
 STAMP_PY := $(VENV)/.py-installed
 
@@ -12,7 +12,7 @@ STAMP_PY := $(VENV)/.py-installed
 
 all: test
 
-$(STAMP_DEBS):
+$(STAMP_DEBS): Makefile
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -32,7 +32,15 @@ demo: deps
 	$(PY) -m flatnet lab up examples/demo.yaml
 	$(PY) -m flatnet get nodes --lab demo
 	$(PY) -m flatnet get pods --lab demo
-	@status=0; $(PY) -m flatnet lab check --lab demo || status=$$?; \
+	$(PY) -m flatnet get services --lab demo
+	@status=0; \
+	for i in 1 2 3; do \
+	  $(PY) -m flatnet lab exec --lab demo client -- $(PY) -m flatnet.agnhost get http://web/hostname || status=1; \
+	  echo "  <- client: GET http://web/hostname (kube-dns, then the ClusterIP)"; \
+	done; \
+	$(PY) -m flatnet lab exec --lab demo external -- $(PY) -m flatnet.agnhost get http://192.168.50.11:30080/clientip || status=1; \
+	echo "  <- external host: GET http://node1:30080/clientip (NodePort)"; \
+	$(PY) -m flatnet lab check --lab demo || status=$$?; \
 	if [ -z "$$KEEP" ]; then $(PY) -m flatnet lab down demo; \
 	else echo "lab kept: flatnet lab exec --lab demo client -- ping 10.244.0.2; flatnet lab down demo"; fi; \
 	exit $$status
@@ -49,6 +57,8 @@ bench: deps
 	$(PY) bench/lab_startup.py
 	$(PY) bench/throughput.py
 	$(PY) bench/convergence.py
+	$(PY) bench/services.py
+	$(PY) bench/dns.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

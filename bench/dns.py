@@ -62,8 +62,24 @@ def wait_answer(ns: str, port: int, name: str) -> None:
 
 def dnsperf(ns: str, port: int, queries: Path) -> tuple[float, float]:
     r = subprocess.run(
-        ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries),
-         "-l", str(SECONDS), "-c", "4", "-q", "200"],  # fmt: skip
+        [
+            "taskset",
+            "-c",
+            "1",
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-d",
+            str(queries),
+            "-l",
+            str(SECONDS),
+            "-c",
+            "4",
+            "-q",
+            "200",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         preexec_fn=netns.preexec(ns),
@@ -112,14 +128,41 @@ def main() -> None:
         (d / "hosts").write_text("\n".join(hosts) + "\n")
         (d / "queries").write_text("".join(f"{n} A\n" for n in names))
         procs.append(
-            start(ns, [sys.executable, "-m", "flatnet", "dns", "--store", f"sqlite://{d / 'store.db'}",
-                       "--listen", "127.0.0.1:5300"], d / "flatnet-dns.log")  # fmt: skip
+            start(
+                ns,
+                [
+                    sys.executable,
+                    "-m",
+                    "flatnet",
+                    "dns",
+                    "--store",
+                    f"sqlite://{d / 'store.db'}",
+                    "--listen",
+                    "127.0.0.1:5300",
+                ],
+                d / "flatnet-dns.log",
+            )  # fmt: skip
         )
         procs.append(
-            start(ns, ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                       f"--addn-hosts={d / 'hosts'}", "--listen-address=127.0.0.1", "--port=5301",
-                       "--bind-interfaces", "--pid-file=", "--user=root", "--group=root",
-                       "--local=/cluster.local/", "--log-facility=/dev/null"], d / "dnsmasq.log")  # fmt: skip
+            start(
+                ns,
+                [
+                    "dnsmasq",
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    f"--addn-hosts={d / 'hosts'}",
+                    "--listen-address=127.0.0.1",
+                    "--port=5301",
+                    "--bind-interfaces",
+                    "--pid-file=",
+                    "--user=root",
+                    "--group=root",
+                    "--local=/cluster.local/",
+                    "--log-facility=/dev/null",
+                ],
+                d / "dnsmasq.log",
+            )  # fmt: skip
         )
         wait_answer(ns, 5300, names[0])
         wait_answer(ns, 5301, names[0])
@@ -127,7 +170,9 @@ def main() -> None:
         for _ in range(2):
             for who, port in (("flatnet", 5300), ("dnsmasq", 5301)):
                 results[who].append(dnsperf(ns, port, d / "queries"))
-        seq = {who: sequential(ns, port, names) for who, port in (("flatnet", 5300), ("dnsmasq", 5301))}
+        seq = {
+            who: sequential(ns, port, names) for who, port in (("flatnet", 5300), ("dnsmasq", 5301))
+        }
         print(f"cluster DNS, {NAMES} service names, server on one core, dnsperf {SECONDS} s x 2:")
         best = {}
         for who, rs in results.items():

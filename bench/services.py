@@ -118,8 +118,15 @@ def bulk(i: int) -> tuple[Service, list[PodRecord]]:
         ports=(ServicePort(80, target_port=8080),),
     )
     pods = [
-        PodRecord(f"s{i}-{k}", "bulk", "elsewhere", ip if k == 0 else ip.replace("10.", "11.", 1),
-                  labels={"svc": f"s{i}"}, phase="Running", ready=True)  # fmt: skip
+        PodRecord(
+            f"s{i}-{k}",
+            "bulk",
+            "elsewhere",
+            ip if k == 0 else ip.replace("10.", "11.", 1),
+            labels={"svc": f"s{i}"},
+            phase="Running",
+            ready=True,
+        )  # fmt: skip
         for k in range(2)
     ]
     return svc, pods
@@ -189,12 +196,17 @@ def main() -> None:
         large = connects(st, vip)
         rss_large = rss(st)
         for label, xs in (("10 services", small), (f"{SERVICES} services", large)):
-            print(f"connect via ClusterIP, {label:>15}: p50 {pct(xs, 50):.3f} ms  p99 {pct(xs, 99):.3f} ms")
+            print(
+                f"connect via ClusterIP, {label:>15}: "
+                f"p50 {pct(xs, 50):.3f} ms  p99 {pct(xs, 99):.3f} ms"
+            )
         print(
             f"ratio {SERVICES} / 10 services: p50 {pct(large, 50) / pct(small, 50):.2f}  "
             f"p99 {pct(large, 99) / pct(small, 99):.2f} (target <= 1.1)"
         )
-        print(f"agent RSS: {rss_small:.1f} MiB with 10 services, {rss_large:.1f} MiB with {SERVICES}")
+        print(
+            f"agent RSS: {rss_small:.1f} MiB with 10 services, {rss_large:.1f} MiB with {SERVICES}"
+        )
     finally:
         store.close()
         st.destroy()

@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,7 +63,9 @@ kind: Service
 metadata: {name: web}
 spec:
   selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}, {name: echo, port: 53, protocol: UDP, targetPort: echo}]
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: echo, port: 53, protocol: UDP, targetPort: echo}
 ---
 apiVersion: v1
 kind: Service
@@ -339,7 +340,8 @@ def test_endpoints_follow_pods_without_failed_requests(lab: str, tmp_path: Path)
         t0 = time.monotonic()
         f2 = tmp_path / "web2.yaml"
         f2.write_text(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-2}\nspec: {nodeName: node2, containers: [{name: main}]}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-2}\n"
+            "spec: {nodeName: node2, containers: [{name: main}]}\n"
         )
         flatnet("delete", "-f", str(f2), "--lab", lab)
         assert time.monotonic() - t0 < 5
@@ -396,7 +398,8 @@ def test_udp_conntrack_is_flushed_when_an_endpoint_goes(lab: str, tmp_path: Path
     f.write_text(
         f"apiVersion: v1\nkind: Pod\nmetadata: {{name: udp-a, labels: {{app: udp}}}}\n"
         f"spec:\n  nodeName: node2\n  containers:\n  - name: main\n"
-        f"    command: [{PY}, -m, flatnet.agnhost, netexec, --http-port, '8080', --udp-port, '8081']\n"
+        f"    command: [{PY}, -m, flatnet.agnhost, netexec, --http-port, '8080',\n"
+        "              --udp-port, '8081']\n"
         "---\napiVersion: v1\nkind: Service\nmetadata: {name: udp}\n"
         "spec: {selector: {app: udp}, ports: [{port: 53, protocol: UDP, targetPort: 8081}]}\n"
     )
@@ -434,3 +437,43 @@ def test_udp_conntrack_is_flushed_when_an_endpoint_goes(lab: str, tmp_path: Path
     assert answers[-10:] == [vip] * 10, answers  # still answered, by udp-b
     flatnet("delete", "-f", str(f2), "--lab", lab)
     flatnet("delete", "-f", str(f), "--lab", lab)
+
+
+def test_agent_start_repairs_drift(lab: str) -> None:
+    """A full sync on start: an element removed by hand is back, a stray chain
+    in the proxy's table is gone, and nothing is doubled."""
+    vip = services(lab)["web"]["clusterIP"]
+    elem = ["{", vip, ".", "tcp", ".", "80", "}"]
+    assert run(lab, "node2", "nft", "delete", "element", "ip", "flatnet-proxy", "service-ips",
+               *elem).returncode == 0  # fmt: skip
+    assert run(lab, "node2", "nft", "add", "chain", "ip", "flatnet-proxy", "stray").returncode == 0
+    assert gets(lab, "web-2", f"http://{vip}", 1)["failed"] == 1  # the drift hurts
+    flatnet("lab", "restart-agent", "node2", "--lab", lab)
+    wait_programmed(lab)
+    deadline = time.monotonic() + 5
+    while run(lab, "node2", "nft", "get", "element", "ip", "flatnet-proxy", "service-ips",
+              *elem).returncode != 0:  # fmt: skip
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    table = run(lab, "node2", "nft", "list", "table", "ip", "flatnet-proxy").stdout
+    assert "stray" not in table
+    assert table.count("chain svc-default/web/tcp/80 {") == 1
+    assert gets(lab, "web-2", f"http://{vip}", 5)["failed"] == 0
+
+
+def test_a_bad_manifest_applies_nothing(lab: str, tmp_path: Path) -> None:
+    before = services(lab)
+    good = "apiVersion: v1\nkind: Service\nmetadata: {name: fine}\nspec: {ports: [{port: 80}]}\n"
+    for bad, words in (
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 0}]}\n",
+         "bad.yaml:4: spec.ports[0].port"),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n"
+         f"spec: {{clusterIP: {before['web']['clusterIP']}, ports: [{{port: 80}}]}}\n",
+         f"spec.clusterIP: {before['web']['clusterIP']} is already allocated to service"),
+        ("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "kind 'Secret' is not supported"),
+    ):  # fmt: skip
+        f = tmp_path / "bad.yaml"
+        f.write_text(good + "---\n" + bad)
+        r = flatnet("apply", "-f", str(f), "--lab", lab, check=False)
+        assert r.returncode == 1 and words in r.stderr, r.stderr
+    assert services(lab).keys() == before.keys()
