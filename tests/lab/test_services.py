@@ -466,7 +466,7 @@ def test_a_bad_manifest_applies_nothing(lab: str, tmp_path: Path) -> None:
     good = "apiVersion: v1\nkind: Service\nmetadata: {name: fine}\nspec: {ports: [{port: 80}]}\n"
     for bad, words in (
         ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 0}]}\n",
-         "bad.yaml:4: spec.ports[0].port"),
+         "bad.yaml:9: spec.ports[0].port: Input should be greater than or equal to 1"),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n"
          f"spec: {{clusterIP: {before['web']['clusterIP']}, ports: [{{port: 80}}]}}\n",
          f"spec.clusterIP: {before['web']['clusterIP']} is already allocated to service"),
