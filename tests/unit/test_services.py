@@ -3,6 +3,7 @@ and diffs, and DNS answers (pure logic; the kernel side is in tests/lab)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from flatnet.dns.server import DNSServer
 from flatnet.errors import ConfigError, LabFileError
 from flatnet.lab import topo
 from flatnet.manifest import docs
-from flatnet.model import NetworkConfig, PodRecord
+from flatnet.model import NetworkConfig, PodRecord, ServicePort
 from flatnet.proxy import render
 from flatnet.proxy.desired import PodIndex, endpoints, fragment
+from flatnet.store import KV
 from flatnet.store.sqlite import SqliteStore
 
 CFG = NetworkConfig()
@@ -197,3 +199,50 @@ def test_dns_answers_and_truncation() -> None:
     small = bytes(DNSRecord.question("WEB.default.svc.cluster.local", "TXT").pack())
     assert DNSRecord.parse(srv.handle_udp(small)).header.rcode == 0
     assert srv.handle_udp(bytes(DNSRecord.question("example.org").pack())) is None  # forwarded
+
+
+class _Nft:
+    """Records the scripts the proxy would apply (the kernel side is in tests/lab)."""
+
+    ns = None
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+
+    def apply(self, script: str, what: str = "") -> str:
+        self.scripts.append(script)
+        return ""
+
+
+def test_proxy_touches_only_what_a_change_concerns(store: SqliteStore) -> None:
+    from flatnet.proxy.sync import ServiceProxy
+    from flatnet.store import Event
+
+    nft = _Nft()
+    proxy = ServiceProxy(store, nft, "n1", "10.244.0.0/16")  # type: ignore[arg-type]
+    web = replace(
+        parse(SVC)[0], cluster_ip="10.96.0.11", ports=(ServicePort(80, target_port=8080),)
+    )
+    other = replace(web, name="other", selector={"app": "other"}, cluster_ip="10.96.0.12")
+    a = pod("a", "10.244.0.2", "n1")
+    proxy.listed(
+        [KV(s.key, s.to_json(), 1, 1) for s in (web, other)] + [KV(a.key, a.to_json(), 1, 1)], 1
+    )
+    assert "delete table ip flatnet-proxy" in nft.scripts[-1]
+    assert "10.244.0.2 . 10.244.0.2" in nft.scripts[-1]  # the local pod, for hairpin NAT
+    b = pod("b", "10.244.1.2", "n2")
+    proxy.changed([Event("put", b.key, b.to_json(), 2)])
+    script = nft.scripts[-1]
+    assert "flush chain ip flatnet-proxy svc-default/web/tcp/80" in script
+    assert "other" not in script and "hairpin" not in script  # b is n2's pod
+    proxy.changed([Event("delete", web.key, "", 3)])
+    assert (
+        "delete element ip flatnet-proxy service-ips { 10.96.0.11 . tcp . 80 }" in nft.scripts[-1]
+    )
+    assert "delete chain ip flatnet-proxy svc-default/web/tcp/80" in nft.scripts[-1]
+    n = len(nft.scripts)
+    c = replace(pod("c", "10.244.1.3", "n2"), labels={"app": "nothing"})
+    proxy.changed([Event("put", c.key, c.to_json(), 4)])
+    assert len(nft.scripts) == n  # a pod no service selects, on another node: no transaction
+    status = json.loads(store.get("/flatnet/proxy/n1").value)  # type: ignore[union-attr]
+    assert status["revision"] == 4 and status["services"] == 1

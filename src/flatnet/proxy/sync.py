@@ -54,6 +54,7 @@ class ServiceProxy:
         self.status_lease = status_lease
         self.resync = resync
         self.services: dict[str, Service] = {}
+        self.by_ns: dict[str, set[str]] = {}  # namespace -> service keys
         self.pods = PodIndex()
         self.frags: dict[str, Fragment] = {}
         self.revision = 0
@@ -70,18 +71,25 @@ class ServiceProxy:
         return fragment(svc, eps, self.node, self.pod_cidr)
 
     def _touched_by(self, old: PodRecord | None, new: PodRecord | None) -> set[str]:
+        """The services whose selector matches the pod before or after a change."""
         out = set()
         for pod in (old, new):
             if pod is None:
                 continue
-            for key, svc in self.services.items():
-                if (
-                    svc.namespace == pod.namespace
-                    and svc.selector
-                    and svc.selector.items() <= pod.labels.items()
-                ):
+            for key in self.by_ns.get(pod.namespace, ()):
+                sel = self.services[key].selector
+                if sel and sel.items() <= pod.labels.items():
                     out.add(key)
         return out
+
+    def _set_service(self, key: str, svc: Service | None) -> None:
+        if svc is None:
+            old = self.services.pop(key, None)
+            if old is not None:
+                self.by_ns.get(old.namespace, set()).discard(key)
+        else:
+            self.services[key] = svc
+            self.by_ns.setdefault(svc.namespace, set()).add(key)
 
     # -- kernel ----------------------------------------------------------------
     def full_sync(self) -> None:
@@ -96,10 +104,10 @@ class ServiceProxy:
         self._publish()
 
     def listed(self, kvs: list[KV], rev: int) -> None:
-        self.services, self.pods = {}, PodIndex()
+        self.services, self.by_ns, self.pods = {}, {}, PodIndex()
         for kv in kvs:
             if kv.key.startswith(SERVICES_PREFIX):
-                self.services[kv.key] = Service.from_json(kv.value)
+                self._set_service(kv.key, Service.from_json(kv.value))
             else:
                 self.pods.put(kv.key, PodRecord.from_json(kv.value))
         self.revision = rev
@@ -110,10 +118,8 @@ class ServiceProxy:
         touched: set[str] = set()
         for ev in events:
             if ev.key.startswith(SERVICES_PREFIX):
-                if ev.type == "delete":
-                    self.services.pop(ev.key, None)
-                else:
-                    self.services[ev.key] = Service.from_json(ev.value)
+                new_svc = Service.from_json(ev.value) if ev.type == "put" else None
+                self._set_service(ev.key, new_svc)
                 touched.add(ev.key)
             else:
                 new = PodRecord.from_json(ev.value) if ev.type == "put" else None
