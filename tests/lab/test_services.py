@@ -447,7 +447,7 @@ def test_agent_start_repairs_drift(lab: str) -> None:
     assert run(lab, "node2", "nft", "delete", "element", "ip", "flatnet-proxy", "service-ips",
                *elem).returncode == 0  # fmt: skip
     assert run(lab, "node2", "nft", "add", "chain", "ip", "flatnet-proxy", "stray").returncode == 0
-    assert gets(lab, "web-2", f"http://{vip}", 1)["failed"] == 1  # the drift hurts
+    assert gets(lab, "node2", f"http://{vip}", 1)["failed"] == 1  # the drift hurts
     flatnet("lab", "restart-agent", "node2", "--lab", lab)
     wait_programmed(lab)
     deadline = time.monotonic() + 5
@@ -458,7 +458,7 @@ def test_agent_start_repairs_drift(lab: str) -> None:
     table = run(lab, "node2", "nft", "list", "table", "ip", "flatnet-proxy").stdout
     assert "stray" not in table
     assert table.count("chain svc-default/web/tcp/80 {") == 1
-    assert gets(lab, "web-2", f"http://{vip}", 5)["failed"] == 0
+    assert gets(lab, "node2", f"http://{vip}", 5)["failed"] == 0
 
 
 def test_a_bad_manifest_applies_nothing(lab: str, tmp_path: Path) -> None:
