@@ -138,9 +138,10 @@ def datapath(uniq: str) -> None:
             )
         ratios = sorted(b / a for a, b in zip(p50s["small"], p50s["large"], strict=True))
         print(
-            f"ratio {SERVICES} / 10 services: p50 {pct(large, 50) / pct(small, 50):.2f}  "
-            f"p99 {pct(large, 99) / pct(small, 99):.2f}  per-round p50 ratios "
-            f"{' '.join(f'{r:.2f}' for r in ratios)} (target <= 1.1)"
+            f"ratio {SERVICES} / 10 services: median of the per-round p50 ratios "
+            f"{pct(ratios, 50):.2f} (target <= 1.1; rounds: "
+            f"{' '.join(f'{r:.2f}' for r in ratios)}); pooled p50 "
+            f"{pct(large, 50) / pct(small, 50):.2f}, p99 {pct(large, 99) / pct(small, 99):.2f}"
         )
     finally:
         for ns in names.values():
