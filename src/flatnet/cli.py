@@ -94,6 +94,11 @@ def dns(
     srv.serve()
 
 
+FileOpt = Annotated[str, typer.Option("-f", "--filename", help="manifest file, - for stdin")]
+LabOpt = Annotated[str | None, typer.Option()]
+StoreOpt = Annotated[str | None, typer.Option(help="datastore URL instead of a lab")]
+
+
 def _manifests(file: str) -> tuple[list[Any], list[Any]]:
     from flatnet.lab import topo
     from flatnet.manifest import docs
@@ -106,11 +111,7 @@ def _manifests(file: str) -> tuple[list[Any], list[Any]]:
 
 
 @app.command()
-def apply(
-    file: Annotated[str, typer.Option("-f", "--filename", help="manifest file, - for stdin")],
-    lab: Annotated[str | None, typer.Option()] = None,
-    store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
-) -> None:
+def apply(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
     """Create or update the Services (and, on a lab, the Pods) of a manifest file."""
     from flatnet import services
     from flatnet.ipam import load_config
@@ -136,11 +137,7 @@ def apply(
 
 
 @app.command()
-def delete(
-    file: Annotated[str, typer.Option("-f", "--filename", help="manifest file, - for stdin")],
-    lab: Annotated[str | None, typer.Option()] = None,
-    store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
-) -> None:
+def delete(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
     """Delete the Services (and, on a lab, the Pods) named in a manifest file."""
     from flatnet import services
 
