@@ -462,26 +462,19 @@ def get(
     out.print(t)
 
 
-def svc_selector(it: dict[str, Any]) -> list[tuple[str, str]]:
-    return sorted(dict(it["selector"]).items())
-
-
 def _services(s: Any, eps_view: bool, output: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Services with their endpoints (ready pods matching the selector) and how
     many nodes' proxies have programmed their latest version."""
-    from flatnet.model import PREFIX, PodRecord, Service
-    from flatnet.proxy.desired import PodIndex, endpoints
+    from flatnet.proxy.desired import Cluster
     from flatnet.proxy.sync import PROXY_PREFIX
-    from flatnet.services import SERVICES_PREFIX
 
-    pods = PodIndex()
-    for kv in s.range(PREFIX + "pods/"):
-        pods.put(kv.key, PodRecord.from_json(kv.value))
+    kvs = s.range(Cluster.SERVICES)
+    cluster = Cluster(kvs + s.range(Cluster.PODS))
     proxies = [json.loads(kv.value) for kv in s.range(PROXY_PREFIX)]
-    items = []
-    for kv in s.range(SERVICES_PREFIX):
-        svc = Service.from_json(kv.value)
-        eps = endpoints(svc, pods.select(svc.namespace, svc.selector))
+    items: list[dict[str, Any]] = []
+    for kv in kvs:
+        svc = cluster.services[kv.key]
+        eps = cluster.endpoints(svc)
         ports = [
             f"{p.name + ':' if p.name else ''}{p.port}"
             + (f":{p.node_port}" if p.node_port else "")
@@ -510,9 +503,9 @@ def _services(s: Any, eps_view: bool, output: str) -> tuple[list[dict[str, Any]]
     if output != "json":
         for it in items:
             it["ports"] = ",".join(it["ports"]) or "-"
+            it["selector"] = ",".join(f"{k}={v}" for k, v in sorted(it["selector"].items())) or "-"
             it["endpoints"] = ",".join(it["endpoints"]) or "<none>"
             it["programmed"] = f"{len(it['programmedOn'])}/{len(proxies)}"
-            it["selector"] = ",".join(f"{k}={v}" for k, v in svc_selector(it)) or "-"
     if eps_view:
         return items, ["namespace", "name", "endpoints"]
     return items, [

@@ -27,16 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 
 from flatnet.dns.records import Records, build
-from flatnet.model import PREFIX, PodRecord, Service
-from flatnet.proxy.desired import PodIndex
-from flatnet.services import SERVICES_PREFIX
+from flatnet.proxy.desired import Cluster
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
 
 __all__ = ["DNSServer"]
 
 log = logging.getLogger("flatnet.dns")
-PODS_PREFIX = PREFIX + "pods/"
 _HEADER = struct.Struct("!HHHHHH")
 
 
@@ -51,8 +48,7 @@ class DNSServer:
     ) -> None:
         self.store, self.listen, self.upstream = store, listen, upstream
         self.domain, self.ttl = domain, ttl
-        self.services: dict[str, Service] = {}
-        self.pods = PodIndex()
+        self.cluster = Cluster()
         self.records = Records(domain, ttl)
         self.cache: dict[bytes, bytes] = {}
         self.ready = threading.Event()
@@ -61,30 +57,18 @@ class DNSServer:
 
     # -- records ------------------------------------------------------------
     def _rebuild(self) -> None:
-        self.records = build(self.services.values(), self.pods, self.domain, self.ttl)
+        c = self.cluster
+        self.records = build(c.services.values(), c.pods, self.domain, self.ttl)
         self.cache = {}
 
     def listed(self, kvs: list[KV], rev: int) -> None:
-        self.services, self.pods = {}, PodIndex()
-        for kv in kvs:
-            if kv.key.startswith(SERVICES_PREFIX):
-                self.services[kv.key] = Service.from_json(kv.value)
-            else:
-                self.pods.put(kv.key, PodRecord.from_json(kv.value))
+        self.cluster = Cluster(kvs)
         self._rebuild()
         self.ready.set()
 
     def changed(self, events: list[Event]) -> None:
         for ev in events:
-            if ev.key.startswith(SERVICES_PREFIX):
-                if ev.type == "delete":
-                    self.services.pop(ev.key, None)
-                else:
-                    self.services[ev.key] = Service.from_json(ev.value)
-            elif ev.type == "delete":
-                self.pods.remove(ev.key)
-            else:
-                self.pods.put(ev.key, PodRecord.from_json(ev.value))
+            self.cluster.apply(ev)
         self._rebuild()
 
     # -- answering ----------------------------------------------------------
@@ -186,7 +170,7 @@ class DNSServer:
             target=follow,
             args=(
                 self.store,
-                (SERVICES_PREFIX, PODS_PREFIX),
+                (Cluster.SERVICES, Cluster.PODS),
                 self.stop,
                 self.listed,
                 self.changed,

@@ -44,9 +44,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flatnet.model import PodRecord, Service, ServicePort
+from flatnet.model import PREFIX, PodRecord, Service, ServicePort
+from flatnet.services import SERVICES_PREFIX
+from flatnet.store.base import KV, Event
 
-__all__ = ["Endpoint", "Fragment", "PodIndex", "endpoints", "fragment", "hairpin"]
+__all__ = ["Cluster", "Endpoint", "Fragment", "PodIndex", "endpoints", "fragment", "hairpin"]
 
 MASQ_MARK = "0x4000"
 
@@ -100,6 +102,50 @@ class PodIndex:
         sets = [self._by_label.get((namespace, k, v), set()) for k, v in selector.items()]
         keys = set.intersection(*sorted(sets, key=len))
         return [self.pods[k] for k in sorted(keys)]
+
+
+class Cluster:
+    """Services and pods as the store holds them (``services/`` and ``pods/``),
+    kept current from a listing and then from watch events."""
+
+    SERVICES = SERVICES_PREFIX
+    PODS = PREFIX + "pods/"
+
+    def __init__(self, kvs: Iterable[KV] = ()) -> None:
+        self.services: dict[str, Service] = {}
+        self.by_ns: dict[str, set[str]] = {}  # namespace -> service keys
+        self.pods = PodIndex()
+        for kv in kvs:
+            self.apply(Event("put", kv.key, kv.value, kv.mod_revision))
+
+    def apply(self, ev: Event) -> tuple[set[str], PodRecord | None, PodRecord | None]:
+        """Take one event; returns the service keys it concerns and, for a pod,
+        its old and new record."""
+        if ev.key.startswith(self.SERVICES):
+            old_svc = self.services.pop(ev.key, None)
+            if old_svc is not None:
+                self.by_ns[old_svc.namespace].discard(ev.key)
+            if ev.type == "put":
+                svc = Service.from_json(ev.value)
+                self.services[ev.key] = svc
+                self.by_ns.setdefault(svc.namespace, set()).add(ev.key)
+            return {ev.key}, None, None
+        new = PodRecord.from_json(ev.value) if ev.type == "put" else None
+        old = self.pods.put(ev.key, new) if new else self.pods.remove(ev.key)
+        return self.selecting(old) | self.selecting(new), old, new
+
+    def selecting(self, pod: PodRecord | None) -> set[str]:
+        """The services whose selector matches ``pod``."""
+        if pod is None:
+            return set()
+        return {
+            key
+            for key in self.by_ns.get(pod.namespace, ())
+            if (sel := self.services[key].selector) and sel.items() <= pod.labels.items()
+        }
+
+    def endpoints(self, svc: Service) -> dict[ServicePort, list[Endpoint]]:
+        return endpoints(svc, self.pods.select(svc.namespace, svc.selector))
 
 
 def _target(p: ServicePort, pod: PodRecord) -> int:

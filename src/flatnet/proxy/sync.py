@@ -24,17 +24,15 @@ from typing import Any
 
 from flatnet.kernel import netns
 from flatnet.kernel.nft import Nft
-from flatnet.model import PREFIX, PodRecord, Service
+from flatnet.model import PREFIX
 from flatnet.proxy import render
-from flatnet.proxy.desired import Fragment, PodIndex, endpoints, fragment, hairpin
-from flatnet.services import SERVICES_PREFIX
+from flatnet.proxy.desired import Cluster, Fragment, fragment, hairpin
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
 
 __all__ = ["PROXY_PREFIX", "ServiceProxy"]
 
 log = logging.getLogger("flatnet.agent.proxy")
-PODS_PREFIX = PREFIX + "pods/"
 PROXY_PREFIX = PREFIX + "proxy/"
 HAIRPIN = "~hairpin"  # the fragment holding this node's pods for hairpin NAT
 
@@ -53,9 +51,7 @@ class ServiceProxy:
         self.ns = nft.ns
         self.status_lease = status_lease
         self.resync = resync
-        self.services: dict[str, Service] = {}
-        self.by_ns: dict[str, set[str]] = {}  # namespace -> service keys
-        self.pods = PodIndex()
+        self.cluster = Cluster()
         self.frags: dict[str, Fragment] = {}
         self.revision = 0
         self.last_sync: dict[str, float] = {}
@@ -63,53 +59,27 @@ class ServiceProxy:
     # -- pure-ish computation ------------------------------------------------
     def _fragment(self, key: str) -> Fragment:
         if key == HAIRPIN:
-            return hairpin(self.pods.pods.values(), self.node)
-        svc = self.services.get(key)
+            return hairpin(self.cluster.pods.pods.values(), self.node)
+        svc = self.cluster.services.get(key)
         if svc is None:
             return Fragment()
-        eps = endpoints(svc, self.pods.select(svc.namespace, svc.selector))
-        return fragment(svc, eps, self.node, self.pod_cidr)
-
-    def _touched_by(self, old: PodRecord | None, new: PodRecord | None) -> set[str]:
-        """The services whose selector matches the pod before or after a change."""
-        out = set()
-        for pod in (old, new):
-            if pod is None:
-                continue
-            for key in self.by_ns.get(pod.namespace, ()):
-                sel = self.services[key].selector
-                if sel and sel.items() <= pod.labels.items():
-                    out.add(key)
-        return out
-
-    def _set_service(self, key: str, svc: Service | None) -> None:
-        if svc is None:
-            old = self.services.pop(key, None)
-            if old is not None:
-                self.by_ns.get(old.namespace, set()).discard(key)
-        else:
-            self.services[key] = svc
-            self.by_ns.setdefault(svc.namespace, set()).add(key)
+        return fragment(svc, self.cluster.endpoints(svc), self.node, self.pod_cidr)
 
     # -- kernel ----------------------------------------------------------------
     def full_sync(self) -> None:
         t0 = time.monotonic()
-        self.frags = {k: self._fragment(k) for k in self.services}
-        self.frags[HAIRPIN] = hairpin(self.pods.pods.values(), self.node)
+        self.frags = {k: self._fragment(k) for k in (*self.cluster.services, HAIRPIN)}
         self.nft.apply(render.full(self.frags.values()), what=f"table ip {render.TABLE}")
         self.last_sync = {"full": time.monotonic() - t0}
         log.info(
-            "proxy: full sync of %d services in %.3fs", len(self.services), self.last_sync["full"]
+            "proxy: full sync of %d services in %.3fs",
+            len(self.cluster.services),
+            self.last_sync["full"],
         )
         self._publish()
 
     def listed(self, kvs: list[KV], rev: int) -> None:
-        self.services, self.by_ns, self.pods = {}, {}, PodIndex()
-        for kv in kvs:
-            if kv.key.startswith(SERVICES_PREFIX):
-                self._set_service(kv.key, Service.from_json(kv.value))
-            else:
-                self.pods.put(kv.key, PodRecord.from_json(kv.value))
+        self.cluster = Cluster(kvs)
         self.revision = rev
         self.full_sync()
 
@@ -117,23 +87,17 @@ class ServiceProxy:
         t0 = time.monotonic()
         touched: set[str] = set()
         for ev in events:
-            if ev.key.startswith(SERVICES_PREFIX):
-                new_svc = Service.from_json(ev.value) if ev.type == "put" else None
-                self._set_service(ev.key, new_svc)
-                touched.add(ev.key)
-            else:
-                new = PodRecord.from_json(ev.value) if ev.type == "put" else None
-                old = self.pods.put(ev.key, new) if new else self.pods.remove(ev.key)
-                touched |= self._touched_by(old, new)
-                if self.node in (getattr(old, "node", ""), getattr(new, "node", "")):
-                    touched.add(HAIRPIN)
+            keys, old, new = self.cluster.apply(ev)
+            touched |= keys
+            if self.node in (old.node if old else "", new.node if new else ""):
+                touched.add(HAIRPIN)
             self.revision = max(self.revision, ev.revision)
         pairs = []
         for key in touched:
             new_frag = self._fragment(key)
             old_frag = self.frags.get(key, Fragment())
             pairs.append((old_frag, new_frag))
-            if key in self.services or key == HAIRPIN:
+            if key in self.cluster.services or key == HAIRPIN:
                 self.frags[key] = new_frag
             else:
                 self.frags.pop(key, None)
@@ -150,7 +114,7 @@ class ServiceProxy:
         status: dict[str, Any] = {
             "node": self.node,
             "revision": self.revision,
-            "services": len(self.services),
+            "services": len(self.cluster.services),
             "chains": sum(len(f.chains) for f in self.frags.values()),
             "lastSyncSeconds": self.last_sync,
         }
@@ -162,7 +126,7 @@ class ServiceProxy:
     def run(self, stop: threading.Event) -> None:
         follow(
             self.store,
-            (SERVICES_PREFIX, PODS_PREFIX),
+            (Cluster.SERVICES, Cluster.PODS),
             stop,
             self.listed,
             self.changed,
