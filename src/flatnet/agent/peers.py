@@ -7,7 +7,8 @@ kernel converges at once — events that arrive together are applied together.
 With no event for ``resync`` seconds it converges anyway, which repairs
 objects removed by hand. If the watch's history was compacted it lists
 again; if the store is unreachable it keeps the kernel as it is (the data
-plane lives there) and retries.
+plane lives there) and retries. (That loop is :func:`flatnet.store.follow.follow`,
+shared with the service proxy and the DNS server.)
 
 After every convergence that changed something it publishes
 ``/flatnet/status/<node>``: which peers are programmed and which the backend
@@ -19,14 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 from flatnet.backends import Backend, Context
-from flatnet.errors import CompactedError
 from flatnet.kernel.routes import converge
 from flatnet.model import PREFIX, Lease
-from flatnet.store import Event, Store
+from flatnet.store import KV, Event, Store
+from flatnet.store.follow import follow
 
 __all__ = ["STATUS_PREFIX", "SUBNETS_PREFIX", "PeerWatcher"]
 
@@ -100,35 +100,23 @@ class PeerWatcher:
             )
 
     # -- the loop -----------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self._follow(stop)
-            except CompactedError:
-                log.warning("watch history compacted; listing the leases again")
-            except Exception as e:  # the store is away: keep the kernel as it is
-                log.warning("peer watch failed (%s); retrying", e)
-                stop.wait(1.0)
-
-    def _follow(self, stop: threading.Event) -> None:
-        rev = self.store.revision()
-        self.leases = {kv.key: Lease.from_json(kv.value) for kv in self.store.range(SUBNETS_PREFIX)}
+    def listed(self, kvs: list[KV], rev: int) -> None:
+        self.leases = {kv.key: Lease.from_json(kv.value) for kv in kvs}
         self.sync()
-        watch = self.store.watch(SUBNETS_PREFIX, rev + 1)
-        try:
-            last = time.monotonic()
-            while not stop.is_set():
-                wait = max(0.0, self.resync - (time.monotonic() - last))
-                ev = watch.next_event(timeout=min(wait, 0.5))
-                if ev is None:
-                    if time.monotonic() - last >= self.resync:
-                        self.sync()  # repairs what was removed by hand
-                        last = time.monotonic()
-                    continue
-                self._apply(ev)
-                while (more := watch.next_event(timeout=0)) is not None:
-                    self._apply(more)
-                self.sync()
-                last = time.monotonic()
-        finally:
-            watch.close()
+
+    def changed(self, events: list[Event]) -> None:
+        for ev in events:
+            self._apply(ev)
+        self.sync()
+
+    def run(self, stop: threading.Event) -> None:
+        follow(
+            self.store,
+            (SUBNETS_PREFIX,),
+            stop,
+            self.listed,
+            self.changed,
+            self.sync,  # with no event for `resync` s: repairs what was removed by hand
+            self.resync,
+            log,
+        )

@@ -1,8 +1,9 @@
 """List-then-watch, the informer pattern: a consumer sees every key under some
 prefixes once (``listed``) and then every change in batches (``changed``),
 never missing one: the watch starts at the listing's revision + 1. Events that
-arrive together are handed over together. A compacted history or a store
-outage leads to a fresh listing; meanwhile the consumer keeps what it had."""
+arrive together are handed over together; ``idle`` runs after ``every``
+seconds without any. A compacted history or a store outage leads to a fresh
+listing; meanwhile the consumer keeps what it had."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def follow(
                     mine = [e for e in batch if e.key.startswith(prefixes)]
                     if mine:
                         changed(mine)
+                        last = time.monotonic()
             finally:
                 watch.close()
         except CompactedError:
