@@ -55,11 +55,11 @@ def _owner(svc: Service) -> str:
     return f"{svc.namespace}/{svc.name}"
 
 
-def _plan(
-    store: Store, cfg: NetworkConfig, svc: Service, old: Service | None, reserved: set[str]
-) -> Service:
-    """``svc`` with its cluster IP and node ports chosen (not yet claimed)."""
-    where = f"service {_owner(svc)}"
+def _plan(cfg: NetworkConfig, svc: Service, old: Service | None, held: dict[str, str]) -> Service:
+    """``svc`` with its cluster IP and node ports chosen, checked against ``held``
+    (claim key -> owner: the store's claims and this apply's plans so far), which
+    gets the new choices."""
+    me, where = _owner(svc), f"service {_owner(svc)}"
     cidr = ipaddress.IPv4Network(cfg.service_cidr)
     ip = svc.cluster_ip
     if svc.type != "ExternalName" and ip != "None":
@@ -79,52 +79,44 @@ def _plan(
                     f"{where}: spec.clusterIP: {ip} is not a usable address of the "
                     f"service CIDR {cidr}"
                 )
-            kv = store.get(_ip_key(ip))
-            if kv is not None and kv.value != _owner(svc):
+            owner = held.get(_ip_key(ip), me)
+            if owner != me:
                 raise ConfigError(
-                    f"{where}: spec.clusterIP: {ip} is already allocated to service {kv.value}"
+                    f"{where}: spec.clusterIP: {ip} is already allocated to service {owner}"
                 )
         else:
-            ip = _free_ip(store, cidr, reserved)
+            ip = _free_ip(cidr, held)
             if not ip:
                 raise ConfigError(f"{where}: no free cluster IP left in {cidr}")
+        held[_ip_key(ip)] = me
     old_ports = {(p.port, p.protocol): p.node_port for p in (old.ports if old else ())}
     ports: list[ServicePort] = []
-    taken = {kv.key: kv.value for kv in store.range(PORTS_PREFIX)}
     for i, p in enumerate(svc.ports):
         if svc.type == "NodePort":
             np = p.node_port or old_ports.get((p.port, p.protocol), 0)
             if np:
-                owner = taken.get(_port_key(replace(p, node_port=np)))
-                if owner is not None and owner != _owner(svc):
+                owner = held.get(_port_key(replace(p, node_port=np)), me)
+                if owner != me:
                     raise ConfigError(
                         f"{where}: spec.ports[{i}].nodePort: {np}/{p.protocol} is already "
                         f"allocated to service {owner}"
                     )
             else:
-                np = next(
-                    (
-                        n
-                        for n in NODE_PORTS
-                        if _port_key(replace(p, node_port=n)) not in taken
-                        and n not in [q.node_port for q in ports]
-                    ),
-                    0,
-                )
+                free = (n for n in NODE_PORTS if _port_key(replace(p, node_port=n)) not in held)
+                np = next(free, 0)
                 if not np:
                     raise ConfigError(f"{where}: spec.ports[{i}].nodePort: no free node port")
             p = replace(p, node_port=np)
-            taken[_port_key(p)] = _owner(svc)
+            held[_port_key(p)] = me
         ports.append(p)
     return replace(svc, cluster_ip=ip, ports=tuple(ports))
 
 
-def _free_ip(store: Store, cidr: ipaddress.IPv4Network, reserved: set[str]) -> str:
-    used = {kv.key.rsplit("/", 1)[1] for kv in store.range(IPS_PREFIX)} | reserved
+def _free_ip(cidr: ipaddress.IPv4Network, held: dict[str, str]) -> str:
     base = int(cidr.network_address)
     for off in range(11, cidr.num_addresses - 1):  # .1-.10: kubernetes, kube-dns...
         ip = str(ipaddress.IPv4Address(base + off))
-        if ip not in used:
+        if _ip_key(ip) not in held:
             return ip
     return ""
 
@@ -138,20 +130,17 @@ def apply(store: Store, cfg: NetworkConfig, services: Iterable[Service]) -> list
             raise ConfigError(f"service {_owner(s)} is given twice")
         seen.add(s.key)
     current = load_all(store)
-    asked = [s.cluster_ip for s in services if s.cluster_ip not in ("", "None")]
-    for ip in asked:
-        if asked.count(ip) > 1:
-            raise ConfigError(f"spec.clusterIP: two services of the file ask for {ip}")
-    reserved = set(asked)
-    plans = []
-    for s in services:  # every service is checked before anything is written
-        plan = _plan(store, cfg, s, current.get(s.key), reserved)
-        reserved.add(plan.cluster_ip)
-        plans.append(plan)
+    held = {kv.key: kv.value for p in (IPS_PREFIX, PORTS_PREFIX) for kv in store.range(p)}
+    planning = dict(held)
+    for s in services:  # requested cluster IPs first: a free pick must not take them
+        if s.cluster_ip not in ("", "None"):
+            planning.setdefault(_ip_key(s.cluster_ip), _owner(s))
+    # every service is checked before anything is written
+    plans = [_plan(cfg, s, current.get(s.key), planning) for s in services]
     claimed: list[str] = []
     try:
         for new in plans:
-            new = _claim(store, new, current.get(new.key), claimed)
+            _claim(store, new, current.get(new.key), held, claimed)
             store.put(new.key, new.to_json())
     except BaseException:
         for key in claimed:
@@ -160,15 +149,14 @@ def apply(store: Store, cfg: NetworkConfig, services: Iterable[Service]) -> list
     return plans
 
 
-def _claim(store: Store, svc: Service, old: Service | None, claimed: list[str]) -> Service:
-    keys = []
-    if svc.cluster_ip not in ("", "None") and (old is None or old.cluster_ip != svc.cluster_ip):
-        keys.append(_ip_key(svc.cluster_ip))
-    old_np = {_port_key(p) for p in (old.ports if old else ()) if p.node_port}
-    keys += [_port_key(p) for p in svc.ports if p.node_port and _port_key(p) not in old_np]
+def _claim(
+    store: Store, svc: Service, old: Service | None, held: dict[str, str], claimed: list[str]
+) -> None:
+    """Claim what ``svc`` holds that the store (``held``) does not give it yet."""
+    keys = [_ip_key(svc.cluster_ip)] if svc.cluster_ip not in ("", "None") else []
+    keys += [_port_key(p) for p in svc.ports if p.node_port]
     for k in keys:
-        kv = store.get(k)
-        if kv is not None and kv.value == _owner(svc):
+        if held.get(k) == _owner(svc):
             continue
         if not store.create(k, _owner(svc)):
             raise ConfigError(
@@ -176,9 +164,8 @@ def _claim(store: Store, svc: Service, old: Service | None, claimed: list[str]) 
             )
         claimed.append(k)
     if old is not None:  # node ports the new version gave up
-        for k in old_np - {_port_key(p) for p in svc.ports if p.node_port}:
+        for k in {_port_key(p) for p in old.ports if p.node_port} - set(keys):
             store.delete(k)
-    return svc
 
 
 def delete(store: Store, keys: Iterable[tuple[str, str]]) -> list[str]:
