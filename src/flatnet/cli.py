@@ -308,7 +308,6 @@ def lab_exec(
     ctx: typer.Context, target: str, lab: Annotated[str | None, typer.Option()] = None
 ) -> None:
     """Run a command in a pod, node or the external host: exec TARGET -- CMD..."""
-    from flatnet.kernel import netns
     from flatnet.lab.state import LabState
 
     st = LabState.load(_one_lab(lab))
@@ -316,11 +315,11 @@ def lab_exec(
     if not ctx.args:
         raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
 
-    from flatnet.lab.cluster import pod_argv
+    from flatnet.lab.cluster import in_ns
 
     env = dict(os.environ, FLATNET_POD_NAME=target)
-    argv = pod_argv(ns, ctx.args)
-    raise typer.Exit(subprocess.call(argv, preexec_fn=netns.preexec(ns), env=env))
+    argv, enter = in_ns(ns, ctx.args)
+    raise typer.Exit(subprocess.call(argv, preexec_fn=enter, env=env))
 
 
 @lab_app.command("cni")

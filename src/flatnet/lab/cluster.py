@@ -59,17 +59,17 @@ LOOPBACK = {"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": 
 ETC_NETNS = Path("/etc/netns")
 
 
-def pod_argv(ns: str, argv: list[str]) -> list[str]:
-    """``argv`` as a process of the pod in ``ns`` sees the world: through
-    ``ip netns exec`` when the pod has its own /etc files (resolv.conf)."""
+def in_ns(ns: str, argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``argv`` and a ``preexec_fn`` that run it inside ``ns``: through ``ip netns
+    exec`` when the pod has its own /etc files (resolv.conf), else by setns."""
     if (ETC_NETNS / ns).is_dir():
-        return ["ip", "netns", "exec", ns, *argv]
-    return argv
+        return ["ip", "netns", "exec", ns, *argv], None
+    return argv, netns.preexec(ns)
 
 
 def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     """Start ``argv`` detached (own session) inside namespace ``ns``; returns its PID."""
-    argv = pod_argv(ns, argv)
+    argv, enter = in_ns(ns, argv)
     with open(log, "ab") as out:
         p = subprocess.Popen(
             argv,
@@ -77,7 +77,7 @@ def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None
             stdout=out,
             stderr=out,
             start_new_session=True,
-            preexec_fn=netns.preexec(ns),
+            preexec_fn=enter,
             env=dict(os.environ, **(env or {})),
         )
     return p.pid
@@ -437,7 +437,7 @@ def _create_pod(st: LabState, p: LabPod, store: Store) -> None:
             st.pods[p.name] = dict(rec, ns=ns, ip="")
             st.add_ns(ns)
         if p.mode == "bridge":
-            _resolv_conf(st, p, ns)
+            _resolv_conf(st, p, ns, store)
         ip = _attach(st, p, ns, cid, node)
     rec.update(ns=ns, ip=ip)
     with _lock:
@@ -453,13 +453,9 @@ def _create_pod(st: LabState, p: LabPod, store: Store) -> None:
     store.put(f"{PREFIX}pods/{p.namespace}/{p.name}", _record(st, p, False).to_json())
 
 
-def _resolv_conf(st: LabState, p: LabPod, ns: str) -> None:
+def _resolv_conf(st: LabState, p: LabPod, ns: str, store: Store) -> None:
     """What kubelet gives a pod with dnsPolicy ClusterFirst."""
-    store = open_store(st.store_url)
-    try:
-        cfg = load_config(store)
-    finally:
-        store.close()
+    cfg = load_config(store)
     d = ETC_NETNS / ns
     with _lock:
         st.etc_dirs.append(str(d))
@@ -516,11 +512,7 @@ def delete_pod(st: LabState, name: str, store: Store) -> bool:
     if kv is not None:
         rec = PodRecord.from_json(kv.value)
         rev = store.put(key, replace(rec, phase="Terminating", ready=False).to_json())
-        if any(
-            s.namespace == rec.namespace and s.selector and s.selector.items() <= rec.labels.items()
-            for s in services.load_all(store).values()
-        ):
-            wait_proxies(store, st, rev)
+        wait_proxies(store, st, rev)  # every proxy publishes its revision after each batch
     st.kill(f"pod:{name}", exact=True)
     if info["mode"] in ("bridge", "none"):
         node = st.nodes[info["node"]]
