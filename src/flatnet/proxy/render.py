@@ -69,8 +69,9 @@ BASE = f"""\
 """
 
 
-def _set(name: str, timeout: int) -> str:
-    return f"set {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
+def _affinity(timeout: int) -> str:
+    """The body of a ClientIP affinity set."""
+    return f"{{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
 
 
 def _elem(key: str, verdict: str) -> str:
@@ -81,7 +82,7 @@ def full(frags: Iterable[Fragment]) -> str:
     """The whole table, replacing whatever is there (one transaction)."""
     frags = list(frags)
     out = [f"table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{"]
-    out += [f"  {_set(n, t)}" for f in frags for n, t in f.sets.items()]
+    out += [f"  set {n} {_affinity(t)}" for f in frags for n, t in f.sets.items()]
     out += [f"  map {m} {{ type {t}; }}" for m, t in MAPS.items()]
     out += [f"  set {m} {{ type {t}; }}" for m, t in SETS.items()]
     out.append(BASE)
@@ -106,8 +107,9 @@ def diff(pairs: Iterable[tuple[Fragment, Fragment]]) -> str:
     t = f"ip {TABLE}"
     for old, new in pairs:
         # (a changed affinity timeout takes effect at the next full sync)
-        new_sets += [f"add {_set(n, s)}".replace("set ", f"set {t} ", 1)
-                     for n, s in new.sets.items() if n not in old.sets]  # fmt: skip
+        new_sets += [
+            f"add set {t} {n} {_affinity(s)}" for n, s in new.sets.items() if n not in old.sets
+        ]
         for name, body in new.chains.items():
             prev = old.chains.get(name)
             if prev == body:
