@@ -187,6 +187,15 @@ def gets(name: str, pod: str, url: str, n: int, pause: float = 0.0) -> dict:  # 
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
+def web_pod(name: str, node: str) -> str:
+    """A Pod manifest like web-N's: label app=web, agnhost with port 'http'."""
+    return (
+        f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\n"
+        f"spec:\n  nodeName: {node}\n  containers:\n  - name: main\n"
+        "    ports: [{name: http, containerPort: 8080}]\n"
+    )
+
+
 def dig(name: str, *args: str, pod: str = "client") -> str:
     r = run(name, pod, "dig", "+short", "+tries=1", "+time=2", *args)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -328,26 +337,19 @@ def test_endpoints_follow_pods_without_failed_requests(lab: str, tmp_path: Path)
     try:
         time.sleep(0.5)
         f = tmp_path / "web4.yaml"
-        f.write_text(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-4, labels: {app: web}}\n"
-            "spec:\n  nodeName: node2\n  containers:\n  - name: main\n"
-            "    ports: [{name: http, containerPort: 8080}]\n"
-        )
+        f.write_text(web_pod("web-4", "node2"))
         flatnet("apply", "-f", str(f), "--lab", lab)
         ip4 = pod_ips(lab)["web-4"]
         assert f"{ip4}:8080" in services(lab)["web"]["endpoints"]
-        dashed = pod_ips(lab)["web-2"]
+        ip2 = pod_ips(lab)["web-2"]
         t0 = time.monotonic()
         f2 = tmp_path / "web2.yaml"
-        f2.write_text(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-2}\n"
-            "spec: {nodeName: node2, containers: [{name: main}]}\n"
-        )
+        f2.write_text(web_pod("web-2", "node2"))
         flatnet("delete", "-f", str(f2), "--lab", lab)
         assert time.monotonic() - t0 < 5
         eps = services(lab)["web"]["endpoints"]
-        assert not any(e.startswith(dashed + ":") for e in eps)
-        assert dashed not in dig(lab, "web-headless.default.svc.cluster.local").split()
+        assert not any(e.startswith(ip2 + ":") for e in eps)
+        assert ip2 not in dig(lab, "web-headless.default.svc.cluster.local").split()
         out, err = loop.communicate(timeout=60)
     finally:
         loop.kill()
@@ -358,11 +360,7 @@ def test_endpoints_follow_pods_without_failed_requests(lab: str, tmp_path: Path)
 
 def test_pod_removed_from_endpoints_and_dns_within_a_second(lab: str, tmp_path: Path) -> None:
     f = tmp_path / "gone.yaml"
-    f.write_text(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: gone, labels: {app: web}}\n"
-        "spec:\n  nodeName: node3\n  containers:\n  - name: main\n"
-        "    ports: [{name: http, containerPort: 8080}]\n"
-    )
+    f.write_text(web_pod("gone", "node3"))
     flatnet("apply", "-f", str(f), "--lab", lab)
     ip = pod_ips(lab)["gone"]
     deadline = time.monotonic() + 2

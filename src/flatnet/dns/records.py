@@ -121,7 +121,7 @@ def build(
         if svc.type == "ExternalName":
             r._add(fqdn, QTYPE.CNAME, CNAME(svc.external_name))
             continue
-        eps = endpoints(svc, pods.select(svc.namespace, svc.selector)) if svc.selector else {}
+        eps = endpoints(svc, pods.select(svc.namespace, svc.selector))
         if svc.headless:
             ips = sorted({e.ip for es in eps.values() for e in es}, key=_ip_key)
             for ip in ips:
