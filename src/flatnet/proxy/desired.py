@@ -116,22 +116,30 @@ class Cluster:
         self.by_ns: dict[str, set[str]] = {}  # namespace -> service keys
         self.pods = PodIndex()
         for kv in kvs:
-            self.apply(Event("put", kv.key, kv.value, kv.mod_revision))
+            self._put(kv.key, kv.value)
+
+    def _put(self, key: str, value: str | None) -> PodRecord | None:
+        """Store (or with None remove) one object; returns the pod it replaced."""
+        if key.startswith(self.SERVICES):
+            old_svc = self.services.pop(key, None)
+            if old_svc is not None:
+                self.by_ns[old_svc.namespace].discard(key)
+            if value is not None:
+                svc = Service.from_json(value)
+                self.services[key] = svc
+                self.by_ns.setdefault(svc.namespace, set()).add(key)
+            return None
+        if value is None:
+            return self.pods.remove(key)
+        return self.pods.put(key, PodRecord.from_json(value))
 
     def apply(self, ev: Event) -> tuple[set[str], PodRecord | None, PodRecord | None]:
         """Take one event; returns the service keys it concerns and, for a pod,
         its old and new record."""
+        old = self._put(ev.key, ev.value if ev.type == "put" else None)
         if ev.key.startswith(self.SERVICES):
-            old_svc = self.services.pop(ev.key, None)
-            if old_svc is not None:
-                self.by_ns[old_svc.namespace].discard(ev.key)
-            if ev.type == "put":
-                svc = Service.from_json(ev.value)
-                self.services[ev.key] = svc
-                self.by_ns.setdefault(svc.namespace, set()).add(ev.key)
             return {ev.key}, None, None
-        new = PodRecord.from_json(ev.value) if ev.type == "put" else None
-        old = self.pods.put(ev.key, new) if new else self.pods.remove(ev.key)
+        new = self.pods.pods.get(ev.key)
         return self.selecting(old) | self.selecting(new), old, new
 
     def selecting(self, pod: PodRecord | None) -> set[str]:
