@@ -12,7 +12,9 @@ namespace, None on a real host):
 
 0. ``lease_data(subnet, options)`` — pure: what peers need to reach this node
    (published in the lease as ``backend_data``, in the same write as the
-   subnet claim, so peers see a new node once, complete).
+   subnet claim, so peers see a new node once, complete). A ``port`` in it
+   is the UDP port the backend's tunnel uses, cluster-wide; the agent exempts
+   that traffic from conntrack (:mod:`flatnet.agent.node`).
 1. ``setup(ctx)`` — once at start, idempotent: create the backend's devices;
    returns the same data as ``lease_data``.
 2. ``pod_mtu(ctx)`` — the MTU pods and the bridge get (underlay MTU minus the
