@@ -1,12 +1,25 @@
 """Pod->pod across nodes, per backend, against node->node over the same underlay.
 
 One 2-node lab (one pod per node); for each backend (switched on the running
-lab with ``flatnet lab set-backend``), in the same run, ``REPEAT`` times
-alternating with the node->node baseline (medians reported):
+lab with ``flatnet lab set-backend``), in the same run, ``REPEAT`` rounds
+(default 5) of a pair: the node->node baseline and the pod->pod path, in
+alternating order (whichever runs second in a pair measured lower here, so a
+fixed order biased every ratio):
   * single-stream TCP throughput with iperf3 (``SECONDS_EACH`` s, default 3),
+    client pinned to CPU 0 and server to CPU 1 (``iperf3 -A 0,1``) so every
+    run has the same placement,
   * round-trip latency: ping (100 × 2 ms apart) and a TCP request/response rate
-    (1-byte ping-pong on one connection, 2 s),
-next to the same figures node->node (the baseline). Prints Gbit/s and ratios.
+    (1-byte ping-pong on one connection, 2 s).
+The ratio printed is the median of the per-round ratios (each pod run against
+the baseline run next to it), which cancels the slow drifts of a shared
+machine; the Gbit/s columns are medians of the runs.
+
+TCP's congestion control matters on a path that a CPU, not a wire, limits:
+``CC`` (comma-separated, default ``default`` = the namespace's own, bbr on
+these machines) picks iperf3's ``-C`` per run; ``CC=default,cubic`` measures
+both. With bbr the baseline is held near 9-10 Gbit/s by bbr's pacing; with
+cubic it runs to what the CPU gives (14-17 Gbit/s here), so cubic's ratios
+are the CPU cost of each path relative to node->node.
 Targets (issue 3): host-gw >= 0.95, vxlan >= 0.9, udp >= 0.3 of node->node.
 """
 
@@ -29,7 +42,9 @@ from _common import SRC, flatnet, pct  # noqa: E402,F401
 from flatnet.lab.state import LabState  # noqa: E402
 
 SECONDS = int(os.environ.get("SECONDS_EACH", "3"))
-REPEAT = int(os.environ.get("REPEAT", "3"))  # interleaved with the baseline; medians
+REPEAT = int(os.environ.get("REPEAT", "5"))  # rounds of (baseline, pod) pairs
+CCS = os.environ.get("CC", "default").split(",")
+PIN = ["-A", "0,1"] if (os.cpu_count() or 1) >= 2 else []
 BACKENDS = os.environ.get("BACKENDS", "host-gw,vxlan,udp").split(",")
 
 LAB = """\
@@ -72,11 +87,13 @@ def in_ns(ns: str, *cmd: str, **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], text=True, **kw)  # type: ignore[call-overload, no-any-return]
 
 
-def iperf(server_ns: str, client_ns: str, ip: str) -> float:
+def iperf(server_ns: str, client_ns: str, ip: str, cc: str) -> float:
     srv = in_ns(server_ns, "iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
     try:
         time.sleep(0.4)
-        cli = in_ns(client_ns, "iperf3", "-c", ip, "-t", str(SECONDS), "-J", stdout=subprocess.PIPE)
+        extra = [*PIN, *([] if cc == "default" else ["-C", cc])]
+        argv = ["iperf3", "-c", ip, "-t", str(SECONDS), "-J", *extra]
+        cli = in_ns(client_ns, *argv, stdout=subprocess.PIPE)
         out, _ = cli.communicate(timeout=SECONDS + 30)
         return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
     finally:
@@ -106,20 +123,31 @@ def rr_per_s(server_ns: str, client_ns: str, ip: str) -> float:
         srv.wait()
 
 
-def measure(server_ns: str, client_ns: str, ip: str) -> tuple[float, float, float]:
-    return (
-        iperf(server_ns, client_ns, ip),
-        ping_ms(client_ns, ip),
-        rr_per_s(server_ns, client_ns, ip),
-    )
+Run = tuple[float, float, float]  # Gbit/s, ping ms, TCP RR/s
 
 
-def median3(xs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
-    return (
-        statistics.median(x[0] for x in xs),
-        statistics.median(x[1] for x in xs),
-        statistics.median(x[2] for x in xs),
-    )
+def measure(server_ns: str, client_ns: str, ip: str, cc: str, latency: bool) -> Run:
+    gbps = iperf(server_ns, client_ns, ip, cc)
+    if not latency:
+        return (gbps, float("nan"), float("nan"))
+    return (gbps, ping_ms(client_ns, ip), rr_per_s(server_ns, client_ns, ip))
+
+
+Path3 = tuple[str, str, str]  # server namespace, client namespace, server IP
+
+
+def pair(base: Path3, pod: Path3, cc: str, rnd: int) -> tuple[Run, Run]:
+    """One round: the baseline and the pod path, the order flipped every round."""
+    latency = cc == CCS[0]
+    if rnd % 2:
+        p = measure(*pod, cc, latency)
+        return measure(*base, cc, latency), p
+    b = measure(*base, cc, latency)
+    return b, measure(*pod, cc, latency)
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
 
 
 def main() -> None:
@@ -127,32 +155,45 @@ def main() -> None:
     f = Path(tempfile.mkdtemp(prefix="flatnet-bench-")) / "lab.yaml"
     f.write_text(LAB.format(name=name, backend=BACKENDS[0]))
     flatnet("lab", "up", str(f))
-    rows = []
+    # results[cc][backend] = [(baseline run, pod run), ...]
+    results: dict[str, dict[str, list[tuple[Run, Run]]]] = {cc: {} for cc in CCS}
     try:
         st = LabState.load(name)
         n1, n2 = st.nodes["node1"], st.nodes["node2"]
-        base_runs: list[tuple[float, float, float]] = []
+        base = (n2["ns"], n1["ns"], n2["underlayIP"])
         for i, backend in enumerate(BACKENDS):
             if i:
                 flatnet("lab", "set-backend", "--lab", name, backend)
             st = LabState.load(name)
-            a, b = st.pods["a"], st.pods["b"]
-            runs = []
-            for _ in range(REPEAT):  # baseline and pod path alternate: same conditions
-                base_runs.append(measure(n2["ns"], n1["ns"], n2["underlayIP"]))
-                runs.append(measure(b["ns"], a["ns"], b["ip"]))
-            rows.append((f"pod -> pod, {backend}", *median3(runs)))
-        base = median3(base_runs)
-        rows.insert(0, ("node -> node (baseline)", *base))
+            pod = (st.pods["b"]["ns"], st.pods["a"]["ns"], st.pods["b"]["ip"])
+            for rnd in range(REPEAT):
+                for cc in CCS:
+                    results[cc].setdefault(backend, []).append(pair(base, pod, cc, rnd))
     finally:
         flatnet("lab", "down", name)
     print(
-        f"single-stream TCP and round trips across two lab nodes "
-        f"(medians of {REPEAT} x {SECONDS} s iperf3, interleaved with the baseline)"
+        f"single-stream TCP and round trips across two lab nodes: {REPEAT} rounds of "
+        f"{SECONDS} s iperf3 per path, each paired with a node->node run, order alternating"
     )
-    print(f"{'path':<28}{'Gbit/s':>8}{'ratio':>7}{'ping ms':>9}{'TCP RR/s':>10}{'ratio':>7}")
-    for label, gbps, rtt, rr in rows:
-        print(f"{label:<28}{gbps:8.2f}{gbps / base[0]:7.2f}{rtt:9.3f}{rr:10.0f}{rr / base[2]:7.2f}")
+    for cc in CCS:
+        label = "namespace default (bbr here)" if cc == "default" else cc
+        print(f"\ncongestion control: {label}; ratio = median of the per-round ratios")
+        print(f"{'path':<28}{'Gbit/s':>8}{'ratio':>7}{'ping ms':>9}{'TCP RR/s':>10}{'ratio':>7}")
+        all_base = [b for runs in results[cc].values() for b, _ in runs]
+        print(
+            f"{'node -> node (baseline)':<28}{med([b[0] for b in all_base]):8.2f}{1:7.2f}"
+            f"{med([b[1] for b in all_base]):9.3f}{med([b[2] for b in all_base]):10.0f}{1:7.2f}"
+        )
+        for backend, runs in results[cc].items():
+            gbps = med([p[0] for _, p in runs])
+            ratio = med([p[0] / b[0] for b, p in runs])
+            rr_ratio = med([p[2] / b[2] for b, p in runs])
+            spread = sorted(p[0] / b[0] for b, p in runs)
+            print(
+                f"{'pod -> pod, ' + backend:<28}{gbps:8.2f}{ratio:7.2f}"
+                f"{med([p[1] for _, p in runs]):9.3f}{med([p[2] for _, p in runs]):10.0f}"
+                f"{rr_ratio:7.2f}   (ratios {spread[0]:.2f}..{spread[-1]:.2f})"
+            )
 
 
 if __name__ == "__main__":

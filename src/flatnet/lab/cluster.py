@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from flatnet.errors import ConfigError, FlatnetError, KernelError
 from flatnet.ipam import CONFIG_KEY, load_config, save_config
 from flatnet.kernel import netns
 from flatnet.kernel.nft import Nft
+from flatnet.lab.delay import rule as delay_rule
 from flatnet.lab.state import LABS_DIR, LabState
 from flatnet.lab.topo import LabPod, LabTopo
 from flatnet.model import PREFIX, PodRecord, Service, ServicePort
@@ -84,22 +86,11 @@ def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None
 
 
 def impair(ns: str, dev: str, how: dict[str, str]) -> None:
-    """Delay/jitter (netem), rate (tbf, or netem's when delayed) and loss (an
-    nftables rule in a table of the lab's own) on ``dev``'s egress in ``ns``."""
-    if how.get("delay"):
-        args = ["delay", how["delay"], *([how["jitter"]] if how.get("jitter") else [])]
-        if how.get("rate"):
-            args += ["rate", how["rate"]]
-        try:
-            _tc(ns, "qdisc", "add", "dev", dev, "root", "netem", *args)
-        except KernelError as e:
-            if "unknown" in str(e):
-                raise ConfigError(
-                    "netem.delay: this kernel has no netem qdisc (sch_netem); "
-                    "rate (tbf) and loss (nftables) work without it"
-                ) from e
-            raise
-    elif how.get("rate"):
+    """Rate (tbf) and loss (an nftables rule in a table of the lab's own) on
+    ``dev``'s egress in ``ns``. Delay and jitter are a process of their own
+    (:mod:`flatnet.lab.delay`, started by the builder): this kernel has no
+    netem qdisc."""
+    if how.get("rate"):
         _tc(ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", how["rate"],
             "burst", "256kb", "latency", "50ms")  # fmt: skip
     if how.get("loss"):
@@ -110,6 +101,27 @@ def impair(ns: str, dev: str, how: dict[str, str]) -> None:
             f"    type filter hook postrouting priority 0;\n    {rule}\n  }}\n}}\n",
             what="table inet flatnet-lab-impair",
         )
+
+
+def delay_line(
+    ns: str, dev: str, how: dict[str, str], log: Path, record: Callable[[int], None]
+) -> None:
+    """Start the delay line for ``dev``'s egress in ``ns`` (``record`` gets its
+    PID at once, so a failure below leaves nothing unowned), wait until it
+    holds the queue, then send the link through it."""
+    argv = _py("flatnet.lab.delay", "--delay", how["delay"], "--jitter", how.get("jitter") or "0ms")
+    record(spawn(ns, argv, log))
+    bound = Path("/proc/thread-self/net/netfilter/nfnetlink_queue")
+    deadline = time.monotonic() + 10
+    while not netns.run_in(netns.path_of(ns), lambda: bound.exists() and bound.read_text() != ""):
+        if time.monotonic() > deadline:
+            raise KernelError(f"the delay line in '{ns}' did not bind its queue (see {log})")
+        time.sleep(0.02)
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, "iptables", *delay_rule(dev)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise KernelError(f"iptables NFQUEUE rule in '{ns}' failed: {r.stderr.strip()}")
 
 
 def _tc(ns: str, *args: str) -> None:
@@ -183,6 +195,10 @@ class _Builder:
                 self.st.nodes[name] = {"ns": ns, "underlayIP": ip}
                 if t.netem:
                     impair(ns, "eth0", dict(t.netem))
+                if dict(t.netem).get("delay"):
+                    log = self.st.dir / f"delay-{name}.log"
+                    record = partial(self.st.add_process, what=f"delay:{name}")
+                    delay_line(ns, "eth0", dict(t.netem), log, record)
             self.progress("underlay: node namespaces on the switch", i + 1, len(members))
         self.st.save()
         if t.external:

@@ -41,8 +41,8 @@ class _Network(_Strict):
 
 class _Netem(_Strict):
     """Impairments on every node's underlay link (egress): each hop pays them once.
-    delay/jitter need the kernel's netem qdisc; rate uses tbf, loss an nftables
-    rule (both work where netem is missing)."""
+    Rate is a tbf qdisc, loss an nftables rule, delay/jitter a delay line on a
+    netfilter queue (:mod:`flatnet.lab.delay`; this kernel has no netem)."""
 
     delay: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?(us|ms|s)$")
     jitter: str = Field(default="", pattern=r"^$|^\d+(\.\d+)?(us|ms|s)$")
