@@ -178,22 +178,24 @@ def main() -> None:
     for cc in CCS:
         label = "namespace default (bbr here)" if cc == "default" else cc
         print(f"\ncongestion control: {label}; ratio = median of the per-round ratios")
-        print(f"{'path':<28}{'Gbit/s':>8}{'ratio':>7}{'ping ms':>9}{'TCP RR/s':>10}{'ratio':>7}")
-        all_base = [b for runs in results[cc].values() for b, _ in runs]
         print(
-            f"{'node -> node (baseline)':<28}{med([b[0] for b in all_base]):8.2f}{1:7.2f}"
-            f"{med([b[1] for b in all_base]):9.3f}{med([b[2] for b in all_base]):10.0f}{1:7.2f}"
+            f"{'path':<24}{'Gbit/s':>8}{'baseline':>9}{'ratio':>7}{'ping ms':>9}"
+            f"{'TCP RR/s':>10}{'ratio':>7}  per-round ratios"
         )
         for backend, runs in results[cc].items():
-            gbps = med([p[0] for _, p in runs])
-            ratio = med([p[0] / b[0] for b, p in runs])
-            rr_ratio = med([p[2] / b[2] for b, p in runs])
             spread = sorted(p[0] / b[0] for b, p in runs)
             print(
-                f"{'pod -> pod, ' + backend:<28}{gbps:8.2f}{ratio:7.2f}"
+                f"{'pod -> pod, ' + backend:<24}{med([p[0] for _, p in runs]):8.2f}"
+                f"{med([b[0] for b, _ in runs]):9.2f}{med(spread):7.2f}"
                 f"{med([p[1] for _, p in runs]):9.3f}{med([p[2] for _, p in runs]):10.0f}"
-                f"{rr_ratio:7.2f}   (ratios {spread[0]:.2f}..{spread[-1]:.2f})"
+                f"{med([p[2] / b[2] for b, p in runs]):7.2f}  {spread[0]:.2f}..{spread[-1]:.2f}"
             )
+        all_base = [b for runs in results[cc].values() for b, _ in runs]
+        print(
+            f"(baseline node -> node, all rounds: {med([b[0] for b in all_base]):.2f} Gbit/s, "
+            f"ping {med([b[1] for b in all_base]):.3f} ms, "
+            f"TCP RR {med([b[2] for b in all_base]):.0f}/s)"
+        )
 
 
 if __name__ == "__main__":

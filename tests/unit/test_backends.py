@@ -95,3 +95,18 @@ def test_lab_file_netem_mistake_names_the_line() -> None:
     with pytest.raises(ConfigError) as e:
         parse("kind: Lab\nname: r\nnodes: [a]\nnetem: {delay: fast}\n", "x.yaml")
     assert "x.yaml:4" in str(e.value) and "netem.delay" in str(e.value)
+
+
+def test_tunnel_notrack_script() -> None:
+    """The notrack table names this node's own address and the tunnel port in
+    both directions; a backend without a tunnel gets the table removed."""
+    from flatnet.agent.node import tunnel_script
+
+    s = tunnel_script("192.168.50.11", 8472)
+    assert "type filter hook prerouting priority raw" in s
+    assert "ip daddr 192.168.50.11 udp dport 8472 notrack" in s
+    assert "type filter hook output priority raw" in s
+    assert "ip saddr 192.168.50.11 udp dport 8472 notrack" in s
+    assert s.startswith("table ip flatnet-tunnel\ndelete table ip flatnet-tunnel\n")
+    gone = tunnel_script("192.168.50.11", None)
+    assert gone == "table ip flatnet-tunnel\ndelete table ip flatnet-tunnel\n"
