@@ -8,14 +8,15 @@ import struct
 
 import pytest
 
+from flatnet.kernel.rtnl import nla
 from flatnet.lab import delay
 
 
 def _packet_msg(pid: int, seq: int) -> bytes:
     """A netlink message as the kernel sends it for one queued packet: nfgenmsg,
     then an attribute before NFQA_PACKET_HDR (order is not fixed)."""
-    mark = delay._attr(3, struct.pack(">I", 7))  # NFQA_MARK
-    hdr = delay._attr(delay.NFQA_PACKET_HDR, struct.pack(">IHB", pid, 0x0800, 4))
+    mark = nla(3, struct.pack(">I", 7))  # NFQA_MARK
+    hdr = nla(delay.NFQA_PACKET_HDR, struct.pack(">IHB", pid, 0x0800, 4))
     body = struct.pack(">BBH", 0, 0, 0) + mark + hdr
     kind = (delay.NFNL_SUBSYS_QUEUE << 8) | delay.NFQNL_MSG_PACKET
     return struct.pack("=IHHII", 16 + len(body), kind, 0, seq, 0) + body

@@ -11,6 +11,9 @@ with its peer placed and up in the pod's namespace (one message); look up a
 link's index; add an IPv4 address; add a default route; set a link's flags
 and group; delete a link by name or a whole link group (one RCU grace
 period for the lot, see :mod:`flatnet.agent.pods`).
+
+The message header and attribute encoding (:data:`NLMSGHDR`, :func:`nla`)
+serve every netlink family; :mod:`flatnet.lab.delay` uses them too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import struct
 import threading
 from collections.abc import Iterable
 
-__all__ = ["Rtnl", "RtnlError", "mac_bytes"]
+__all__ = ["NLMSGHDR", "Rtnl", "RtnlError", "mac_bytes", "nla"]
 
 NETLINK_ROUTE = 0
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -40,7 +43,7 @@ RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
 NLA_F_NESTED = 0x8000
 
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 
 
 class RtnlError(OSError):
@@ -51,21 +54,22 @@ def mac_bytes(mac: str) -> bytes:
     return bytes(int(b, 16) for b in mac.split(":"))
 
 
-def _attr(kind: int, data: bytes) -> bytes:
+def nla(kind: int, data: bytes) -> bytes:
+    """One netlink attribute: header, payload, padding to 4 bytes."""
     n = 4 + len(data)
     return struct.pack("=HH", n, kind) + data + b"\0" * (-n & 3)
 
 
 def _nest(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+    return nla(kind | NLA_F_NESTED, b"".join(attrs))
 
 
 def _u32(kind: int, v: int) -> bytes:
-    return _attr(kind, struct.pack("=I", v))
+    return nla(kind, struct.pack("=I", v))
 
 
 def _str(kind: int, s: str) -> bytes:
-    return _attr(kind, s.encode() + b"\0")
+    return nla(kind, s.encode() + b"\0")
 
 
 def _ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
@@ -102,7 +106,9 @@ class Rtnl:
                 self._seq += 1
                 seqs.append(self._seq)
                 out.append(
-                    _HDR.pack(16 + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, self._seq, 0)
+                    NLMSGHDR.pack(
+                        16 + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, self._seq, 0
+                    )
                     + body
                 )
             self.sock.send(b"".join(out))
@@ -112,7 +118,7 @@ class Rtnl:
                 data = self.sock.recv(65536)
                 off = 0
                 while off + 16 <= len(data):
-                    n, kind, _, seq, _ = _HDR.unpack_from(data, off)
+                    n, kind, _, seq, _ = NLMSGHDR.unpack_from(data, off)
                     if kind == NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", data, off + 16)
                         pending.discard(seq)
@@ -161,24 +167,24 @@ class Rtnl:
             + _str(IFLA_IFNAME, peer)
             + _u32(IFLA_NET_NS_FD, peer_ns_fd)
             + _u32(IFLA_MTU, mtu)
-            + _attr(IFLA_ADDRESS, mac_bytes(peer_mac))
+            + nla(IFLA_ADDRESS, mac_bytes(peer_mac))
         )
         body = (
             _ifinfo(flags=IFF_UP, change=IFF_UP)
             + _str(IFLA_IFNAME, name)
             + _u32(IFLA_MTU, mtu)
-            + _attr(IFLA_ADDRESS, mac_bytes(mac))
+            + nla(IFLA_ADDRESS, mac_bytes(mac))
             + _u32(IFLA_MASTER, master)
             + _nest(
                 IFLA_LINKINFO,
                 _str(IFLA_INFO_KIND, "veth"),
-                _nest(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_info)),
+                _nest(IFLA_INFO_DATA, nla(VETH_INFO_PEER, peer_info)),
             )
         )
         hairpin = _str(IFLA_IFNAME, name) + _nest(
             IFLA_LINKINFO,
             _str(IFLA_INFO_SLAVE_KIND, "bridge"),
-            _nest(IFLA_INFO_SLAVE_DATA, _attr(IFLA_BRPORT_MODE, b"\x01")),
+            _nest(IFLA_INFO_SLAVE_DATA, nla(IFLA_BRPORT_MODE, b"\x01")),
         )
         self._request(
             [(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body), (RTM_NEWLINK, 0, _ifinfo() + hairpin)]
@@ -190,11 +196,11 @@ class Rtnl:
         up = _ifinfo(index, IFF_UP, IFF_UP)
         addr = socket.inet_aton(ip)
         ifa = struct.pack("=BBBBi", socket.AF_INET, plen, 0, 0, index)
-        ifa += _attr(IFA_LOCAL, addr) + _attr(IFA_ADDRESS, addr)
+        ifa += nla(IFA_LOCAL, addr) + nla(IFA_ADDRESS, addr)
         rt = struct.pack(
             "=BBBBBBBBI", socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, 0, RTN_UNICAST, 0
         )
-        rt += _attr(RTA_GATEWAY, socket.inet_aton(gateway)) + _u32(RTA_OIF, index)
+        rt += nla(RTA_GATEWAY, socket.inet_aton(gateway)) + _u32(RTA_OIF, index)
         excl = NLM_F_CREATE | NLM_F_EXCL
         self._request([(RTM_NEWLINK, 0, up), (RTM_NEWADDR, excl, ifa), (RTM_NEWROUTE, excl, rt)])
 

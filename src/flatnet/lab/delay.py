@@ -27,6 +27,8 @@ import socket
 import struct
 import time
 
+from flatnet.kernel.rtnl import NLMSGHDR, nla
+
 __all__ = ["DelayLine", "parse_duration", "rule"]
 
 NETLINK_NETFILTER = 12
@@ -39,7 +41,6 @@ NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO = 0x1, 0x4
 NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR = 0x1, 0x4, 2
 NF_ACCEPT = 1
 SOL_NETLINK, NETLINK_NO_ENOBUFS = 270, 5
-_HDR = struct.Struct("=IHHII")
 
 
 def parse_duration(text: str) -> float:
@@ -56,11 +57,6 @@ def rule(dev: str, queue: int = 0) -> list[str]:
             "--queue-num", str(queue), "--queue-bypass"]  # fmt: skip
 
 
-def _attr(kind: int, data: bytes) -> bytes:
-    n = 4 + len(data)
-    return struct.pack("=HH", n, kind) + data + b"\0" * (-n & 3)
-
-
 class DelayLine:
     def __init__(self, delay: float, jitter: float = 0.0, queue: int = 0) -> None:
         self.delay, self.jitter, self.queue = delay, jitter, queue
@@ -72,18 +68,18 @@ class DelayLine:
         self._early: list[int] = []  # packets queued before the bind was acknowledged
         flags = struct.pack(">I", NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO)
         self._config(  # one message: bind, metadata only, a long queue, GSO whole
-            _attr(NFQA_CFG_CMD, struct.pack(">BxH", NFQNL_CFG_CMD_BIND, 0))
-            + _attr(NFQA_CFG_PARAMS, struct.pack(">IB", 0, NFQNL_COPY_META))
-            + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack(">I", 65536))
-            + _attr(NFQA_CFG_MASK, flags)
-            + _attr(NFQA_CFG_FLAGS, flags)
+            nla(NFQA_CFG_CMD, struct.pack(">BxH", NFQNL_CFG_CMD_BIND, 0))
+            + nla(NFQA_CFG_PARAMS, struct.pack(">IB", 0, NFQNL_COPY_META))
+            + nla(NFQA_CFG_QUEUE_MAXLEN, struct.pack(">I", 65536))
+            + nla(NFQA_CFG_MASK, flags)
+            + nla(NFQA_CFG_FLAGS, flags)
         )
 
     def _send(self, kind: int, body: bytes, flags: int = 0) -> None:
         self._seq += 1
         nfgen = struct.pack(">BBH", socket.AF_UNSPEC, 0, self.queue)
         msg = nfgen + body
-        head = _HDR.pack(16 + len(msg), (NFNL_SUBSYS_QUEUE << 8) | kind,
+        head = NLMSGHDR.pack(16 + len(msg), (NFNL_SUBSYS_QUEUE << 8) | kind,
                          NLM_F_REQUEST | flags, self._seq, 0)  # fmt: skip
         self.sock.send(head + msg)
 
@@ -91,7 +87,7 @@ class DelayLine:
         self._send(NFQNL_MSG_CONFIG, attrs, NLM_F_ACK)
         while True:
             data = self.sock.recv(65536)
-            _, kind, _, seq, _ = _HDR.unpack_from(data)
+            _, kind, _, seq, _ = NLMSGHDR.unpack_from(data)
             if kind == NLMSG_ERROR and seq == self._seq:
                 (code,) = struct.unpack_from("=i", data, 16)
                 if code:
@@ -103,7 +99,7 @@ class DelayLine:
         """Packet ids in one receive (one or more netlink messages)."""
         ids, off = [], 0
         while off + 16 <= len(data):
-            n, kind, _, _, _ = _HDR.unpack_from(data, off)
+            n, kind, _, _, _ = NLMSGHDR.unpack_from(data, off)
             if kind & 0xFF == NFQNL_MSG_PACKET and kind >> 8 == NFNL_SUBSYS_QUEUE:
                 a = off + 20  # past nlmsghdr and nfgenmsg
                 while a + 4 <= off + n:
@@ -115,14 +111,13 @@ class DelayLine:
             off += (n + 3) & ~3
         return ids
 
-    def run(self, stop_after: float | None = None) -> None:
+    def run(self) -> None:
         held: collections.deque[tuple[float, int]] = collections.deque()  # (due, id)
         now = time.monotonic()
         held.extend((now + self.delay, pid) for pid in self._early)
         last_due = now + self.delay if self._early else 0.0
-        end = None if stop_after is None else time.monotonic() + stop_after
-        while end is None or time.monotonic() < end:
-            wait = max(0.0, held[0][0] - time.monotonic()) if held else 0.5
+        while True:
+            wait = max(0.0, held[0][0] - time.monotonic()) if held else None
             if select.select([self.sock], [], [], wait)[0]:
                 now = time.monotonic()
                 for _ in range(64):  # drain what is there, then release
@@ -138,7 +133,7 @@ class DelayLine:
             while held and held[0][0] <= now:
                 release = held.popleft()[1]
             if release is not None:
-                verdict = _attr(NFQA_VERDICT_HDR, struct.pack(">II", NF_ACCEPT, release))
+                verdict = nla(NFQA_VERDICT_HDR, struct.pack(">II", NF_ACCEPT, release))
                 self._send(NFQNL_MSG_VERDICT_BATCH, verdict)
 
 
