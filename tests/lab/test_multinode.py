@@ -327,6 +327,11 @@ def rtt_ms(ping_out: str) -> tuple[float, float, float]:
     return float(lo), float(avg), float(hi)
 
 
+def ping_q(lab: str, pod: str, ip: str, count: int, every: str) -> str:
+    """ping's summary, ``count`` pings ``every`` seconds apart from ``pod``."""
+    return run(lab, pod, "ping", "-q", "-c", str(count), "-i", every, ip).stdout
+
+
 def test_underlay_impairments(uniq: str, tmp_path: Path) -> None:
     """Impairments from the lab file on every node's underlay link: delay and
     jitter (a delay line on a netfilter queue; this kernel has no netem) add to
@@ -339,8 +344,7 @@ def test_underlay_impairments(uniq: str, tmp_path: Path) -> None:
     f.write_text(base.replace("agentResync: 1\n", delayed))
     for lab in up(f, uniq):
         ps = pods(lab)
-        far = run(lab, "1p1", "ping", "-q", "-c", "20", "-i", "0.05", ps["2p1"]["ip"]).stdout
-        near = run(lab, "1p1", "ping", "-q", "-c", "20", "-i", "0.05", ps["1p2"]["ip"]).stdout
+        far, near = (ping_q(lab, "1p1", ps[p]["ip"], 20, "0.05") for p in ("2p1", "1p2"))
         lo, avg, hi = rtt_ms(far)
         # a round trip leaves two nodes: 2 x (10 ms +- 2 ms), never reordered
         assert lo >= 16 and 18 <= avg <= 30 and hi - lo > 0.5, far
@@ -357,8 +361,7 @@ def test_underlay_impairments(uniq: str, tmp_path: Path) -> None:
     f.write_text(base.replace("agentResync: 1\n", impaired))
     for lab in up(f, uniq):
         ps = pods(lab)
-        lost = run(lab, "1p1", "ping", "-q", "-c", "60", "-i", "0.01", ps["2p1"]["ip"]).stdout
-        kept = run(lab, "1p1", "ping", "-q", "-c", "60", "-i", "0.01", ps["1p2"]["ip"]).stdout
+        lost, kept = (ping_q(lab, "1p1", ps[p]["ip"], 60, "0.01") for p in ("2p1", "1p2"))
         assert " 0% packet loss" in kept and " 0% packet loss" not in lost, (lost, kept)
         srv = in_pod(ps["2p1"], "iperf3", "-s", "-1", stdout=subprocess.DEVNULL)
         try:

@@ -91,8 +91,17 @@ class Agent:
         self.mtu = min(cfg.mtu, self.backend.pod_mtu(ctx))
         self.nft = Nft(o.ns)
         port = self.lease.backend_data.get("port")  # a UDP tunnel's port (vxlan, udp)
-        tunnel = (underlay, None if port is None else int(str(port)))
-        setup_node(o.ns, o.bridge, self.lease.subnet, cfg.pod_cidr, self.mtu, self.nft, tunnel)
+        tunnel_port = None if port is None else int(str(port))
+        setup_node(
+            o.ns,
+            o.bridge,
+            self.lease.subnet,
+            cfg.pod_cidr,
+            self.mtu,
+            self.nft,
+            underlay,
+            tunnel_port,
+        )
         ipam = PodIPAM(self.store, self.lease.subnet, o.node)
         self.pods = PodNetwork(o.ns, o.bridge, ipam, self.mtu, o.reap_delay)
         self.pods.start_reaper()

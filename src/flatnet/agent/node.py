@@ -79,18 +79,18 @@ def setup_node(
     pod_cidr: str,
     mtu: int,
     nft: Nft,
-    tunnel: tuple[str, int | None] = ("", None),
+    underlay_ip: str,
+    tunnel_port: int | None,
 ) -> int:
-    """Make the node ready for pods; idempotent. ``tunnel`` is (underlay IP, UDP
-    port) of the backend's tunnel, port None when it has none. Returns the
-    bridge's ifindex."""
+    """Make the node ready for pods; idempotent. ``tunnel_port`` is the UDP port
+    of the backend's tunnel, None when it has none. Returns the bridge's ifindex."""
     netns.sysctl(ns, "net.ipv4.ip_forward", "1")
     netns.sysctl(ns, "net.bridge.bridge-nf-call-iptables", "1")
     net = ipaddress.IPv4Network(subnet)
     with netns.iproute(ns) as ipr:
         idx = links.ensure_bridge(ipr, bridge, f"{net.network_address + 1}/{net.prefixlen}", mtu)
     nft.apply(
-        masquerade_script(pod_cidr) + tunnel_script(*tunnel),
+        masquerade_script(pod_cidr) + tunnel_script(underlay_ip, tunnel_port),
         what=f"tables ip {NAT_TABLE} and ip {TUNNEL_TABLE}",
     )
     return idx

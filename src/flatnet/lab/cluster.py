@@ -91,8 +91,8 @@ def impair(ns: str, dev: str, how: dict[str, str]) -> None:
     (:mod:`flatnet.lab.delay`, started by the builder): this kernel has no
     netem qdisc."""
     if how.get("rate"):
-        _tc(ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", how["rate"],
-            "burst", "256kb", "latency", "50ms")  # fmt: skip
+        _tool(ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", how["rate"],
+              "burst", "256kb", "latency", "50ms")  # fmt: skip
     if how.get("loss"):
         per_10k = int(float(how["loss"].rstrip("%")) * 100)
         rule = f'oifname "{dev}" numgen random mod 10000 < {per_10k} drop'
@@ -117,17 +117,14 @@ def delay_line(
         if time.monotonic() > deadline:
             raise KernelError(f"the delay line in '{ns}' did not bind its queue (see {log})")
         time.sleep(0.02)
-    r = subprocess.run(
-        ["ip", "netns", "exec", ns, "iptables", *delay_rule(dev)], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        raise KernelError(f"iptables NFQUEUE rule in '{ns}' failed: {r.stderr.strip()}")
+    _tool(ns, "iptables", *delay_rule(dev))
 
 
-def _tc(ns: str, *args: str) -> None:
-    r = subprocess.run(["ip", "netns", "exec", ns, "tc", *args], capture_output=True, text=True)
+def _tool(ns: str, *argv: str) -> None:
+    """Run a configuration tool (tc, iptables) in ``ns``; its complaint becomes a KernelError."""
+    r = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
     if r.returncode != 0:
-        raise KernelError(f"tc {' '.join(args)} in '{ns}' failed: {r.stderr.strip()}")
+        raise KernelError(f"{' '.join(argv)} in '{ns}' failed: {r.stderr.strip()}")
 
 
 def wait_port(ns: str, port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
@@ -186,6 +183,7 @@ class _Builder:
         if t.external:
             members.append(("external", self.prefix + "ext", t.external_ip, 0))
             self.st.external = self.prefix + "ext"
+        how = dict(t.netem)
         for i, (name, ns, ip, seg) in enumerate(members):
             self.st.add_ns(ns)
             self._plug(
@@ -193,12 +191,11 @@ class _Builder:
             )
             if name != "external":
                 self.st.nodes[name] = {"ns": ns, "underlayIP": ip}
-                if t.netem:
-                    impair(ns, "eth0", dict(t.netem))
-                if dict(t.netem).get("delay"):
+                impair(ns, "eth0", how)
+                if how.get("delay"):
                     log = self.st.dir / f"delay-{name}.log"
                     record = partial(self.st.add_process, what=f"delay:{name}")
-                    delay_line(ns, "eth0", dict(t.netem), log, record)
+                    delay_line(ns, "eth0", how, log, record)
             self.progress("underlay: node namespaces on the switch", i + 1, len(members))
         self.st.save()
         if t.external:
