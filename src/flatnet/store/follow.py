@@ -39,12 +39,17 @@ def follow(
             try:
                 last = time.monotonic()
                 while not stop.is_set():
-                    wait = max(0.0, every - (time.monotonic() - last))
-                    ev = watch.next_event(timeout=min(wait, 0.5))
-                    if ev is None:
-                        if idle is not None and time.monotonic() - last >= every:
+                    # Wake at least every 0.5 s to notice `stop`; with an `idle`
+                    # callback, also when it falls due. Never a zero timeout:
+                    # with no callback to reset `last`, that spun a core.
+                    wait = 0.5
+                    if idle is not None:
+                        if (due := every - (time.monotonic() - last)) <= 0:
                             idle()
-                            last = time.monotonic()
+                            last, due = time.monotonic(), every
+                        wait = min(wait, due)
+                    ev = watch.next_event(timeout=wait)
+                    if ev is None:
                         continue
                     batch = [ev]
                     while (more := watch.next_event(timeout=0)) is not None:
