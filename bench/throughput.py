@@ -20,11 +20,22 @@ these machines) picks iperf3's ``-C`` per run; ``CC=default,cubic`` measures
 both. With bbr the baseline is held near 9-10 Gbit/s by bbr's pacing; with
 cubic it runs to what the CPU gives (14-17 Gbit/s here), so cubic's ratios
 are the CPU cost of each path relative to node->node.
+For vxlan and udp a second path, node -> node through the tunnel device alone
+(to the peer's ``<subnet>.0``), separates the tunnel's cost from the pods'
+veth and bridge.
+
+The lab's underlay is veth, which has no line rate: every path runs as fast as
+the sending CPU can push it, so the ratios are CPU costs. A real NIC has a line
+rate, and flannel's and Calico's figures are measured on one; ``WIRE`` (default
+``4gbit``, "" skips it) runs the same pairs again in a second lab whose node
+links carry that rate (the lab's ``netem: {rate}``, a tbf qdisc), which is
+that regime. Both tables are printed; neither replaces the other.
 Targets (issue 3): host-gw >= 0.95, vxlan >= 0.9, udp >= 0.3 of node->node.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -46,6 +57,7 @@ REPEAT = int(os.environ.get("REPEAT", "5"))  # rounds of (baseline, pod) pairs
 CCS = os.environ.get("CC", "default").split(",")
 PIN = ["-A", "0,1"] if (os.cpu_count() or 1) >= 2 else []
 BACKENDS = os.environ.get("BACKENDS", "host-gw,vxlan,udp").split(",")
+WIRE = os.environ.get("WIRE", "4gbit")  # a second lab whose links have this rate; "" skips it
 
 LAB = """\
 kind: Lab
@@ -136,27 +148,34 @@ def measure(server_ns: str, client_ns: str, ip: str, cc: str, latency: bool) -> 
 Path3 = tuple[str, str, str]  # server namespace, client namespace, server IP
 
 
-def pair(base: Path3, pod: Path3, cc: str, rnd: int) -> tuple[Run, Run]:
-    """One round: the baseline and the pod path, the order flipped every round."""
-    latency = cc == CCS[0]
+def pair(base: Path3, path: Path3, cc: str, rnd: int, latency: bool) -> tuple[Run, Run]:
+    """One round: the baseline and the path, the order flipped every round."""
     if rnd % 2:
-        p = measure(*pod, cc, latency)
+        p = measure(*path, cc, latency)
         return measure(*base, cc, latency), p
     b = measure(*base, cc, latency)
-    return b, measure(*pod, cc, latency)
+    return b, measure(*path, cc, latency)
 
 
 def med(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]  # runs without latency hold nan there
     return statistics.median(xs) if xs else float("nan")
 
 
-def main() -> None:
+Results = dict[str, dict[str, list[tuple[Run, Run]]]]  # [cc][path] = [(baseline, path)]
+
+
+def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
+    """One 2-node lab (``wire``: a rate on every node's link, "" for none); every
+    backend in turn, ``REPEAT`` paired rounds per path."""
     name = "tp" + uuid.uuid4().hex[:6]
     f = Path(tempfile.mkdtemp(prefix="flatnet-bench-")) / "lab.yaml"
-    f.write_text(LAB.format(name=name, backend=BACKENDS[0]))
+    text = LAB.format(name=name, backend=BACKENDS[0])
+    if wire:
+        text = text.replace("nodes:", f"netem: {{rate: {wire}}}\nnodes:", 1)
+    f.write_text(text)
     flatnet("lab", "up", str(f))
-    # results[cc][backend] = [(baseline run, pod run), ...]
-    results: dict[str, dict[str, list[tuple[Run, Run]]]] = {cc: {} for cc in CCS}
+    results: Results = {cc: {} for cc in ccs}
     try:
         st = LabState.load(name)
         n1, n2 = st.nodes["node1"], st.nodes["node2"]
@@ -165,36 +184,57 @@ def main() -> None:
             if i:
                 flatnet("lab", "set-backend", "--lab", name, backend)
             st = LabState.load(name)
-            pod = (st.pods["b"]["ns"], st.pods["a"]["ns"], st.pods["b"]["ip"])
+            b_ip = st.pods["b"]["ip"]
+            paths = {f"pod -> pod, {backend}": (st.pods["b"]["ns"], st.pods["a"]["ns"], b_ip)}
+            if backend != "host-gw":
+                # node2's tunnel device holds <its subnet>.0 (SubnetLen 24 in LAB):
+                # node -> node through the tunnel alone, without the pods' veth and bridge
+                dev_ip = str(ipaddress.ip_network(f"{b_ip}/24", strict=False).network_address)
+                paths[f"node -> node, {backend} dev"] = (n2["ns"], n1["ns"], dev_ip)
             for rnd in range(REPEAT):
-                for cc in CCS:
-                    results[cc].setdefault(backend, []).append(pair(base, pod, cc, rnd))
+                for cc in ccs:
+                    for label, path in paths.items():
+                        lat = latency and cc == ccs[0] and label.startswith("pod")
+                        results[cc].setdefault(label, []).append(pair(base, path, cc, rnd, lat))
     finally:
         flatnet("lab", "down", name)
-    print(
-        f"single-stream TCP and round trips across two lab nodes: {REPEAT} rounds of "
-        f"{SECONDS} s iperf3 per path, each paired with a node->node run, order alternating"
-    )
-    for cc in CCS:
+    return results
+
+
+def report(title: str, results: Results) -> None:
+    for cc, paths in results.items():
         label = "namespace default (bbr here)" if cc == "default" else cc
-        print(f"\ncongestion control: {label}; ratio = median of the per-round ratios")
+        print(f"\n{title}; congestion control: {label}; ratio = median of the per-round ratios")
         print(
-            f"{'path':<24}{'Gbit/s':>8}{'baseline':>9}{'ratio':>7}{'ping ms':>9}"
+            f"{'path':<28}{'Gbit/s':>8}{'baseline':>9}{'ratio':>7}{'ping ms':>9}"
             f"{'TCP RR/s':>10}{'ratio':>7}  per-round ratios"
         )
-        for backend, runs in results[cc].items():
+        for path, runs in paths.items():
             spread = sorted(p[0] / b[0] for b, p in runs)
             print(
-                f"{'pod -> pod, ' + backend:<24}{med([p[0] for _, p in runs]):8.2f}"
+                f"{path:<28}{med([p[0] for _, p in runs]):8.2f}"
                 f"{med([b[0] for b, _ in runs]):9.2f}{med(spread):7.2f}"
                 f"{med([p[1] for _, p in runs]):9.3f}{med([p[2] for _, p in runs]):10.0f}"
                 f"{med([p[2] / b[2] for b, p in runs]):7.2f}  {spread[0]:.2f}..{spread[-1]:.2f}"
             )
-        all_base = [b for runs in results[cc].values() for b, _ in runs]
+        all_base = [b for runs in paths.values() for b, _ in runs]
         print(
             f"(baseline node -> node, all rounds: {med([b[0] for b in all_base]):.2f} Gbit/s, "
             f"ping {med([b[1] for b in all_base]):.3f} ms, "
             f"TCP RR {med([b[2] for b in all_base]):.0f}/s)"
+        )
+
+
+def main() -> None:
+    print(
+        f"single-stream TCP and round trips across two lab nodes: {REPEAT} rounds of "
+        f"{SECONDS} s iperf3 per path, each paired with a node->node run, order alternating"
+    )
+    report("underlay: veth, no wire (the CPU is the limit)", run_lab("", CCS, latency=True))
+    if WIRE:
+        report(
+            f"underlay: a {WIRE} wire (tbf on each node's link, as a NIC's line rate)",
+            run_lab(WIRE, CCS[:1], latency=False),
         )
 
 
