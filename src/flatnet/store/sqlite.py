@@ -4,7 +4,8 @@ Safe for several processes: WAL journal, every write in ``BEGIN IMMEDIATE``.
 Tables: ``kv`` (current values), ``log`` (one row per change; its rowid is
 the revision), ``leases``. Expired leases are swept by whichever process
 writes or watches next, so keys vanish with a delete event even when their
-owner died. Watches poll the log (every ``poll`` seconds); the log keeps the
+owner died. Watches read the log when a process commits (inotify wakes them;
+without it they poll every ``poll`` seconds); the log keeps the
 newest ``history`` revisions, older ones are compacted.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from flatnet.errors import CompactedError, StoreError
 from flatnet.store.base import KV, Event
+from flatnet.store.changes import FileChanges
 
 __all__ = ["SqliteStore"]
 
@@ -218,34 +220,57 @@ class SqliteStore:
 
 
 class SqliteWatch:
-    """Polls the change log from its own connection; a thread feeds a queue."""
+    """Reads the change log from its own connection; a thread feeds a queue.
+
+    The thread sleeps until a process commits to the store (inotify on the
+    database's files, :class:`~flatnet.store.changes.FileChanges`), a lease
+    falls due, or ``IDLE`` seconds pass. A commit becomes visible a moment
+    after its write wakes us, so after each wake-up the log is read every
+    ``poll`` seconds for ``HOT`` seconds. Without inotify it polls every ``poll``.
+    """
+
+    IDLE = 1.0
+    HOT = 0.1
 
     def __init__(self, store: SqliteStore, prefix: str, from_revision: int) -> None:
         self._store, self._prefix = store, prefix
         self._last = max(from_revision, 1) - 1
         self._q: queue.Queue[Event | BaseException] = queue.Queue()
         self._stop = threading.Event()
+        try:
+            self._changes: FileChanges | None = FileChanges(store.path)
+        except OSError:
+            self._changes = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="sqlite-watch")
         self._thread.start()
 
     def _run(self) -> None:
         db = sqlite3.connect(self._store.path, timeout=30, check_same_thread=False)
+        hot_until = 0.0
         try:
             while not self._stop.is_set():
-                if db.execute(
-                    "SELECT 1 FROM leases WHERE expires < ? LIMIT 1", (time.time(),)
-                ).fetchone():
+                due = db.execute("SELECT MIN(expires) FROM leases").fetchone()[0]
+                if due is not None and due < time.time():
                     self._store._expire_due()
+                    continue
                 events = self._store._events_after(db, self._prefix, self._last)
                 for ev in events:
                     self._q.put(ev)
                     self._last = ev.revision
-                if not events:
+                if events:
+                    continue
+                if self._changes is None or time.monotonic() < hot_until:
                     self._stop.wait(self._store.poll)
+                    continue
+                wait = self.IDLE if due is None else min(self.IDLE, due - time.time() + 0.005)
+                if self._changes.wait(wait):
+                    hot_until = time.monotonic() + self.HOT
         except BaseException as e:  # handed to the consumer
             self._q.put(e)
         finally:
             db.close()
+            if self._changes is not None:
+                self._changes.close()
 
     def next_event(self, timeout: float | None = None) -> Event | None:
         try:
@@ -258,6 +283,8 @@ class SqliteWatch:
 
     def close(self) -> None:
         self._stop.set()
+        if self._changes is not None:
+            self._changes.interrupt()
         self._thread.join(timeout=2)
 
     def __iter__(self) -> Iterator[Event]:
