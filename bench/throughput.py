@@ -22,7 +22,10 @@ cubic it runs to what the CPU gives (14-17 Gbit/s here), so cubic's ratios
 are the CPU cost of each path relative to node->node.
 For vxlan and udp a second path, node -> node through the tunnel device alone
 (to the peer's ``<subnet>.0``), separates the tunnel's cost from the pods'
-veth and bridge.
+veth and bridge. A third table measures the kernel's VXLAN device with no
+flatnet at all (two namespaces on one veth, the device over it, no nftables):
+the ceiling for any vxlan path here, so the vxlan ratio can be read as
+"flatnet's cost" and "the kernel's cost".
 
 The lab's underlay is veth, which has no line rate: every path runs as fast as
 the sending CPU can push it, so the ratios are CPU costs. A real NIC has a line
@@ -201,6 +204,51 @@ def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
     return results
 
 
+BARE = """\
+ip -n {a} link add eth0 type veth peer name eth0 netns {b}
+ip -n {a} addr add 192.168.77.1/24 dev eth0
+ip -n {b} addr add 192.168.77.2/24 dev eth0
+ip -n {a} link add vx type vxlan id 1 local 192.168.77.1 dev eth0 dstport 8472 nolearning
+ip -n {b} link add vx type vxlan id 1 local 192.168.77.2 dev eth0 dstport 8472 nolearning
+ip -n {a} link set vx address 02:00:00:00:00:01
+ip -n {b} link set vx address 02:00:00:00:00:02
+ip -n {a} addr add 10.9.0.1/24 dev vx
+ip -n {b} addr add 10.9.0.2/24 dev vx
+ip -n {a} neigh add 10.9.0.2 lladdr 02:00:00:00:00:02 dev vx nud permanent
+ip -n {b} neigh add 10.9.0.1 lladdr 02:00:00:00:00:01 dev vx nud permanent
+bridge -n {a} fdb append 02:00:00:00:00:02 dev vx dst 192.168.77.2
+bridge -n {b} fdb append 02:00:00:00:00:01 dev vx dst 192.168.77.1
+"""
+
+
+def run_bare(ccs: list[str]) -> Results:
+    """The kernel's VXLAN device alone: two namespaces on one veth, a VXLAN
+    device over it (the recipe flannel uses), no flatnet, no bridge, no
+    nftables. Its ratio is the ceiling for any vxlan path on this machine."""
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"fl-tpk{tag}-a", f"fl-tpk{tag}-b"
+    results: Results = {cc: {} for cc in ccs}
+    made: list[str] = []
+    try:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+        for line in BARE.format(a=a, b=b).splitlines():
+            subprocess.run(line.split(), check=True)
+        for ns in (a, b):
+            for dev in ("lo", "eth0", "vx"):
+                subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        base, vx = (b, a, "192.168.77.2"), (b, a, "10.9.0.2")
+        for rnd in range(REPEAT):
+            for cc in ccs:
+                lat = cc == ccs[0]
+                results[cc].setdefault("bare kernel vxlan", []).append(pair(base, vx, cc, rnd, lat))
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+    return results
+
+
 def report(title: str, results: Results) -> None:
     for cc, paths in results.items():
         label = "namespace default (bbr here)" if cc == "default" else cc
@@ -231,6 +279,10 @@ def main() -> None:
         f"{SECONDS} s iperf3 per path, each paired with a node->node run, order alternating"
     )
     report("underlay: veth, no wire (the CPU is the limit)", run_lab("", CCS, latency=True))
+    report(
+        "no flatnet: two namespaces on one veth (baseline) and a VXLAN device over it",
+        run_bare(CCS),
+    )
     if WIRE:
         report(
             f"underlay: a {WIRE} wire (tbf on each node's link, as a NIC's line rate)",
