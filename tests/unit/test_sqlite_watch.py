@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -78,3 +80,27 @@ def test_close_interrupts_the_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     w.close()
     assert not w._thread.is_alive()
     st.close()
+
+
+def inotify_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the fd listdir itself used is gone
+            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+    return n
+
+
+def test_watches_of_one_store_share_one_inotify_instance(tmp_path: Path) -> None:
+    before = inotify_fds()
+    st = SqliteStore(tmp_path / "store.db")
+    watches = [st.watch(f"/k{i}/", 1) for i in range(5)]
+    try:
+        assert inotify_fds() == before + 1
+        st.put("/k3/a", "v")
+        ev = next_of(watches[3])
+        assert ev is not None and ev.key == "/k3/a"
+    finally:
+        for w in watches:
+            w.close()
+        st.close()
+    assert inotify_fds() == before

@@ -11,6 +11,7 @@ newest ``history`` revisions, older ones are compacted.
 
 from __future__ import annotations
 
+import logging
 import queue
 import sqlite3
 import threading
@@ -23,6 +24,8 @@ from flatnet.store.base import KV, Event
 from flatnet.store.changes import FileChanges
 
 __all__ = ["SqliteStore"]
+
+log = logging.getLogger("flatnet.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL,
@@ -46,6 +49,8 @@ class SqliteStore:
         self.poll = poll
         self.history = history
         self._lock = threading.RLock()
+        self._changes: FileChanges | None = None
+        self._changes_tried = False
         self._db = self._connect()
         with self._lock, self._db:
             self._db.executescript(_SCHEMA)
@@ -214,16 +219,31 @@ class SqliteStore:
         ).fetchall()
         return [Event(r[3], r[1], r[2], r[0]) for r in rows]
 
+    def _file_changes(self) -> FileChanges | None:
+        """The process's one inotify reader for this store, made on first use;
+        None where inotify is not available (the watches then poll)."""
+        with self._lock:
+            if not self._changes_tried:
+                self._changes_tried = True
+                try:
+                    self._changes = FileChanges(self.path)
+                except OSError as e:
+                    log.warning("no inotify on %s (%s): watches poll", self.path, e)
+            return self._changes
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._changes is not None:
+                self._changes.close()
 
 
 class SqliteWatch:
     """Reads the change log from its own connection; a thread feeds a queue.
 
     The thread sleeps until a process commits to the store (inotify on the
-    database's files, :class:`~flatnet.store.changes.FileChanges`), a lease
+    database's files, :class:`~flatnet.store.changes.FileChanges`, one per
+    store object however many watches it has), a lease
     falls due, or ``IDLE`` seconds pass. A commit becomes visible a moment
     after its write wakes us, so after each wake-up the log is read every
     ``poll`` seconds for ``HOT`` seconds. Without inotify it polls every ``poll``.
@@ -237,18 +257,17 @@ class SqliteWatch:
         self._last = max(from_revision, 1) - 1
         self._q: queue.Queue[Event | BaseException] = queue.Queue()
         self._stop = threading.Event()
-        try:
-            self._changes: FileChanges | None = FileChanges(store.path)
-        except OSError:
-            self._changes = None
+        self._changes = store._file_changes()
         self._thread = threading.Thread(target=self._run, daemon=True, name="sqlite-watch")
         self._thread.start()
 
     def _run(self) -> None:
         db = sqlite3.connect(self._store.path, timeout=30, check_same_thread=False)
         hot_until = 0.0
+        ch = self._changes
         try:
             while not self._stop.is_set():
+                seen = ch.generation if ch is not None else 0  # before reading: no lost wake-up
                 due = db.execute("SELECT MIN(expires) FROM leases").fetchone()[0]
                 if due is not None and due < time.time():
                     self._store._expire_due()
@@ -259,18 +278,16 @@ class SqliteWatch:
                     self._last = ev.revision
                 if events:
                     continue
-                if self._changes is None or time.monotonic() < hot_until:
+                if ch is None or ch.closed or time.monotonic() < hot_until:
                     self._stop.wait(self._store.poll)
                     continue
                 wait = self.IDLE if due is None else min(self.IDLE, due - time.time() + 0.005)
-                if self._changes.wait(wait):
+                if ch.wait(seen, wait, self._stop) != seen:
                     hot_until = time.monotonic() + self.HOT
         except BaseException as e:  # handed to the consumer
             self._q.put(e)
         finally:
             db.close()
-            if self._changes is not None:
-                self._changes.close()
 
     def next_event(self, timeout: float | None = None) -> Event | None:
         try:
@@ -284,7 +301,7 @@ class SqliteWatch:
     def close(self) -> None:
         self._stop.set()
         if self._changes is not None:
-            self._changes.interrupt()
+            self._changes.poke()
         self._thread.join(timeout=2)
 
     def __iter__(self) -> Iterator[Event]:
