@@ -20,6 +20,7 @@ import os
 import select
 import struct
 import threading
+import time
 
 __all__ = ["FileChanges"]
 
@@ -31,6 +32,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 class FileChanges:
     """Changes to the files in ``path``'s directory whose names start with
     ``path``'s name (``store.db``, ``store.db-wal``, ``store.db-shm``...)."""
+
+    BATCH = 0.01  # seconds between two reads of the inotify queue
 
     def __init__(self, path: str) -> None:
         self._prefix = os.fsencode(os.path.basename(path))
@@ -60,6 +63,9 @@ class FileChanges:
                 with self._cond:
                     self.generation += 1
                     self._cond.notify_all()
+            # a commit raises several events and a busy store hundreds a
+            # second: take them in batches, not a thread wake-up each
+            time.sleep(self.BATCH)
 
     def _drain(self) -> bool:
         changed = False
