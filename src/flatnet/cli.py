@@ -32,42 +32,15 @@ out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 
 err = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 130)
 
 
-@app.command()
-def agent(
-    node: Annotated[str, typer.Option(help="this node's name")],
-    store: Annotated[str, typer.Option(help="sqlite://PATH or etcd://HOST:PORT")],
-    socket: Annotated[str, typer.Option(help="CNI socket")] = "/run/flatnet/agent.sock",
-    underlay_ip: Annotated[str, typer.Option(help="default: from the default route")] = "",
-    bridge: str = "fl0",
-    pod_cidr: str = "10.244.0.0/16",
-    node_subnet_length: int = 24,
-    backend: str = "vxlan",
-    mtu: int = 1500,
-    resync: Annotated[float, typer.Option(help="seconds between peer re-syncs")] = 10.0,
-    proxy_resync: Annotated[
-        float, typer.Option(help="seconds between full rewrites of the service table")
-    ] = 300.0,
-) -> None:
-    """Run the node agent (in this host's or lab node's own network namespace)."""
-    from flatnet.agent.daemon import Agent, AgentOptions
-    from flatnet.model import NetworkConfig
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def agent(ctx: typer.Context) -> None:
+    """Run the node agent (options: flatnet agent --help)."""
+    from flatnet.agent.main import main as agent_main
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    net = NetworkConfig(
-        pod_cidr=pod_cidr, node_subnet_length=node_subnet_length, backend=backend, mtu=mtu
-    )
-    Agent(
-        AgentOptions(
-            node=node,
-            store_url=store,
-            socket_path=socket,
-            underlay_ip=underlay_ip,
-            bridge=bridge,
-            network=net,
-            resync_every=resync,
-            proxy_resync=proxy_resync,
-        )
-    ).run_forever()
+    agent_main(ctx.args)
 
 
 @app.command()
