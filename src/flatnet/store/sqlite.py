@@ -237,6 +237,7 @@ class SqliteStore:
             self._db.close()
             if self._changes is not None:
                 self._changes.close()
+                self._changes = None
 
 
 class SqliteWatch:
