@@ -91,7 +91,7 @@ class Agent:
         self.mtu = min(cfg.mtu, self.backend.pod_mtu(ctx))
         self.nft = Nft(o.ns)
         port = self.lease.backend_data.get("port")  # a UDP tunnel's port (vxlan, udp)
-        tunnel_port = None if port is None else int(str(port))
+        tunnel_port = None if port is None else int(port)
         setup_node(
             o.ns,
             o.bridge,

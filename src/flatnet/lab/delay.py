@@ -27,7 +27,7 @@ import socket
 import struct
 import time
 
-from flatnet.kernel.rtnl import NLMSGHDR, nla
+from flatnet.kernel.rtnl import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSGHDR, nla
 
 __all__ = ["DelayLine", "parse_duration", "rule"]
 
@@ -38,7 +38,6 @@ NFQA_PACKET_HDR, NFQA_VERDICT_HDR = 1, 2
 NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
 NFQNL_CFG_CMD_BIND, NFQNL_COPY_META = 1, 1
 NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO = 0x1, 0x4
-NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR = 0x1, 0x4, 2
 NF_ACCEPT = 1
 SOL_NETLINK, NETLINK_NO_ENOBUFS = 270, 5
 
