@@ -168,6 +168,17 @@ def med(xs: list[float]) -> float:
 Results = dict[str, dict[str, list[tuple[Run, Run]]]]  # [cc][path] = [(baseline, path)]
 
 
+def rounds(results: Results, base: Path3, paths: dict[str, Path3], timed: set[str]) -> None:
+    """``REPEAT`` paired rounds of every path, for each congestion control in
+    ``results``; latency too for the paths in ``timed``, with the first one."""
+    first = next(iter(results))
+    for rnd in range(REPEAT):
+        for cc in results:
+            for label, path in paths.items():
+                lat = cc == first and label in timed
+                results[cc].setdefault(label, []).append(pair(base, path, cc, rnd, lat))
+
+
 def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
     """One 2-node lab (``wire``: a rate on every node's link, "" for none); every
     backend in turn, ``REPEAT`` paired rounds per path."""
@@ -188,17 +199,14 @@ def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
                 flatnet("lab", "set-backend", "--lab", name, backend)
             st = LabState.load(name)
             b_ip = st.pods["b"]["ip"]
-            paths = {f"pod -> pod, {backend}": (st.pods["b"]["ns"], st.pods["a"]["ns"], b_ip)}
+            pod_path = f"pod -> pod, {backend}"
+            paths = {pod_path: (st.pods["b"]["ns"], st.pods["a"]["ns"], b_ip)}
             if backend != "host-gw":
                 # node2's tunnel device holds <its subnet>.0 (SubnetLen 24 in LAB):
                 # node -> node through the tunnel alone, without the pods' veth and bridge
                 dev_ip = str(ipaddress.ip_network(f"{b_ip}/24", strict=False).network_address)
                 paths[f"node -> node, {backend} dev"] = (n2["ns"], n1["ns"], dev_ip)
-            for rnd in range(REPEAT):
-                for cc in ccs:
-                    for label, path in paths.items():
-                        lat = latency and cc == ccs[0] and label.startswith("pod")
-                        results[cc].setdefault(label, []).append(pair(base, path, cc, rnd, lat))
+            rounds(results, base, paths, {pod_path} if latency else set())
     finally:
         flatnet("lab", "down", name)
     return results
@@ -238,11 +246,8 @@ def run_bare(ccs: list[str]) -> Results:
         for ns in (a, b):
             for dev in ("lo", "eth0", "vx"):
                 subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
-        base, vx = (b, a, "192.168.77.2"), (b, a, "10.9.0.2")
-        for rnd in range(REPEAT):
-            for cc in ccs:
-                lat = cc == ccs[0]
-                results[cc].setdefault("bare kernel vxlan", []).append(pair(base, vx, cc, rnd, lat))
+        paths = {"bare kernel vxlan": (b, a, "10.9.0.2")}
+        rounds(results, (b, a, "192.168.77.2"), paths, set(paths))
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], check=False)
