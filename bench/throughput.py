@@ -20,6 +20,9 @@ these machines) picks iperf3's ``-C`` per run; ``CC=default,cubic`` measures
 both. With bbr the baseline is held near 9-10 Gbit/s by bbr's pacing; with
 cubic it runs to what the CPU gives (14-17 Gbit/s here), so cubic's ratios
 are the CPU cost of each path relative to node->node.
+Each backend runs with the eBPF fast path (flatnet/agent/fastpath.py, on by
+default) and again without it (``STACK=0`` skips that), so its gain is
+measured in the same run.
 For vxlan and udp a second path, node -> node through the tunnel device alone
 (to the peer's ``<subnet>.0``), separates the tunnel's cost from the pods'
 veth and bridge. A third table measures the kernel's VXLAN device with no
@@ -61,6 +64,7 @@ CCS = os.environ.get("CC", "default").split(",")
 PIN = ["-A", "0,1"] if (os.cpu_count() or 1) >= 2 else []
 BACKENDS = os.environ.get("BACKENDS", "host-gw,vxlan,udp").split(",")
 WIRE = os.environ.get("WIRE", "4gbit")  # a second lab whose links have this rate; "" skips it
+STACK = os.environ.get("STACK", "1") == "1"  # also each backend with the fast path off
 
 LAB = """\
 kind: Lab
@@ -196,7 +200,7 @@ def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
         base = (n2["ns"], n1["ns"], n2["underlayIP"])
         for i, backend in enumerate(BACKENDS):
             if i:
-                flatnet("lab", "set-backend", "--lab", name, backend)
+                flatnet("lab", "set-backend", "--lab", name, "--fast-path", backend)
             st = LabState.load(name)
             b_ip = st.pods["b"]["ip"]
             pod_path = f"pod -> pod, {backend}"
@@ -207,6 +211,10 @@ def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
                 dev_ip = str(ipaddress.ip_network(f"{b_ip}/24", strict=False).network_address)
                 paths[f"node -> node, {backend} dev"] = (n2["ns"], n1["ns"], dev_ip)
             rounds(results, base, paths, {pod_path} if latency else set())
+            if STACK:  # the same pods with the fast path off: the node's stack forwards
+                flatnet("lab", "set-backend", "--lab", name, "--no-fast-path", backend)
+                stack = {f"pod -> pod, {backend}, no fast path": paths[pod_path]}
+                rounds(results, base, stack, set(stack) if latency else set())
     finally:
         flatnet("lab", "down", name)
     return results
@@ -259,13 +267,13 @@ def report(title: str, results: Results) -> None:
         label = "namespace default (bbr here)" if cc == "default" else cc
         print(f"\n{title}; congestion control: {label}; ratio = median of the per-round ratios")
         print(
-            f"{'path':<28}{'Gbit/s':>8}{'baseline':>9}{'ratio':>7}{'ping ms':>9}"
+            f"{'path':<36}{'Gbit/s':>8}{'baseline':>9}{'ratio':>7}{'ping ms':>9}"
             f"{'TCP RR/s':>10}{'ratio':>7}  per-round ratios"
         )
         for path, runs in paths.items():
             spread = sorted(p[0] / b[0] for b, p in runs)
             print(
-                f"{path:<28}{med([p[0] for _, p in runs]):8.2f}"
+                f"{path:<36}{med([p[0] for _, p in runs]):8.2f}"
                 f"{med([b[0] for b, _ in runs]):9.2f}{med(spread):7.2f}"
                 f"{med([p[1] for _, p in runs]):9.3f}{med([p[2] for _, p in runs]):10.0f}"
                 f"{med([p[2] / b[2] for b, p in runs]):7.2f}  {spread[0]:.2f}..{spread[-1]:.2f}"

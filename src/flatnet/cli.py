@@ -243,14 +243,21 @@ def lab_restart_etcd(
 
 
 @lab_app.command("set-backend")
-def lab_set_backend(backend: str, lab: Annotated[str | None, typer.Option()] = None) -> None:
+def lab_set_backend(
+    backend: str,
+    lab: Annotated[str | None, typer.Option()] = None,
+    fast_path: Annotated[
+        bool | None,
+        typer.Option(help="turn the eBPF fast path on or off (default: leave it as it is)"),
+    ] = None,
+) -> None:
     """Switch a running lab to BACKEND (host-gw, vxlan, udp, none)."""
     from flatnet.lab import cluster
     from flatnet.lab.state import LabState
 
     st = LabState.load(_one_lab(lab))
-    cluster.set_backend(st, backend, lambda step, done, total: None)
-    out.print(f"lab {st.name} now runs backend {backend}")
+    on = cluster.set_backend(st, backend, lambda step, done, total: None, fast_path)
+    out.print(f"lab {st.name} now runs backend {backend}, fast path {'on' if on else 'off'}")
 
 
 @lab_app.command("ls")

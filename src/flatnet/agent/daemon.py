@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from flatnet import backends
+from flatnet.agent import fastpath
+from flatnet.agent.fastpath import FastPath
 from flatnet.agent.node import setup_node
 from flatnet.agent.peers import PeerWatcher
 from flatnet.agent.pods import PodNetwork
 from flatnet.backends import Context
 from flatnet.cni import protocol
 from flatnet.cni.protocol import Request
-from flatnet.errors import CNIError, ConfigError
+from flatnet.errors import CNIError, ConfigError, KernelError
 from flatnet.ipam import PodIPAM, lease_subnet, save_config
-from flatnet.kernel import netns
+from flatnet.kernel import links, netns
 from flatnet.kernel.nft import Nft
 from flatnet.model import Lease, NetworkConfig
 from flatnet.proxy.sync import ServiceProxy
@@ -105,6 +107,7 @@ class Agent:
         ipam = PodIPAM(self.store, self.lease.subnet, o.node)
         self.pods = PodNetwork(o.ns, o.bridge, ipam, self.mtu, o.reap_delay)
         self.pods.start_reaper()
+        self._fast_path(cfg, [dev, *self.backend.devices(ctx)], str(ipam.gateway))
         self.peers = PeerWatcher(
             self.store,
             self.backend,
@@ -132,6 +135,25 @@ class Agent:
             cfg.backend,
             self.mtu,
         )
+
+    def _fast_path(self, cfg: NetworkConfig, devices: list[str], gateway: str) -> None:
+        """Install the eBPF fast path, or take an earlier one away when it is off.
+        A kernel without what it needs (tcx, conntrack kfuncs, BTF) gets a
+        warning and the normal path: the fast path is only ever faster."""
+        assert self.pods is not None
+        if not cfg.fast_path:
+            if n := fastpath.remove(self.opts.ns):
+                log.info("fast path off: %d attachment(s) removed", n)
+            return
+        fast = FastPath(self.opts.ns, cfg.pod_cidr, links.ip_mac(gateway))
+        try:
+            fast.install(devices, self.pods.attached())
+        except (KernelError, OSError) as e:
+            fast.close()
+            log.warning("fast path unavailable, pod traffic takes the node's stack: %s", e)
+            return
+        self.pods.fast = fast
+        log.info("fast path on %s and %d pod veth(s)", ", ".join(devices), len(fast.entries()))
 
     def _spawn(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=fn, name=name, daemon=True)
@@ -179,6 +201,8 @@ class Agent:
             if t.name in ("peers", "proxy"):
                 t.join(timeout=5)
         if self.pods is not None:
+            if self.pods.fast is not None:
+                self.pods.fast.close()
             self.pods.close()
         if getattr(self, "backend", None) is not None:
             self.backend.stop()

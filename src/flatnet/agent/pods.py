@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from flatnet.agent.fastpath import FastPath
 from flatnet.errors import CNIError, KernelError, NamespaceNotFound
 from flatnet.ipam import PodIPAM
 from flatnet.kernel import links, netns
@@ -72,6 +73,7 @@ class PodNetwork:
         self._doomed = threading.Event()
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
+        self.fast: FastPath | None = None  # set by the agent when the fast path runs
 
     @contextlib.contextmanager
     def _node(self) -> Iterator[IPRoute]:
@@ -95,6 +97,9 @@ class PodNetwork:
             self._make_veth(host, host_mac, pod_ns, ifname, pod_mac)
             undo.callback(self.rtnl.delete, host)
             self._configure_pod(pod_ns, ifname, alloc.ip)
+            if self.fast is not None:
+                self.fast.add(alloc.ip, host)
+                undo.callback(self.fast.delete, alloc.ip)
             undo.pop_all()
         return Attachment(
             cid,
@@ -154,7 +159,10 @@ class PodNetwork:
             ) from e
 
     def delete(self, cid: str, ifname: str) -> None:
+        alloc = self.ipam.find(cid, ifname)
         self.ipam.release(cid, ifname)
+        if self.fast is not None and alloc is not None:
+            self.fast.delete(alloc.ip)
         self._doom({links.host_veth_name(cid, ifname)})
 
     # -- destroying doomed host veths ----------------------------------------
@@ -234,7 +242,19 @@ class PodNetwork:
         if not older_than:
             stale |= self.host_veths() - keep
         self._doom(stale - keep)
+        if self.fast is not None:
+            for a in freed:
+                self.fast.delete(a.ip)
         return len(freed)
+
+    def attached(self) -> list[tuple[str, str]]:
+        """(IP, host veth) of every pod attached on this node now."""
+        present = self.host_veths()
+        return [
+            (a.ip, host)
+            for a in self.ipam.allocations()
+            if (host := links.host_veth_name(a.container_id, a.ifname)) in present
+        ]
 
     def orphans(self, grace: float) -> list[str]:
         """Reclaim IPs whose host veth vanished (the pod's namespace was deleted
@@ -245,7 +265,11 @@ class PodNetwork:
             for a in self.ipam.allocations()
             if links.host_veth_name(a.container_id, a.ifname) in present
         }
-        return [a.ip for a in self.ipam.gc(valid, older_than=grace)]
+        freed = [a.ip for a in self.ipam.gc(valid, older_than=grace)]
+        if self.fast is not None:
+            for ip in freed:
+                self.fast.delete(ip)
+        return freed
 
 
 def _random_mac() -> str:

@@ -656,14 +656,18 @@ def restart_etcd(st: LabState, down: float = 0.0, timeout: float = 30) -> None:
             time.sleep(0.1)
 
 
-def set_backend(st: LabState, backend: str, progress: Progress) -> None:
-    """Switch a running lab's backend: new config in the store, every agent
-    restarted (each removes the old backend's objects and programs the new)."""
+def set_backend(
+    st: LabState, backend: str, progress: Progress, fast_path: bool | None = None
+) -> bool:
+    """Switch a running lab's backend (and the fast path, unless None): new
+    config in the store, every agent restarted (each removes the old backend's
+    objects and programs the new). Returns whether the fast path is on."""
     store = open_store(st.store_url)
     try:
         cfg = load_config(store)
         opts = cfg.backend_options if backend == cfg.backend else {}
-        new = replace(cfg, backend=backend, backend_options=opts)
+        fast = cfg.fast_path if fast_path is None else fast_path
+        new = replace(cfg, backend=backend, backend_options=opts, fast_path=fast)
         store.put(CONFIG_KEY, new.to_json())
         for i, node in enumerate(st.nodes):
             restart_agent(st, node)
@@ -671,6 +675,7 @@ def set_backend(st: LabState, backend: str, progress: Progress) -> None:
         wait_peers(store, set(st.nodes), progress)
     finally:
         store.close()
+    return fast
 
 
 def build(topo: LabTopo, progress: Progress) -> LabState:

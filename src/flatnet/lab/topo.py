@@ -37,6 +37,7 @@ class _Network(_Strict):
     backendOptions: dict[str, Any] = {}  # noqa: N815
     mtu: int = 1500
     leaseTTL: float = Field(default=86400.0, gt=2)  # noqa: N815
+    fastPath: bool = True  # noqa: N815
 
 
 class _Netem(_Strict):
@@ -204,6 +205,7 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
             mtu=lab.network.mtu,
             lease_ttl=lab.network.leaseTTL,
             backend_options=dict(lab.network.backendOptions),
+            fast_path=lab.network.fastPath,
         )
         ipaddress.IPv4Network(lab.underlayCIDR)
     except (ConfigError, ValueError) as e:

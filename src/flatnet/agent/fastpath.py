@@ -1,0 +1,380 @@
+"""How it works — the fast path: established pod→pod flows skip the node's stack.
+
+Without it, a packet from a pod to a pod on another node crosses, on each node,
+the bridge ``fl0``, netfilter's prerouting/forward/postrouting hooks (conntrack
+and the NAT and service tables), a route lookup and the neighbour layer. On a
+link a CPU limits (the lab's veth underlay) that is the whole gap between
+pod→pod and node→node throughput. The fast path is one small eBPF program
+(assembled here, no compiler) on the tcx ingress of the underlay device, the
+tunnel device (vxlan) and every pod's host veth. For each IPv4 packet it checks,
+in this order, and hands anything that fails a check to the normal stack
+unchanged:
+
+1. routed to this node: the frame is addressed to the device (``pkt_type``
+   host) or, on a pod's veth, to the gateway's MAC — bridged traffic between
+   pods of one node stays bridged;
+2. no IP options, not a fragment, TTL > 1, TCP or UDP, TCP without SYN, FIN
+   or RST (opening and closing go through conntrack), source and destination
+   both in the pod CIDR (services, NodePorts and masqueraded flows never
+   qualify: their addresses are outside it);
+3. conntrack (``bpf_skb_ct_lookup``) holds the flow, ASSURED and not NATed —
+   so the stack saw and accepted the flow in both directions first, and every
+   reply of a service's DNAT still meets its un-DNAT;
+4. then: the destination is a pod of this node (a hash map pod IP → host veth
+   ifindex, filled by the agent): TTL − 1, MACs set (gateway → pod, both
+   derived from IPs), ``bpf_redirect_peer`` straight into the pod's namespace;
+   otherwise ``bpf_fib_lookup`` in the node's routing table (host-gw routes,
+   vxlan's onlink routes, whatever the backend made) and ``bpf_redirect`` out of
+   the device it names, with the neighbour's MACs. A lookup that cannot finish
+   (no neighbour yet, not forwarded) falls back to the stack.
+
+Because conntrack no longer sees the middle of these flows, the node runs
+with ``net.netfilter.nf_conntrack_tcp_be_liberal=1`` (kube-proxy's
+``--conntrack-tcp-be-liberal``): the closing FIN, whose sequence number has
+moved past what conntrack last saw, still closes the entry instead of being
+marked invalid and leaving it established.
+
+Per node: one program, one map (``MAX_PODS`` entries); per pod one attachment
+and one map entry. The attachments live in the kernel: an agent that dies
+leaves the data plane running; a restarted agent loads a fresh program and map,
+attaches them, then detaches the old program (so no packet finds nothing). It
+only ever touches programs named :data:`NAME`. ``network.fastPath: false``
+removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Iterable
+
+from flatnet.errors import KernelError
+from flatnet.kernel import bpf, netns
+from flatnet.kernel.bpf import Asm, Reg
+
+__all__ = ["MAX_PODS", "NAME", "FastPath", "program", "remove", "status"]
+
+log = logging.getLogger("flatnet.fastpath")
+
+NAME = "flatnet_fast"
+MAX_PODS = 1024
+_KFUNCS = ("bpf_skb_ct_lookup", "bpf_ct_release")
+_STATUS = ("nf_conn", "status")
+IPS_ASSURED, IPS_SRC_NAT, IPS_DST_NAT = 0x04, 0x10, 0x20
+# helpers
+MAP_LOOKUP, REDIRECT, FIB_LOOKUP, REDIRECT_PEER = 1, 23, 69, 155
+# struct __sk_buff offsets
+SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END = 4, 40, 76, 80
+R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
+
+
+def _le32(b: bytes) -> int:
+    return int(struct.unpack("<i", b)[0])
+
+
+def program(
+    pod_cidr: str, gateway_mac: str, map_fd: int, kfuncs: dict[str, int], status: int
+) -> bytes:
+    """The fast path's instructions (see the module doc). Packet words are
+    loaded little-endian, so constants are compared in that byte order."""
+    net = ipaddress.IPv4Network(pod_cidr)
+    mask, prefix = _le32(net.netmask.packed), _le32(net.network_address.packed)
+    gw = bytes.fromhex(gateway_mac.replace(":", ""))
+    a = Asm()
+    a.alu(R6, "=", Reg(R1))  # r6: the skb, kept across calls
+
+    def packet(need: int) -> None:  # r2 = data, checked for ``need`` bytes
+        a.ld(4, R2, R6, SKB_DATA)
+        a.ld(4, R3, R6, SKB_DATA_END)
+        a.alu(R4, "=", Reg(R2))
+        a.alu(R4, "+", need)
+        a.jmp(">", R4, Reg(R3), "pass")
+
+    packet(14 + 20 + 20)
+    a.ld(2, R5, R2, 12)
+    a.jmp("!=", R5, 0x0008, "pass")  # EtherType IPv4
+    # 1. routed here: frame to this device, or (pod veth) to the gateway MAC
+    a.ld(4, R5, R6, SKB_PKT_TYPE)
+    a.jmp("==", R5, 0, "routed")
+    a.ld(4, R5, R2, 0)
+    a.jmp("!=", R5, _le32(gw[:4]), "pass", w=True)
+    a.ld(2, R5, R2, 4)
+    a.jmp("!=", R5, int.from_bytes(gw[4:], "little"), "pass")
+    a.label("routed")
+    # 2. plain IPv4 between pods, TCP mid-flow or UDP
+    a.ld(1, R5, R2, 14)
+    a.jmp("!=", R5, 0x45, "pass")
+    a.ld(2, R5, R2, 20)
+    a.jmp("&", R5, 0xFF3F, "pass")  # MF or a fragment offset
+    a.ld(1, R5, R2, 22)
+    a.jmp("<=", R5, 1, "pass")
+    for off in (26, 30):
+        a.ld(4, R5, R2, off)
+        a.alu(R5, "&", mask, w=True)
+        a.jmp("!=", R5, prefix, "pass", w=True)
+    a.ld(1, R7, R2, 23)  # r7: the L4 protocol
+    a.jmp("==", R7, socket.IPPROTO_UDP, "l4")
+    a.jmp("!=", R7, socket.IPPROTO_TCP, "pass")
+    a.ld(1, R5, R2, 14 + 20 + 13)
+    a.jmp("&", R5, 0x07, "pass")  # FIN, SYN, RST
+    a.label("l4")
+    # 3. conntrack: struct bpf_sock_tuple at fp-80, struct bpf_ct_opts at fp-96
+    for off in (-96, -88, -80, -72):
+        a.st(8, R10, off, 0)
+    a.ld(4, R5, R2, 26)
+    a.st(4, R10, -80, Reg(R5))
+    a.ld(4, R5, R2, 30)
+    a.st(4, R10, -76, Reg(R5))
+    a.ld(4, R5, R2, 34)  # both ports
+    a.st(4, R10, -72, Reg(R5))
+    a.st(4, R10, -96, -1)  # netns_id: BPF_F_CURRENT_NETNS
+    a.st(1, R10, -88, Reg(R7))  # l4proto
+    a.alu(R1, "=", Reg(R6))
+    a.alu(R2, "=", Reg(R10))
+    a.alu(R2, "+", -80)
+    a.alu(R3, "=", 12)
+    a.alu(R4, "=", Reg(R10))
+    a.alu(R4, "+", -96)
+    a.alu(R5, "=", 16)
+    a.kcall(kfuncs["bpf_skb_ct_lookup"])
+    a.jmp("==", R0, 0, "pass")
+    a.ld(8, R8, R0, status)
+    a.alu(R1, "=", Reg(R0))
+    a.kcall(kfuncs["bpf_ct_release"])
+    a.alu(R8, "&", IPS_ASSURED | IPS_SRC_NAT | IPS_DST_NAT)
+    a.jmp("!=", R8, IPS_ASSURED, "pass")
+    # 4a. a pod of this node: straight into its namespace
+    packet(14 + 20)
+    a.ld(4, R5, R2, 30)
+    a.st(4, R10, -4, Reg(R5))
+    a.ld_map_fd(R1, map_fd)
+    a.alu(R2, "=", Reg(R10))
+    a.alu(R2, "+", -4)
+    a.call(MAP_LOOKUP)
+    a.jmp("==", R0, 0, "fib")
+    a.ld(4, R9, R0, 0)  # r9: the pod's host veth
+    packet(14 + 20)
+    _ttl(a)
+    a.st(2, R2, 0, 0x580A)  # pod MAC 0a:58:<its IP>
+    a.ld(4, R5, R2, 30)
+    a.st(4, R2, 2, Reg(R5))
+    a.st(4, R2, 6, _le32(gw[:4]))  # from the gateway
+    a.st(2, R2, 10, int.from_bytes(gw[4:], "little"))
+    a.alu(R1, "=", Reg(R9))
+    a.alu(R2, "=", 0)
+    a.call(REDIRECT_PEER)
+    a.exit()
+    # 4b. elsewhere: the FIB says where; struct bpf_fib_lookup at fp-64
+    a.label("fib")
+    packet(14 + 20)
+    for off in range(-64, 0, 8):
+        a.st(8, R10, off, 0)
+    a.st(1, R10, -64, socket.AF_INET)
+    a.st(1, R10, -63, Reg(R7))
+    a.ld(4, R5, R6, SKB_IFINDEX)
+    a.st(4, R10, -56, Reg(R5))
+    a.ld(1, R5, R2, 15)
+    a.st(1, R10, -52, Reg(R5))  # tos
+    a.ld(4, R5, R2, 26)
+    a.st(4, R10, -48, Reg(R5))
+    a.ld(4, R5, R2, 30)
+    a.st(4, R10, -32, Reg(R5))
+    a.alu(R1, "=", Reg(R6))
+    a.alu(R2, "=", Reg(R10))
+    a.alu(R2, "+", -64)
+    a.alu(R3, "=", 64)
+    a.alu(R4, "=", 0)
+    a.call(FIB_LOOKUP)
+    a.jmp("!=", R0, 0, "pass")  # BPF_FIB_LKUP_RET_SUCCESS only
+    packet(14 + 20)
+    _ttl(a)
+    for k in range(0, 6, 2):  # dmac at fp-6, smac at fp-12
+        a.ld(2, R5, R10, -6 + k)
+        a.st(2, R2, k, Reg(R5))
+        a.ld(2, R5, R10, -12 + k)
+        a.st(2, R2, 6 + k, Reg(R5))
+    a.ld(4, R1, R10, -56)
+    a.alu(R2, "=", 0)
+    a.call(REDIRECT)
+    a.exit()
+    a.label("pass")
+    a.alu(R0, "=", 0)  # TCX_PASS: on to the stack
+    a.exit()
+    return a.code()
+
+
+def _ttl(a: Asm) -> None:
+    """TTL − 1 with the checksum patched as ip_decrease_ttl() does (r2 = data)."""
+    a.ld(1, R5, R2, 22)
+    a.alu(R5, "-", 1)
+    a.st(1, R2, 22, Reg(R5))
+    done = f"ttl{len(a.insns)}"
+    a.ld(2, R5, R2, 24)
+    a.alu(R5, "+", 1)  # htons(0x0100) as read little-endian
+    a.jmp("<", R5, 0xFFFF, done)
+    a.alu(R5, "+", 1)
+    a.label(done)
+    a.st(2, R2, 24, Reg(R5))
+
+
+def _ours(ifindex: int) -> list[int]:
+    """fds of the fast-path programs on ``ifindex``'s tcx ingress (this netns)."""
+    fds = []
+    try:
+        ids = bpf.tcx_programs(ifindex)
+    except OSError:
+        return []
+    for pid in ids:
+        try:
+            fd = bpf.prog_fd(pid)
+        except OSError:
+            continue  # unloaded meanwhile
+        if bpf.prog_info(fd)[1] == NAME:
+            fds.append(fd)
+        else:
+            bpf.close(fd)
+    return fds
+
+
+def _detach_all(keep: int | None = None) -> int:
+    """Detach every fast-path program but ``keep`` from every device of this
+    netns; returns how many attachments were removed."""
+    n = 0
+    for _, name in socket.if_nameindex():
+        try:
+            idx = socket.if_nametoindex(name)
+        except OSError:
+            continue
+        for fd in _ours(idx):
+            try:
+                if keep is None or not bpf.same_prog(fd, keep):
+                    bpf.tcx_detach(idx, fd)
+                    n += 1
+            except OSError:
+                pass  # the device went away meanwhile
+            finally:
+                bpf.close(fd)
+    return n
+
+
+def _map_entries(fd: int) -> dict[str, int]:
+    out = {}
+    for key in bpf.map_keys(fd, 4):
+        val = bpf.map_lookup(fd, key, 4)
+        if val is not None:
+            out[socket.inet_ntoa(key)] = struct.unpack("<I", val)[0]
+    return out
+
+
+def status(ns: str | None) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """What the kernel holds in namespace ``ns``: device → IDs of the fast-path
+    programs on its ingress, and the pods map (pod IP → host veth ifindex) of
+    the first one found."""
+
+    def read() -> tuple[dict[str, list[int]], dict[str, int]]:
+        devices: dict[str, list[int]] = {}
+        pods: dict[str, int] | None = None
+        for _, name in socket.if_nameindex():
+            for fd in _ours(socket.if_nametoindex(name)):
+                try:
+                    pid, _, maps = bpf.prog_info(fd)
+                    devices.setdefault(name, []).append(pid)
+                    if pods is None and maps:
+                        mfd = bpf.map_fd(maps[0])
+                        try:
+                            pods = _map_entries(mfd)
+                        finally:
+                            bpf.close(mfd)
+                finally:
+                    bpf.close(fd)
+        return devices, pods or {}
+
+    return netns.run_in(ns, read)
+
+
+def remove(ns: str | None) -> int:
+    """Take the fast path off every device of namespace ``ns``."""
+    return netns.run_in(ns, _detach_all)
+
+
+class FastPath:
+    """The node's fast path: ``install`` once at agent start, then ``add`` and
+    ``delete`` as pods come and go. Thread-safe."""
+
+    def __init__(self, ns: str | None, pod_cidr: str, gateway_mac: str) -> None:
+        self.ns, self.pod_cidr, self.gateway_mac = ns, pod_cidr, gateway_mac
+        self._lock = threading.Lock()
+        self.map_fd = -1
+        self.prog_fd = -1
+
+    def install(self, devices: Iterable[str], pods: Iterable[tuple[str, str]]) -> None:
+        """Load a fresh program and map, fill the map with ``pods`` ((IP, host
+        veth) pairs), attach to ``devices`` and the pods' veths, then detach any
+        older fast-path program in the namespace."""
+        kfuncs, offsets = bpf.btf_lookup(_KFUNCS, [_STATUS])
+        self.map_fd = bpf.map_create(4, 4, MAX_PODS, "flatnet_pods")
+        code = program(self.pod_cidr, self.gateway_mac, self.map_fd, kfuncs, offsets[_STATUS])
+        self.prog_fd = bpf.prog_load(code, NAME)
+        pods = list(pods)
+
+        def attach() -> None:
+            netns.sysctl(None, "net.netfilter.nf_conntrack_tcp_be_liberal", "1")
+            done: list[int] = []
+            try:
+                for ip, veth in pods:  # the map first: no packet meets it empty
+                    self._remember(ip, veth)
+                for dev in [*devices, *(veth for _, veth in pods)]:
+                    done.append(self._attach(dev))
+            except BaseException:  # nothing half-made: the old program keeps serving
+                for idx in done:
+                    with contextlib.suppress(OSError):
+                        bpf.tcx_detach(idx, self.prog_fd)
+                self.close()
+                raise
+            old = _detach_all(keep=self.prog_fd)
+            if old:
+                log.info("fast path: replaced %d attachment(s) of an earlier agent", old)
+
+        netns.run_in(self.ns, attach)
+
+    def _attach(self, dev: str) -> int:
+        try:
+            idx = socket.if_nametoindex(dev)
+            bpf.tcx_attach(idx, self.prog_fd)
+        except OSError as e:
+            raise KernelError(f"fast path: cannot attach to '{dev}': {e.strerror}") from e
+        return idx
+
+    def _remember(self, ip: str, veth: str) -> None:
+        idx = socket.if_nametoindex(veth)
+        bpf.map_update(self.map_fd, socket.inet_aton(ip), struct.pack("<I", idx))
+
+    def add(self, ip: str, veth: str) -> None:
+        """A new pod: its veth gets the program, its IP an entry."""
+
+        def both() -> None:
+            self._attach(veth)
+            self._remember(ip, veth)
+
+        with self._lock:
+            netns.run_in(self.ns, both)
+
+    def delete(self, ip: str) -> None:
+        """A pod gone: its entry goes (its veth's attachment goes with the veth)."""
+        with self._lock:
+            bpf.map_delete(self.map_fd, socket.inet_aton(ip))
+
+    def entries(self) -> dict[str, int]:
+        """The map as the kernel holds it: pod IP → host veth ifindex."""
+        return _map_entries(self.map_fd)
+
+    def close(self) -> None:
+        """Close our fds; the kernel keeps program and map while attached."""
+        for fd in (self.prog_fd, self.map_fd):
+            if fd >= 0:
+                bpf.close(fd)
+        self.prog_fd = self.map_fd = -1

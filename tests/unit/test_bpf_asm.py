@@ -1,0 +1,97 @@
+"""The eBPF assembler and the BTF reader, as pure logic."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from flatnet.agent.fastpath import program
+from flatnet.errors import KernelError
+from flatnet.kernel.bpf import Asm, Reg, btf_lookup
+
+
+def insns(code: bytes) -> list[tuple[int, int, int, int, int]]:
+    out = []
+    for i in range(0, len(code), 8):
+        op, regs, off, imm = struct.unpack_from("<BBhi", code, i)
+        out.append((op, regs & 0xF, regs >> 4, off, imm))
+    return out
+
+
+def test_jumps_resolve_to_labels() -> None:
+    a = Asm()
+    a.label("top")
+    a.alu(0, "=", 0)
+    a.jmp("==", 1, Reg(2), "end")
+    a.jmp("!=", 1, 5, "top", w=True)
+    a.label("end")
+    a.exit()
+    code = insns(a.code())
+    assert code[0] == (0xB7, 0, 0, 0, 0)  # r0 = 0
+    assert code[1] == (0x1D, 1, 2, 1, 0)  # if r1 == r2 goto +1
+    assert code[2] == (0x56, 1, 0, -3, 5)  # if w1 != 5 goto -3
+    assert code[3] == (0x95, 0, 0, 0, 0)
+    b = Asm()
+    b.goto("nowhere")
+    with pytest.raises(ValueError, match="nowhere"):
+        b.code()
+
+
+def test_map_fd_load_takes_two_slots_and_kcall_is_pseudo() -> None:
+    a = Asm()
+    a.ld_map_fd(1, 7)
+    a.kcall(1234)
+    code = insns(a.code())
+    assert code[0] == (0x18, 1, 1, 0, 7) and code[1] == (0, 0, 0, 0, 0)
+    assert code[2] == (0x85, 0, 2, 0, 1234)
+
+
+def test_program_is_complete() -> None:
+    code = insns(
+        program(
+            "10.244.0.0/16",
+            "0a:58:0a:f4:00:01",
+            9,
+            {"bpf_skb_ct_lookup": 11, "bpf_ct_release": 12},
+            128,
+        )
+    )
+    assert len(code) < 400
+    assert [c for c in code if c[0] == 0x85 and c[2] == 2] == [
+        (0x85, 0, 2, 0, 11),
+        (0x85, 0, 2, 0, 12),
+    ]
+    helpers = {c[4] for c in code if c[0] == 0x85 and c[2] == 0}
+    assert helpers == {1, 23, 69, 155}  # map lookup, redirect, fib lookup, redirect_peer
+    assert code[-1][0] == 0x95
+    # the pod CIDR is compared little-endian: 10.244.0.0/16 -> 0x0000f40a under 0x0000ffff
+    assert (0x54, 5, 0, 0, 0xFFFF) in code and (
+        0x56,
+        5,
+        0,
+        code[code.index((0x54, 5, 0, 0, 0xFFFF)) + 1][3],
+        0xF40A,
+    ) in code
+
+
+def _btf(tmp: Path) -> Path:
+    """A minimal BTF blob: int, struct s {int a; int b;}, func f."""
+    strings = b"\0int\0s\0a\0b\0f\0"
+    off = {n: strings.index(n.encode() + b"\0") for n in ("int", "s", "a", "b", "f")}
+    types = struct.pack("<IIII", off["int"], 1 << 24, 4, 32)  # id 1: INT
+    types += struct.pack("<III", off["s"], (4 << 24) | 2, 8)  # id 2: STRUCT, 2 members
+    types += struct.pack("<III", off["a"], 1, 0) + struct.pack("<III", off["b"], 1, 32)
+    types += struct.pack("<III", off["f"], 12 << 24, 0)  # id 3: FUNC
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    p = tmp / "btf"
+    p.write_bytes(hdr + types + strings)
+    return p
+
+
+def test_btf_lookup(tmp_path: Path) -> None:
+    ids, offs = btf_lookup(["f"], [("s", "b")], str(_btf(tmp_path)))
+    assert ids == {"f": 3} and offs == {("s", "b"): 4}
+    with pytest.raises(KernelError, match="lacks g, s.c"):
+        btf_lookup(["f", "g"], [("s", "c")], str(_btf(tmp_path)))
