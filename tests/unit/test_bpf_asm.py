@@ -64,7 +64,7 @@ def test_program_is_complete() -> None:
         (0x85, 0, 2, 0, 12),
     ]
     helpers = {c[4] for c in code if c[0] == 0x85 and c[2] == 0}
-    assert helpers == {1, 23, 69, 155}  # map lookup, redirect, fib lookup, redirect_peer
+    assert helpers == {1, 69, 152, 155}  # map lookup, fib lookup, redirect_neigh, _peer
     assert code[-1][0] == 0x95
     # the pod CIDR is compared little-endian: 10.244.0.0/16 -> 0x0000f40a under 0x0000ffff
     assert (0x54, 5, 0, 0, 0xFFFF) in code and (

@@ -24,9 +24,13 @@ unchanged:
    ifindex, filled by the agent): TTL − 1, MACs set (gateway → pod, both
    derived from IPs), ``bpf_redirect_peer`` straight into the pod's namespace;
    otherwise ``bpf_fib_lookup`` in the node's routing table (host-gw routes,
-   vxlan's onlink routes, whatever the backend made) and ``bpf_redirect`` out of
-   the device it names, with the neighbour's MACs. A lookup that cannot finish
-   (no neighbour yet, not forwarded) falls back to the stack.
+   vxlan's onlink routes, whatever the backend made), TTL − 1, and
+   ``bpf_redirect_neigh`` out of the device it names to the next hop it names:
+   the neighbour layer fills in the MACs and keeps resolving and confirming
+   the next hop as forwarding would (a bare ``bpf_redirect`` with the MACs of
+   the lookup would keep using a stale entry forever). A lookup that does not
+   end in a route out (local, unreachable, forwarding off) falls back to the
+   stack.
 
 Because conntrack no longer sees the middle of these flows, the node runs
 with ``net.netfilter.nf_conntrack_tcp_be_liberal=1`` (kube-proxy's
@@ -66,7 +70,8 @@ _KFUNCS = ("bpf_skb_ct_lookup", "bpf_ct_release")
 _STATUS = ("nf_conn", "status")
 IPS_ASSURED, IPS_SRC_NAT, IPS_DST_NAT = 0x04, 0x10, 0x20
 # helpers
-MAP_LOOKUP, REDIRECT, FIB_LOOKUP, REDIRECT_PEER = 1, 23, 69, 155
+MAP_LOOKUP, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 1, 69, 152, 155
+FIB_SUCCESS, FIB_NO_NEIGH = 0, 7  # BPF_FIB_LKUP_RET_*
 # struct __sk_buff offsets
 SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END = 4, 40, 76, 80
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
@@ -189,17 +194,21 @@ def program(
     a.alu(R3, "=", 64)
     a.alu(R4, "=", 0)
     a.call(FIB_LOOKUP)
-    a.jmp("!=", R0, 0, "pass")  # BPF_FIB_LKUP_RET_SUCCESS only
+    a.jmp("==", R0, FIB_SUCCESS, "out")
+    a.jmp("!=", R0, FIB_NO_NEIGH, "pass")
+    a.label("out")
     packet(14 + 20)
     _ttl(a)
-    for k in range(0, 6, 2):  # dmac at fp-6, smac at fp-12
-        a.ld(2, R5, R10, -6 + k)
-        a.st(2, R2, k, Reg(R5))
-        a.ld(2, R5, R10, -12 + k)
-        a.st(2, R2, 6 + k, Reg(R5))
+    # struct bpf_redir_neigh at fp-88: AF_INET, the next hop the FIB gave
+    a.st(4, R10, -88, socket.AF_INET)
+    a.ld(4, R5, R10, -32)
+    a.st(4, R10, -84, Reg(R5))
     a.ld(4, R1, R10, -56)
-    a.alu(R2, "=", 0)
-    a.call(REDIRECT)
+    a.alu(R2, "=", Reg(R10))
+    a.alu(R2, "+", -88)
+    a.alu(R3, "=", 20)
+    a.alu(R4, "=", 0)
+    a.call(REDIRECT_NEIGH)
     a.exit()
     a.label("pass")
     a.alu(R0, "=", 0)  # TCX_PASS: on to the stack
