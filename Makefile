@@ -33,6 +33,7 @@ demo: deps
 	$(PY) -m flatnet get nodes --lab demo
 	$(PY) -m flatnet get pods --lab demo
 	$(PY) -m flatnet get services --lab demo
+	$(PY) -m flatnet lab fast-path --lab demo
 	@status=0; \
 	for i in 1 2 3; do \
 	  $(PY) -m flatnet lab exec --lab demo client -- $(PY) -m flatnet.agnhost get http://web/hostname || status=1; \

@@ -260,6 +260,27 @@ def lab_set_backend(
     out.print(f"lab {st.name} now runs backend {backend}, fast path {'on' if on else 'off'}")
 
 
+@lab_app.command("fast-path")
+def lab_fast_path(lab: Annotated[str | None, typer.Option()] = None) -> None:
+    """Show where each node's eBPF fast path is attached and which pods its map holds."""
+    from flatnet.agent import fastpath
+    from flatnet.lab.state import LabState
+
+    st = LabState.load(_one_lab(lab))
+    owner = {p["ip"]: name for name, p in st.pods.items() if p.get("ip")}
+    t = Table("NODE", "PROGRAM", "ATTACHED TO (tcx ingress)", "PODS IN ITS MAP")
+    for node, info in st.nodes.items():
+        devices, pods = fastpath.status(info["ns"])
+        ids = sorted({i for v in devices.values() for i in v})
+        t.add_row(
+            node,
+            ", ".join(map(str, ids)) or "off",
+            " ".join(sorted(devices)),
+            " ".join(f"{owner.get(ip, ip)}={ip}" for ip in sorted(pods)),
+        )
+    out.print(t)
+
+
 @lab_app.command("ls")
 def lab_ls() -> None:
     """List the labs on this machine."""

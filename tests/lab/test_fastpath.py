@@ -160,6 +160,9 @@ def test_fast_path(lab2: str) -> None:
         progs |= {ids[0] for ids in devices.values()}
         assert entries == {ip: idx for idx, ip in veths.items()}, node
     assert len(progs) == 2  # one program per node
+    shown = flatnet("lab", "fast-path", "--lab", lab2).stdout
+    assert f"a={ps['a']['ip']}" in shown and f"b={ps['b']['ip']}" in shown, shown
+    assert all(str(i) in shown for i in progs) and "eth0" in shown
 
     # 2. an established flow goes around both nodes' stacks, whole, un-NATed
     n1, n2 = st.nodes["node1"]["ns"], st.nodes["node2"]["ns"]
@@ -204,6 +207,7 @@ def test_fast_path(lab2: str) -> None:
     flatnet("lab", "set-backend", "--lab", lab2, "--no-fast-path", backend)
     for info in st.nodes.values():
         assert fastpath.status(info["ns"]) == ({}, {})
+    assert flatnet("lab", "fast-path", "--lab", lab2).stdout.count(" off ") == 2
     before = forwarded(n1), forwarded(n2)
     assert transfer(ps["a"], ps["b"], 64 << 20) == (ps["a"]["ip"], 64 << 20)
     slow = forwarded(n1) - before[0], forwarded(n2) - before[1]

@@ -107,7 +107,7 @@ class Agent:
         ipam = PodIPAM(self.store, self.lease.subnet, o.node)
         self.pods = PodNetwork(o.ns, o.bridge, ipam, self.mtu, o.reap_delay)
         self.pods.start_reaper()
-        self._fast_path(cfg, [dev, *self.backend.devices(ctx)], str(ipam.gateway))
+        self._fast_path(cfg, [dev, *self.backend.devices(ctx)], ipam)
         self.peers = PeerWatcher(
             self.store,
             self.backend,
@@ -136,7 +136,7 @@ class Agent:
             self.mtu,
         )
 
-    def _fast_path(self, cfg: NetworkConfig, devices: list[str], gateway: str) -> None:
+    def _fast_path(self, cfg: NetworkConfig, devices: list[str], ipam: PodIPAM) -> None:
         """Install the eBPF fast path, or take an earlier one away when it is off.
         A kernel without what it needs (tcx, conntrack kfuncs, BTF) gets a
         warning and the normal path: the fast path is only ever faster."""
@@ -145,7 +145,8 @@ class Agent:
             if n := fastpath.remove(self.opts.ns):
                 log.info("fast path off: %d attachment(s) removed", n)
             return
-        fast = FastPath(self.opts.ns, cfg.pod_cidr, links.ip_mac(gateway))
+        gateway_mac = links.ip_mac(str(ipam.gateway))
+        fast = FastPath(self.opts.ns, cfg.pod_cidr, gateway_mac, ipam.subnet.num_addresses)
         try:
             fast.install(devices, self.pods.attached())
         except (KernelError, OSError) as e:

@@ -38,7 +38,8 @@ with ``net.netfilter.nf_conntrack_tcp_be_liberal=1`` (kube-proxy's
 moved past what conntrack last saw, still closes the entry instead of being
 marked invalid and leaving it established.
 
-Per node: one program, one map (``MAX_PODS`` entries); per pod one attachment
+Per node: one program, one map (as many entries as the node subnet has
+addresses); per pod one attachment
 and one map entry. The attachments live in the kernel: an agent that dies
 leaves the data plane running; a restarted agent loads a fresh program and map,
 attaches them, then detaches the old program (so no packet finds nothing). It
@@ -60,12 +61,11 @@ from flatnet.errors import KernelError
 from flatnet.kernel import bpf, netns
 from flatnet.kernel.bpf import Asm, Reg
 
-__all__ = ["MAX_PODS", "NAME", "FastPath", "program", "remove", "status"]
+__all__ = ["NAME", "FastPath", "program", "remove", "status"]
 
 log = logging.getLogger("flatnet.fastpath")
 
 NAME = "flatnet_fast"
-MAX_PODS = 1024
 _KFUNCS = ("bpf_skb_ct_lookup", "bpf_ct_release")
 _STATUS = ("nf_conn", "status")
 IPS_ASSURED, IPS_SRC_NAT, IPS_DST_NAT = 0x04, 0x10, 0x20
@@ -314,8 +314,12 @@ class FastPath:
     """The node's fast path: ``install`` once at agent start, then ``add`` and
     ``delete`` as pods come and go. Thread-safe."""
 
-    def __init__(self, ns: str | None, pod_cidr: str, gateway_mac: str) -> None:
+    def __init__(
+        self, ns: str | None, pod_cidr: str, gateway_mac: str, capacity: int = 256
+    ) -> None:
+        """``capacity``: the most pods the node can hold (its subnet's size)."""
         self.ns, self.pod_cidr, self.gateway_mac = ns, pod_cidr, gateway_mac
+        self.capacity = capacity
         self._lock = threading.Lock()
         self.map_fd = -1
         self.prog_fd = -1
@@ -325,7 +329,7 @@ class FastPath:
         veth) pairs), attach to ``devices`` and the pods' veths, then detach any
         older fast-path program in the namespace."""
         kfuncs, offsets = bpf.btf_lookup(_KFUNCS, [_STATUS])
-        self.map_fd = bpf.map_create(4, 4, MAX_PODS, "flatnet_pods")
+        self.map_fd = bpf.map_create(4, 4, self.capacity, "flatnet_pods")
         code = program(self.pod_cidr, self.gateway_mac, self.map_fd, kfuncs, offsets[_STATUS])
         self.prog_fd = bpf.prog_load(code, NAME)
         pods = list(pods)
