@@ -317,20 +317,28 @@ def btf_lookup(
             data = f.read()
     except OSError as e:
         raise KernelError(f"kernel BTF {path} unreadable: {e}") from e
-    hdr_len, type_off, type_len, str_off = struct.unpack_from("<IIII", data, 4)
+    hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<IIIII", data, 4)
     strings = hdr_len + str_off
 
     def name(off: int) -> str:
         return data[strings + off : data.index(b"\0", strings + off)].decode()
 
-    wanted = funcs | {s for s, _ in members}
+    # the string offsets of the names asked for: types are matched by offset,
+    # without decoding the other ~100,000 names
+    wanted: dict[int, str] = {}
+    for n in funcs | {s for s, _ in members}:
+        needle = b"\0" + n.encode() + b"\0"
+        i = data.find(needle, strings, strings + str_len)
+        while i >= 0:
+            wanted[i + 1 - strings] = n
+            i = data.find(needle, i + 1, strings + str_len)
     ids: dict[str, int] = {}
     offsets: dict[tuple[str, str], int] = {}
     p, end, tid = hdr_len + type_off, hdr_len + type_off + type_len, 1
     while p < end:
         name_off, info, _ = struct.unpack_from("<III", data, p)
         kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-        if kind in (_FUNC, _STRUCT) and name_off and (n := name(name_off)) in wanted:
+        if kind in (_FUNC, _STRUCT) and (n := wanted.get(name_off, "")):
             if kind == _FUNC and n in funcs:
                 ids[n] = tid
             elif kind == _STRUCT:
