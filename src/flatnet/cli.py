@@ -267,7 +267,10 @@ def lab_fast_path(lab: Annotated[str | None, typer.Option()] = None) -> None:
     from flatnet.lab.state import LabState
 
     st = LabState.load(_one_lab(lab))
-    owner = {p["ip"]: name for name, p in st.pods.items() if p.get("ip")}
+    owner: dict[str, str] = {}  # pods sharing a namespace (container:<pod>) share an IP
+    for name, p in sorted(st.pods.items()):
+        if p.get("ip"):
+            owner[p["ip"]] = f"{owner[p['ip']]},{name}" if p["ip"] in owner else name
     t = Table("NODE", "PROGRAM", "ATTACHED TO (tcx ingress)", "PODS IN ITS MAP")
     for node, info in st.nodes.items():
         devices, pods = fastpath.status(info["ns"])
