@@ -4,7 +4,9 @@ What a user checks: the program sits on exactly the devices it should (the
 underlay, the tunnel device, every pod's host veth — not the bridge), its map
 holds exactly this node's pods; an established pod->pod transfer arrives whole,
 from the client's own IP, while the nodes' IP stacks forward almost none of it
-(and forward all of it with the fast path off, so the count can tell); the
+and (vxlan) the receiving VXLAN device sees almost none of it, decapsulated on
+the underlay device instead (and all of it with the fast path off, so the
+counts can tell); the
 closed flow does not stay ESTABLISHED in conntrack; an agent killed mid-transfer
 and restarted swaps in a new program without breaking the transfer; turning the
 fast path off leaves no program anywhere.
@@ -108,6 +110,16 @@ def forwarded(ns: str) -> int:
     return int(vals[head.index("ForwDatagrams")])
 
 
+def tunnel_rx(ns: str, backend: str) -> int:
+    """Packets received by the VXLAN device (0 for other backends)."""
+    if backend != "vxlan":
+        return 0
+    out = subprocess.run(
+        ["ip", "-n", ns, "-s", "-j", "link", "show", "flatnet.1"], capture_output=True, text=True
+    )
+    return int(json.loads(out.stdout)[0]["stats64"]["rx"]["packets"])
+
+
 def transfer(src: dict, dst: dict, nbytes: int, seconds: float = 0.0, during=None):  # type: ignore[no-untyped-def, type-arg]
     """Send ``nbytes`` from pod ``src`` to pod ``dst`` over one TCP connection;
     returns (peer IP seen by the receiver, bytes received)."""
@@ -166,11 +178,13 @@ def test_fast_path(lab2: str) -> None:
 
     # 2. an established flow goes around both nodes' stacks, whole, un-NATed
     n1, n2 = st.nodes["node1"]["ns"], st.nodes["node2"]["ns"]
-    before = forwarded(n1), forwarded(n2)
+    before = forwarded(n1), forwarded(n2), tunnel_rx(n2, backend)
     peer, got = transfer(ps["a"], ps["b"], 64 << 20)
     fast = forwarded(n1) - before[0], forwarded(n2) - before[1]
     assert (peer, got) == (ps["a"]["ip"], 64 << 20)
     assert max(fast) < 50, fast  # the handshake, the close, a few early segments
+    # vxlan: decapsulated on node2's underlay device, not by flatnet.1
+    assert tunnel_rx(n2, backend) - before[2] < 50
     # the closed flow was seen closing: not left ESTABLISHED on either node
     time.sleep(0.5)
     for ns in (n1, n2):
@@ -208,7 +222,9 @@ def test_fast_path(lab2: str) -> None:
     for info in st.nodes.values():
         assert fastpath.status(info["ns"]) == ({}, {})
     assert flatnet("lab", "fast-path", "--lab", lab2).stdout.count(" off ") == 2
-    before = forwarded(n1), forwarded(n2)
+    before = forwarded(n1), forwarded(n2), tunnel_rx(n2, backend)
     assert transfer(ps["a"], ps["b"], 64 << 20) == (ps["a"]["ip"], 64 << 20)
     slow = forwarded(n1) - before[0], forwarded(n2) - before[1]
     assert min(slow) > 500, slow
+    if backend == "vxlan":
+        assert tunnel_rx(n2, backend) - before[2] > 500

@@ -146,7 +146,11 @@ class Agent:
                 log.info("fast path off: %d attachment(s) removed", n)
             return
         gateway_mac = links.ip_mac(str(ipam.gateway))
-        fast = FastPath(self.opts.ns, cfg.pod_cidr, gateway_mac, ipam.subnet.num_addresses)
+        assert self.lease is not None
+        data = self.lease.backend_data
+        vxlan = (int(data["vni"]), int(data["port"])) if cfg.backend == "vxlan" else None
+        size = ipam.subnet.num_addresses
+        fast = FastPath(self.opts.ns, cfg.pod_cidr, gateway_mac, size, vxlan)
         try:
             fast.install(devices, self.pods.attached())
         except (KernelError, OSError) as e:

@@ -10,6 +10,14 @@ tunnel device (vxlan) and every pod's host veth. For each IPv4 packet it checks,
 in this order, and hands anything that fails a check to the normal stack
 unchanged:
 
+0. (vxlan) a frame to this node's VXLAN port and VNI whose inner packet passes
+   2. and 3. below and is for a pod of this node is decapsulated right on the
+   underlay device (``bpf_skb_adjust_room``: outer IP, UDP, VXLAN and inner
+   Ethernet headers go, the segment size stays) and goes on as in 4a: the
+   outer packet's trip through IP, UDP, the VXLAN device and its GRO cells is
+   skipped (~10 % more pod->pod throughput on the lab's veth underlay, measured
+   A/B on one lab). Sending still goes through the VXLAN device, which keeps
+   flannel's recipe (device, neighbours, FDB) the single source of truth;
 1. routed to this node: the frame is addressed to the device (``pkt_type``
    host) or, on a pod's veth, to the gateway's MAC — bridged traffic between
    pods of one node stays bridged;
@@ -70,7 +78,8 @@ _KFUNCS = ("bpf_skb_ct_lookup", "bpf_ct_release")
 _STATUS = ("nf_conn", "status")
 IPS_ASSURED, IPS_SRC_NAT, IPS_DST_NAT = 0x04, 0x10, 0x20
 # helpers
-MAP_LOOKUP, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 1, 69, 152, 155
+MAP_LOOKUP, ADJUST_ROOM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 1, 50, 69, 152, 155
+ADJ_ROOM_MAC, ADJ_ROOM_FIXED_GSO = 1, 1
 FIB_SUCCESS, FIB_NO_NEIGH = 0, 7  # BPF_FIB_LKUP_RET_*
 # struct __sk_buff offsets
 SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END = 4, 40, 76, 80
@@ -82,97 +91,147 @@ def _le32(b: bytes) -> int:
 
 
 def program(
-    pod_cidr: str, gateway_mac: str, map_fd: int, kfuncs: dict[str, int], status: int
+    pod_cidr: str,
+    gateway_mac: str,
+    map_fd: int,
+    kfuncs: dict[str, int],
+    status: int,
+    vxlan: tuple[int, int] | None = None,
 ) -> bytes:
-    """The fast path's instructions (see the module doc). Packet words are
-    loaded little-endian, so constants are compared in that byte order."""
+    """The fast path's instructions (see the module doc); ``vxlan``: (VNI, UDP
+    port) of this node's VXLAN tunnel, whose packets for local pods are then
+    decapsulated here. Packet words are loaded little-endian, so constants are
+    compared in that byte order."""
     net = ipaddress.IPv4Network(pod_cidr)
     mask, prefix = _le32(net.netmask.packed), _le32(net.network_address.packed)
     gw = bytes.fromhex(gateway_mac.replace(":", ""))
+    gw_lo, gw_hi = _le32(gw[:4]), int.from_bytes(gw[4:], "little")
     a = Asm()
     a.alu(R6, "=", Reg(R1))  # r6: the skb, kept across calls
 
-    def packet(need: int) -> None:  # r2 = data, checked for ``need`` bytes
+    def packet(need: int, short: str = "pass") -> None:  # r2 = data, ``need`` bytes there
         a.ld(4, R2, R6, SKB_DATA)
         a.ld(4, R3, R6, SKB_DATA_END)
         a.alu(R4, "=", Reg(R2))
         a.alu(R4, "+", need)
-        a.jmp(">", R4, Reg(R3), "pass")
+        a.jmp(">", R4, Reg(R3), short)
+
+    def flow(ip: int) -> None:
+        """2. and 3. for the IPv4 header at ``ip``: fall to "pass" unless this is
+        an established, un-NATed TCP/UDP flow between pods. Leaves r7 = L4."""
+        a.ld(1, R5, R2, ip)
+        a.jmp("!=", R5, 0x45, "pass")
+        a.ld(2, R5, R2, ip + 6)
+        a.jmp("&", R5, 0xFF3F, "pass")  # MF or a fragment offset
+        a.ld(1, R5, R2, ip + 8)
+        a.jmp("<=", R5, 1, "pass")
+        for off in (12, 16):
+            a.ld(4, R5, R2, ip + off)
+            a.alu(R5, "&", mask, w=True)
+            a.jmp("!=", R5, prefix, "pass", w=True)
+        a.ld(1, R7, R2, ip + 9)  # r7: the L4 protocol
+        tcp_ok = f"l4_{ip}"
+        a.jmp("==", R7, socket.IPPROTO_UDP, tcp_ok)
+        a.jmp("!=", R7, socket.IPPROTO_TCP, "pass")
+        a.ld(1, R5, R2, ip + 20 + 13)
+        a.jmp("&", R5, 0x07, "pass")  # FIN, SYN, RST
+        a.label(tcp_ok)
+        # conntrack: struct bpf_sock_tuple at fp-80, struct bpf_ct_opts at fp-96
+        for off in (-96, -88, -80, -72):
+            a.st(8, R10, off, 0)
+        for off, at in ((12, -80), (16, -76), (20, -72)):  # saddr, daddr, both ports
+            a.ld(4, R5, R2, ip + off)
+            a.st(4, R10, at, Reg(R5))
+        a.st(4, R10, -96, -1)  # netns_id: BPF_F_CURRENT_NETNS
+        a.st(1, R10, -88, Reg(R7))  # l4proto
+        a.alu(R1, "=", Reg(R6))
+        a.alu(R2, "=", Reg(R10))
+        a.alu(R2, "+", -80)
+        a.alu(R3, "=", 12)
+        a.alu(R4, "=", Reg(R10))
+        a.alu(R4, "+", -96)
+        a.alu(R5, "=", 16)
+        a.kcall(kfuncs["bpf_skb_ct_lookup"])
+        a.jmp("==", R0, 0, "pass")
+        a.ld(8, R8, R0, status)
+        a.alu(R1, "=", Reg(R0))
+        a.kcall(kfuncs["bpf_ct_release"])
+        a.alu(R8, "&", IPS_ASSURED | IPS_SRC_NAT | IPS_DST_NAT)
+        a.jmp("!=", R8, IPS_ASSURED, "pass")
+
+    def local_pod(ip: int, miss: str) -> None:
+        """r9 = the host veth of the pod the IPv4 header at ``ip`` is for."""
+        a.ld(4, R5, R2, ip + 16)
+        a.st(4, R10, -4, Reg(R5))
+        a.ld_map_fd(R1, map_fd)
+        a.alu(R2, "=", Reg(R10))
+        a.alu(R2, "+", -4)
+        a.call(MAP_LOOKUP)
+        a.jmp("==", R0, 0, miss)
+        a.ld(4, R9, R0, 0)
+
+    def into_pod() -> None:
+        """TTL - 1, MACs gateway -> pod (0a:58:<its IP>), into its namespace."""
+        packet(14 + 20)
+        _ttl(a)
+        a.st(2, R2, 0, 0x580A)
+        a.ld(4, R5, R2, 30)
+        a.st(4, R2, 2, Reg(R5))
+        a.st(4, R2, 6, gw_lo)
+        a.st(2, R2, 10, gw_hi)
+        a.alu(R1, "=", Reg(R9))
+        a.alu(R2, "=", 0)
+        a.call(REDIRECT_PEER)
+        a.exit()
 
     packet(14 + 20 + 20)
     a.ld(2, R5, R2, 12)
     a.jmp("!=", R5, 0x0008, "pass")  # EtherType IPv4
     # 1. routed here: frame to this device, or (pod veth) to the gateway MAC
     a.ld(4, R5, R6, SKB_PKT_TYPE)
-    a.jmp("==", R5, 0, "routed")
+    a.jmp("==", R5, 0, "host")
     a.ld(4, R5, R2, 0)
-    a.jmp("!=", R5, _le32(gw[:4]), "pass", w=True)
+    a.jmp("!=", R5, gw_lo, "pass", w=True)
     a.ld(2, R5, R2, 4)
-    a.jmp("!=", R5, int.from_bytes(gw[4:], "little"), "pass")
-    a.label("routed")
-    # 2. plain IPv4 between pods, TCP mid-flow or UDP
-    a.ld(1, R5, R2, 14)
-    a.jmp("!=", R5, 0x45, "pass")
-    a.ld(2, R5, R2, 20)
-    a.jmp("&", R5, 0xFF3F, "pass")  # MF or a fragment offset
-    a.ld(1, R5, R2, 22)
-    a.jmp("<=", R5, 1, "pass")
-    for off in (26, 30):
-        a.ld(4, R5, R2, off)
-        a.alu(R5, "&", mask, w=True)
-        a.jmp("!=", R5, prefix, "pass", w=True)
-    a.ld(1, R7, R2, 23)  # r7: the L4 protocol
-    a.jmp("==", R7, socket.IPPROTO_UDP, "l4")
-    a.jmp("!=", R7, socket.IPPROTO_TCP, "pass")
-    a.ld(1, R5, R2, 14 + 20 + 13)
-    a.jmp("&", R5, 0x07, "pass")  # FIN, SYN, RST
-    a.label("l4")
-    # 3. conntrack: struct bpf_sock_tuple at fp-80, struct bpf_ct_opts at fp-96
-    for off in (-96, -88, -80, -72):
-        a.st(8, R10, off, 0)
-    a.ld(4, R5, R2, 26)
-    a.st(4, R10, -80, Reg(R5))
-    a.ld(4, R5, R2, 30)
-    a.st(4, R10, -76, Reg(R5))
-    a.ld(4, R5, R2, 34)  # both ports
-    a.st(4, R10, -72, Reg(R5))
-    a.st(4, R10, -96, -1)  # netns_id: BPF_F_CURRENT_NETNS
-    a.st(1, R10, -88, Reg(R7))  # l4proto
-    a.alu(R1, "=", Reg(R6))
-    a.alu(R2, "=", Reg(R10))
-    a.alu(R2, "+", -80)
-    a.alu(R3, "=", 12)
-    a.alu(R4, "=", Reg(R10))
-    a.alu(R4, "+", -96)
-    a.alu(R5, "=", 16)
-    a.kcall(kfuncs["bpf_skb_ct_lookup"])
-    a.jmp("==", R0, 0, "pass")
-    a.ld(8, R8, R0, status)
-    a.alu(R1, "=", Reg(R0))
-    a.kcall(kfuncs["bpf_ct_release"])
-    a.alu(R8, "&", IPS_ASSURED | IPS_SRC_NAT | IPS_DST_NAT)
-    a.jmp("!=", R8, IPS_ASSURED, "pass")
+    a.jmp("!=", R5, gw_hi, "pass")
+    a.goto("plain")
+    a.label("host")
+    if vxlan is not None:
+        # 0. this node's VXLAN, for a pod of this node: decapsulate here
+        vni, port = vxlan
+        inner = 14 + 20 + 8 + 8  # the inner frame after outer IP, UDP and VXLAN
+        packet(inner + 14 + 20 + 20, short="plain")
+        a.ld(1, R5, R2, 14)
+        a.jmp("!=", R5, 0x45, "plain")
+        a.ld(1, R5, R2, 23)
+        a.jmp("!=", R5, socket.IPPROTO_UDP, "plain")
+        a.ld(2, R5, R2, 36)
+        a.jmp("!=", R5, socket.htons(port), "plain")
+        a.ld(4, R5, R2, 42)  # flags (I), 3 reserved bytes
+        a.jmp("!=", R5, 0x08, "pass", w=True)
+        a.ld(4, R5, R2, 46)  # VNI, 1 reserved byte
+        a.jmp("!=", R5, _le32(struct.pack(">I", vni << 8)), "pass", w=True)
+        a.ld(2, R5, R2, inner + 12)
+        a.jmp("!=", R5, 0x0008, "pass")
+        flow(inner + 14)
+        packet(inner + 14 + 20)
+        local_pod(inner + 14, "pass")
+        # drop outer IP, UDP, VXLAN and the inner Ethernet header (MAC mode,
+        # the segment size kept: it is already the inner TCP's)
+        a.alu(R1, "=", Reg(R6))
+        a.alu(R2, "=", -inner)
+        a.alu(R3, "=", ADJ_ROOM_MAC)
+        a.alu(R4, "=", ADJ_ROOM_FIXED_GSO)
+        a.call(ADJUST_ROOM)
+        a.jmp("!=", R0, 0, "pass")
+        into_pod()
+    a.label("plain")
+    packet(14 + 20 + 20)
+    flow(14)
     # 4a. a pod of this node: straight into its namespace
     packet(14 + 20)
-    a.ld(4, R5, R2, 30)
-    a.st(4, R10, -4, Reg(R5))
-    a.ld_map_fd(R1, map_fd)
-    a.alu(R2, "=", Reg(R10))
-    a.alu(R2, "+", -4)
-    a.call(MAP_LOOKUP)
-    a.jmp("==", R0, 0, "fib")
-    a.ld(4, R9, R0, 0)  # r9: the pod's host veth
-    packet(14 + 20)
-    _ttl(a)
-    a.st(2, R2, 0, 0x580A)  # pod MAC 0a:58:<its IP>
-    a.ld(4, R5, R2, 30)
-    a.st(4, R2, 2, Reg(R5))
-    a.st(4, R2, 6, _le32(gw[:4]))  # from the gateway
-    a.st(2, R2, 10, int.from_bytes(gw[4:], "little"))
-    a.alu(R1, "=", Reg(R9))
-    a.alu(R2, "=", 0)
-    a.call(REDIRECT_PEER)
-    a.exit()
+    local_pod(14, "fib")
+    into_pod()
     # 4b. elsewhere: the FIB says where; struct bpf_fib_lookup at fp-64
     a.label("fib")
     packet(14 + 20)
@@ -315,11 +374,17 @@ class FastPath:
     ``delete`` as pods come and go. Thread-safe."""
 
     def __init__(
-        self, ns: str | None, pod_cidr: str, gateway_mac: str, capacity: int = 256
+        self,
+        ns: str | None,
+        pod_cidr: str,
+        gateway_mac: str,
+        capacity: int = 256,
+        vxlan: tuple[int, int] | None = None,
     ) -> None:
-        """``capacity``: the most pods the node can hold (its subnet's size)."""
+        """``capacity``: the most pods the node can hold (its subnet's size);
+        ``vxlan``: (VNI, port) when the node's backend is vxlan."""
         self.ns, self.pod_cidr, self.gateway_mac = ns, pod_cidr, gateway_mac
-        self.capacity = capacity
+        self.capacity, self.vxlan = capacity, vxlan
         self._lock = threading.Lock()
         self.map_fd = -1
         self.prog_fd = -1
@@ -330,7 +395,9 @@ class FastPath:
         older fast-path program in the namespace."""
         kfuncs, offsets = bpf.btf_lookup(_KFUNCS, [_STATUS])
         self.map_fd = bpf.map_create(4, 4, self.capacity, "flatnet_pods")
-        code = program(self.pod_cidr, self.gateway_mac, self.map_fd, kfuncs, offsets[_STATUS])
+        code = program(
+            self.pod_cidr, self.gateway_mac, self.map_fd, kfuncs, offsets[_STATUS], self.vxlan
+        )
         self.prog_fd = bpf.prog_load(code, NAME)
         pods = list(pods)
 
