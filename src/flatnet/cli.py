@@ -271,15 +271,17 @@ def lab_fast_path(lab: Annotated[str | None, typer.Option()] = None) -> None:
     for name, p in sorted(st.pods.items()):
         if p.get("ip"):
             owner[p["ip"]] = f"{owner[p['ip']]},{name}" if p["ip"] in owner else name
-    t = Table("NODE", "PROGRAM", "ATTACHED TO (tcx ingress)", "PODS IN ITS MAP")
+    peer_of = {info["underlayIP"]: node for node, info in st.nodes.items()}
+    t = Table("NODE", "PROGRAM", "ATTACHED TO (tcx ingress)", "PODS IN ITS MAP", "VXLAN FROM")
     for node, info in st.nodes.items():
-        devices, pods = fastpath.status(info["ns"])
-        ids = sorted({i for v in devices.values() for i in v})
+        s = fastpath.status(info["ns"])
+        ids = sorted({i for v in s.devices.values() for i in v})
         t.add_row(
             node,
             ", ".join(map(str, ids)) or "off",
-            " ".join(sorted(devices)),
-            " ".join(f"{owner.get(ip, ip)}={ip}" for ip in sorted(pods)),
+            " ".join(sorted(s.devices)),
+            " ".join(f"{owner.get(ip, ip)}={ip}" for ip in sorted(s.pods)),
+            " ".join(peer_of.get(ip, ip) for ip in s.peers),
         )
     out.print(t)
 

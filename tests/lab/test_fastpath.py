@@ -151,7 +151,8 @@ def test_fast_path(lab2: str) -> None:
     # 1. where the program is, and what its map holds
     progs = set()
     for node, info in st.nodes.items():
-        devices, entries = fastpath.status(info["ns"])
+        now = fastpath.status(info["ns"])
+        devices, entries = now.devices, now.pods
         mine = [
             p
             for p in json.loads(flatnet("get", "pods", "--lab", lab2, "-o", "json").stdout)["items"]
@@ -171,6 +172,9 @@ def test_fast_path(lab2: str) -> None:
         assert all(len(ids) == 1 for ids in devices.values())
         progs |= {ids[0] for ids in devices.values()}
         assert entries == {ip: idx for idx, ip in veths.items()}, node
+        # VXLAN is decapsulated here only from the peers the agent programmed
+        others = sorted(i["underlayIP"] for n, i in st.nodes.items() if n != node)
+        assert now.peers == (others if backend == "vxlan" else []), now.peers
     assert len(progs) == 2  # one program per node
     shown = flatnet("lab", "fast-path", "--lab", lab2).stdout
     assert f"a={ps['a']['ip']}" in shown and f"b={ps['b']['ip']}" in shown, shown
@@ -199,7 +203,7 @@ def test_fast_path(lab2: str) -> None:
 
     # 3. agent killed mid-transfer and restarted: the transfer completes, the
     # new program replaces the old one on every device
-    old, _ = fastpath.status(n1)
+    old = fastpath.status(n1).devices
 
     def restart() -> None:
         time.sleep(0.5)
@@ -211,7 +215,8 @@ def test_fast_path(lab2: str) -> None:
         ps["a"]["ip"],
         32 << 20,
     )
-    new, entries = fastpath.status(n1)
+    after = fastpath.status(n1)
+    new, entries = after.devices, after.pods
     assert set(new) == set(old) and all(len(ids) == 1 for ids in new.values())
     assert {ids[0] for ids in new.values()} != {ids[0] for ids in old.values()}
     assert len({ids[0] for ids in new.values()}) == 1
@@ -220,7 +225,7 @@ def test_fast_path(lab2: str) -> None:
     # 4. off: no program anywhere, and the stack forwards the same transfer
     flatnet("lab", "set-backend", "--lab", lab2, "--no-fast-path", backend)
     for info in st.nodes.values():
-        assert fastpath.status(info["ns"]) == ({}, {})
+        assert fastpath.status(info["ns"]) == fastpath.Status()
     assert flatnet("lab", "fast-path", "--lab", lab2).stdout.count(" off ") == 2
     before = forwarded(n1), forwarded(n2), tunnel_rx(n2, backend)
     assert transfer(ps["a"], ps["b"], 64 << 20) == (ps["a"]["ip"], 64 << 20)

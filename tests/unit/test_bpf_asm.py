@@ -95,3 +95,14 @@ def test_btf_lookup(tmp_path: Path) -> None:
     assert ids == {"f": 3} and offs == {("s", "b"): 4}
     with pytest.raises(KernelError, match="lacks g, s.c"):
         btf_lookup(["f", "g"], [("s", "c")], str(_btf(tmp_path)))
+
+
+def test_vxlan_program_decapsulates_from_peers_only() -> None:
+    kf = {"bpf_skb_ct_lookup": 11, "bpf_ct_release": 12}
+    code = insns(program("10.244.0.0/16", "0a:58:0a:f4:00:01", 9, kf, 128, (1, 8472, 10)))
+    helpers = {c[4] for c in code if c[0] == 0x85 and c[2] == 0}
+    assert helpers == {1, 50, 69, 152, 155}  # + skb_adjust_room
+    maps = [c[4] for c in code if c[0] == 0x18 and c[2] == 1]
+    assert maps == [10, 9, 9]  # the peers map first, then the pods map (both branches)
+    # UDP port 8472, compared in network order as loaded little-endian
+    assert any(c[0] == 0x55 and c[4] == 0x1821 for c in code)

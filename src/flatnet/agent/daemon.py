@@ -115,6 +115,7 @@ class Agent:
             self.backend.devices(ctx),
             self._ttl_lease,
             o.resync_every,
+            self.pods.fast.set_peers if self.pods.fast is not None else None,
         )
         self.proxy = ServiceProxy(
             self.store, self.nft, o.node, cfg.pod_cidr, self._ttl_lease, o.proxy_resync

@@ -3,15 +3,17 @@
 Without it, a packet from a pod to a pod on another node crosses, on each node,
 the bridge ``fl0``, netfilter's prerouting/forward/postrouting hooks (conntrack
 and the NAT and service tables), a route lookup and the neighbour layer. On a
-link a CPU limits (the lab's veth underlay) that is the whole gap between
+link a CPU limits (the lab's veth underlay) that is most of the gap between
 pod→pod and node→node throughput. The fast path is one small eBPF program
 (assembled here, no compiler) on the tcx ingress of the underlay device, the
 tunnel device (vxlan) and every pod's host veth. For each IPv4 packet it checks,
 in this order, and hands anything that fails a check to the normal stack
 unchanged:
 
-0. (vxlan) a frame to this node's VXLAN port and VNI whose inner packet passes
-   2. and 3. below and is for a pod of this node is decapsulated right on the
+0. (vxlan) a frame to this node's VXLAN port and VNI, from the underlay IP of a
+   peer the agent has programmed (a second map, so a host firewall's view of
+   who may send VXLAN is not widened), whose inner packet passes 2. and 3.
+   below and is for a pod of this node is decapsulated right on the
    underlay device (``bpf_skb_adjust_room``: outer IP, UDP, VXLAN and inner
    Ethernet headers go, the segment size stays) and goes on as in 4a: the
    outer packet's trip through IP, UDP, the VXLAN device and its GRO cells is
@@ -47,8 +49,7 @@ moved past what conntrack last saw, still closes the entry instead of being
 marked invalid and leaving it established.
 
 Per node: one program, one map (as many entries as the node subnet has
-addresses); per pod one attachment
-and one map entry. The attachments live in the kernel: an agent that dies
+addresses) and for vxlan a peers map; per pod one attachment and one map entry. The attachments live in the kernel: an agent that dies
 leaves the data plane running; a restarted agent loads a fresh program and map,
 attaches them, then detaches the old program (so no packet finds nothing). It
 only ever touches programs named :data:`NAME`. ``network.fastPath: false``
@@ -64,16 +65,19 @@ import socket
 import struct
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from flatnet.errors import KernelError
 from flatnet.kernel import bpf, netns
 from flatnet.kernel.bpf import Asm, Reg
 
-__all__ = ["NAME", "FastPath", "program", "remove", "status"]
+__all__ = ["NAME", "FastPath", "Status", "program", "remove", "status"]
 
 log = logging.getLogger("flatnet.fastpath")
 
 NAME = "flatnet_fast"
+PODS_MAP, PEERS_MAP = "flatnet_pods", "flatnet_peers"
+PEERS_MAX = 4096  # nodes whose VXLAN packets may be decapsulated
 _KFUNCS = ("bpf_skb_ct_lookup", "bpf_ct_release")
 _STATUS = ("nf_conn", "status")
 IPS_ASSURED, IPS_SRC_NAT, IPS_DST_NAT = 0x04, 0x10, 0x20
@@ -96,12 +100,12 @@ def program(
     map_fd: int,
     kfuncs: dict[str, int],
     status: int,
-    vxlan: tuple[int, int] | None = None,
+    vxlan: tuple[int, int, int] | None = None,
 ) -> bytes:
     """The fast path's instructions (see the module doc); ``vxlan``: (VNI, UDP
-    port) of this node's VXLAN tunnel, whose packets for local pods are then
-    decapsulated here. Packet words are loaded little-endian, so constants are
-    compared in that byte order."""
+    port, fd of the peers map) of this node's VXLAN tunnel, whose packets from
+    a peer for a local pod are then decapsulated here. Packet words are loaded
+    little-endian, so constants are compared in that byte order."""
     net = ipaddress.IPv4Network(pod_cidr)
     mask, prefix = _le32(net.netmask.packed), _le32(net.network_address.packed)
     gw = bytes.fromhex(gateway_mac.replace(":", ""))
@@ -198,7 +202,7 @@ def program(
     a.label("host")
     if vxlan is not None:
         # 0. this node's VXLAN, for a pod of this node: decapsulate here
-        vni, port = vxlan
+        vni, port, peers_fd = vxlan
         inner = 14 + 20 + 8 + 8  # the inner frame after outer IP, UDP and VXLAN
         packet(inner + 14 + 20 + 20, short="plain")
         a.ld(1, R5, R2, 14)
@@ -213,6 +217,14 @@ def program(
         a.jmp("!=", R5, _le32(struct.pack(">I", vni << 8)), "pass", w=True)
         a.ld(2, R5, R2, inner + 12)
         a.jmp("!=", R5, 0x0008, "pass")
+        a.ld(4, R5, R2, 26)  # from a peer the agent has programmed
+        a.st(4, R10, -4, Reg(R5))
+        a.ld_map_fd(R1, peers_fd)
+        a.alu(R2, "=", Reg(R10))
+        a.alu(R2, "+", -4)
+        a.call(MAP_LOOKUP)
+        a.jmp("==", R0, 0, "pass")
+        packet(inner + 14 + 20 + 20)
         flow(inner + 14)
         packet(inner + 14 + 20)
         local_pod(inner + 14, "pass")
@@ -329,37 +341,46 @@ def _detach_all(keep: int | None = None) -> int:
     return n
 
 
-def _map_entries(fd: int) -> dict[str, int]:
+def _map_entries(fd: int, value_size: int = 4) -> dict[str, int]:
+    """An IPv4-keyed map as {IP: value}."""
     out = {}
     for key in bpf.map_keys(fd, 4):
-        val = bpf.map_lookup(fd, key, 4)
+        val = bpf.map_lookup(fd, key, value_size)
         if val is not None:
-            out[socket.inet_ntoa(key)] = struct.unpack("<I", val)[0]
+            out[socket.inet_ntoa(key)] = int.from_bytes(val, "little")
     return out
 
 
-def status(ns: str | None) -> tuple[dict[str, list[int]], dict[str, int]]:
-    """What the kernel holds in namespace ``ns``: device → IDs of the fast-path
-    programs on its ingress, and the pods map (pod IP → host veth ifindex) of
-    the first one found."""
+@dataclass(frozen=True)
+class Status:
+    """What the kernel holds in a namespace: device → IDs of the fast-path
+    programs on its ingress; and, from the first program found, its pods map
+    (pod IP → host veth ifindex) and its VXLAN peers (underlay IPs)."""
 
-    def read() -> tuple[dict[str, list[int]], dict[str, int]]:
+    devices: dict[str, list[int]] = field(default_factory=dict)
+    pods: dict[str, int] = field(default_factory=dict)
+    peers: list[str] = field(default_factory=list)
+
+
+def status(ns: str | None) -> Status:
+    def read() -> Status:
         devices: dict[str, list[int]] = {}
-        pods: dict[str, int] | None = None
+        maps: dict[str, dict[str, int]] = {}
         for _, name in socket.if_nameindex():
             for fd in _ours(socket.if_nametoindex(name)):
                 try:
-                    pid, _, maps = bpf.prog_info(fd)
+                    pid, _, map_ids = bpf.prog_info(fd)
                     devices.setdefault(name, []).append(pid)
-                    if pods is None and maps:
-                        mfd = bpf.map_fd(maps[0])
+                    for map_id in map_ids if not maps else ():
+                        mfd = bpf.map_fd(map_id)
                         try:
-                            pods = _map_entries(mfd)
+                            kind = bpf.map_name(mfd)
+                            maps[kind] = _map_entries(mfd, 4 if kind == PODS_MAP else 1)
                         finally:
                             bpf.close(mfd)
                 finally:
                     bpf.close(fd)
-        return devices, pods or {}
+        return Status(devices, maps.get(PODS_MAP, {}), sorted(maps.get(PEERS_MAP, {})))
 
     return netns.run_in(ns, read)
 
@@ -385,6 +406,8 @@ class FastPath:
         ``vxlan``: (VNI, port) when the node's backend is vxlan."""
         self.ns, self.pod_cidr, self.gateway_mac = ns, pod_cidr, gateway_mac
         self.capacity, self.vxlan = capacity, vxlan
+        self.peers_fd = -1
+        self._peers: set[str] = set()
         self._lock = threading.Lock()
         self.map_fd = -1
         self.prog_fd = -1
@@ -394,9 +417,13 @@ class FastPath:
         veth) pairs), attach to ``devices`` and the pods' veths, then detach any
         older fast-path program in the namespace."""
         kfuncs, offsets = bpf.btf_lookup(_KFUNCS, [_STATUS])
-        self.map_fd = bpf.map_create(4, 4, self.capacity, "flatnet_pods")
+        self.map_fd = bpf.map_create(4, 4, self.capacity, PODS_MAP)
+        vxlan = None
+        if self.vxlan is not None:
+            self.peers_fd = bpf.map_create(4, 1, PEERS_MAX, PEERS_MAP)
+            vxlan = (*self.vxlan, self.peers_fd)
         code = program(
-            self.pod_cidr, self.gateway_mac, self.map_fd, kfuncs, offsets[_STATUS], self.vxlan
+            self.pod_cidr, self.gateway_mac, self.map_fd, kfuncs, offsets[_STATUS], vxlan
         )
         self.prog_fd = bpf.prog_load(code, NAME)
         pods = list(pods)
@@ -443,6 +470,18 @@ class FastPath:
         with self._lock:
             netns.run_in(self.ns, both)
 
+    def set_peers(self, underlay_ips: list[str]) -> None:
+        """The underlay IPs whose VXLAN packets may be decapsulated here."""
+        if self.peers_fd < 0:
+            return
+        want = set(underlay_ips)
+        with self._lock:
+            for ip in want - self._peers:
+                bpf.map_update(self.peers_fd, socket.inet_aton(ip), b"\x01")
+            for ip in self._peers - want:
+                bpf.map_delete(self.peers_fd, socket.inet_aton(ip))
+            self._peers = want
+
     def delete(self, ip: str) -> None:
         """A pod gone: its entry goes (its veth's attachment goes with the veth)."""
         with self._lock:
@@ -454,7 +493,7 @@ class FastPath:
 
     def close(self) -> None:
         """Close our fds; the kernel keeps program and map while attached."""
-        for fd in (self.prog_fd, self.map_fd):
+        for fd in (self.prog_fd, self.map_fd, self.peers_fd):
             if fd >= 0:
                 bpf.close(fd)
-        self.prog_fd = self.map_fd = -1
+        self.prog_fd = self.map_fd = self.peers_fd = -1

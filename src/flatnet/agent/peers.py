@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from flatnet.backends import Backend, Context
@@ -44,8 +45,12 @@ class PeerWatcher:
         devices: tuple[str, ...],
         status_lease: int = 0,
         resync: float = 10.0,
+        on_peers: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """``on_peers`` is told the underlay IPs of the programmed peers after
+        every sync (the fast path decapsulates VXLAN from those only)."""
         self.store, self.backend, self.ctx, self.devices = store, backend, ctx, devices
+        self.on_peers = on_peers
         self.status_lease = status_lease
         self.resync = resync
         self.leases: dict[str, Lease] = {}
@@ -76,6 +81,8 @@ class PeerWatcher:
         want = self.backend.desired(self.ctx, peers)
         changes = converge(self.ctx.ns, want, self.devices)
         programmed = [p.node for p in peers if p.node not in set(want.refused) | want.pending]
+        if self.on_peers is not None:
+            self.on_peers([p.underlay_ip for p in peers if p.node in programmed])
         if changes:
             log.info(
                 "peers converged: +%d -%d objects; programmed %s",

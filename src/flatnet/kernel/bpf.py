@@ -29,6 +29,7 @@ __all__ = [
     "map_fd",
     "map_keys",
     "map_lookup",
+    "map_name",
     "map_update",
     "prog_fd",
     "prog_info",
@@ -298,6 +299,12 @@ def prog_info(fd: int) -> tuple[int, str, list[int]]:
     name = info.raw[64:80].split(b"\0", 1)[0].decode()
     n = struct.unpack_from("<I", info.raw, 52)[0]
     return struct.unpack_from("<I", info.raw, 4)[0], name, list(maps[: min(n, 8)])
+
+
+def map_name(fd: int) -> str:
+    info = ctypes.create_string_buffer(80)  # struct bpf_map_info: name at 24
+    _bpf(OBJ_GET_INFO_BY_FD, _attr("<IIQ", fd, len(info), ctypes.addressof(info)))
+    return info.raw[24:40].split(b"\0", 1)[0].decode()
 
 
 # BTF: kind -> bytes after the 12-byte header (fixed part, per-member part)
