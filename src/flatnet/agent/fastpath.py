@@ -49,8 +49,9 @@ moved past what conntrack last saw, still closes the entry instead of being
 marked invalid and leaving it established.
 
 Per node: one program, one map (as many entries as the node subnet has
-addresses) and for vxlan a peers map; per pod one attachment and one map entry. The attachments live in the kernel: an agent that dies
-leaves the data plane running; a restarted agent loads a fresh program and map,
+addresses) and for vxlan a peers map; per pod one attachment and one map entry.
+The attachments live in the kernel: an agent that dies leaves the data plane
+running; a restarted agent loads a fresh program and map,
 attaches them, then detaches the old program (so no packet finds nothing). It
 only ever touches programs named :data:`NAME`. ``network.fastPath: false``
 removes them.
