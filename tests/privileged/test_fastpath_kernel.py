@@ -71,7 +71,8 @@ def test_failed_install_leaves_nothing(ns: str) -> None:
 
 
 def test_maps_follow_pods_and_peers(ns: str) -> None:
-    fp = FastPath(ns, "10.244.0.0/16", "0a:58:0a:f4:00:01", capacity=256, vxlan=(1, 8472))
+    vxlan = (1, 8472, "d0", "d1", "192.168.50.11")  # d0 plays the VXLAN device, d1 the underlay
+    fp = FastPath(ns, "10.244.0.0/16", "0a:58:0a:f4:00:01", capacity=256, vxlan=vxlan)
     fp.install(["d0"], [])
     fp.add("10.244.0.7", "d1")  # d1 plays a pod's host veth: attached, and in the map
     d1 = int(
@@ -81,12 +82,12 @@ def test_maps_follow_pods_and_peers(ns: str) -> None:
             text=True,
         ).stdout
     )
-    fp.set_peers(["192.168.50.12", "192.168.50.13"])
+    fp.set_peers([("192.168.50.12", "10.244.1.0/24"), ("192.168.50.13", "10.244.2.0/24")])
     s = fastpath.status(ns)
     assert set(s.devices) == {"d0", "d1"}
     assert s.pods == {"10.244.0.7": d1}
     assert s.peers == ["192.168.50.12", "192.168.50.13"]
-    fp.set_peers(["192.168.50.13"])
+    fp.set_peers([("192.168.50.13", "10.244.2.0/24")])
     fp.delete("10.244.0.7")
     s = fastpath.status(ns)
     assert s.pods == {} and s.peers == ["192.168.50.13"]

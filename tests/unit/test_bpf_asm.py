@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flatnet.agent.fastpath import program
+from flatnet.agent.fastpath import Vxlan, program
 from flatnet.errors import KernelError
 from flatnet.kernel.bpf import Asm, Reg, btf_lookup
 
@@ -97,12 +97,16 @@ def test_btf_lookup(tmp_path: Path) -> None:
         btf_lookup(["f", "g"], [("s", "c")], str(_btf(tmp_path)))
 
 
-def test_vxlan_program_decapsulates_from_peers_only() -> None:
+def test_vxlan_program_decapsulates_from_peers_only_and_encapsulates() -> None:
     kf = {"bpf_skb_ct_lookup": 11, "bpf_ct_release": 12}
-    code = insns(program("10.244.0.0/16", "0a:58:0a:f4:00:01", 9, kf, 128, (1, 8472, 10)))
+    vx = Vxlan(1, 8472, 5, 2, "192.168.50.11", peers_fd=10, vteps_fd=11)
+    code = insns(program("10.244.0.0/16", "0a:58:0a:f4:00:01", 9, kf, 128, vx))
     helpers = {c[4] for c in code if c[0] == 0x85 and c[2] == 0}
-    assert helpers == {1, 50, 69, 152, 155}  # + skb_adjust_room
+    # + skb_store_bytes, csum_diff, get_hash_recalc, skb_adjust_room
+    assert helpers == {1, 9, 28, 34, 50, 69, 152, 155}
     maps = [c[4] for c in code if c[0] == 0x18 and c[2] == 1]
-    assert maps == [10, 9, 9]  # the peers map first, then the pods map (both branches)
+    assert maps == [10, 9, 9, 11]  # peers (decap), pods (both branches), VTEPs (encap)
+    # the local underlay IP is the outer source: 192.168.50.11 as loaded little-endian
+    assert any(c[0] == 0x62 and c[4] == 0x0B32A8C0 for c in code)
     # UDP port 8472, compared in network order as loaded little-endian
     assert any(c[0] == 0x55 and c[4] == 0x1821 for c in code)

@@ -84,7 +84,7 @@ class Agent:
         self.lease = lease_subnet(  # published once, with what peers need (VTEP MAC...)
             self.store, cfg, o.node, underlay, self._ttl_lease, self._lease_data
         )
-        ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, opts)
+        ctx = self.ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, opts)
         for other in backends.names():  # objects of a backend this node ran before
             if other != cfg.backend:
                 backends.get(other).teardown(ctx)
@@ -149,7 +149,10 @@ class Agent:
         gateway_mac = links.ip_mac(str(ipam.gateway))
         assert self.lease is not None
         data = self.lease.backend_data
-        vxlan = (int(data["vni"]), int(data["port"])) if cfg.backend == "vxlan" else None
+        vxlan = None
+        if cfg.backend == "vxlan":
+            tunnel, under = self.backend.devices(self.ctx)[0], self.ctx.underlay_dev
+            vxlan = (int(data["vni"]), int(data["port"]), tunnel, under, self.lease.underlay_ip)
         size = ipam.subnet.num_addresses
         fast = FastPath(self.opts.ns, cfg.pod_cidr, gateway_mac, size, vxlan)
         try:

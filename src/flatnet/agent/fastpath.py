@@ -65,7 +65,7 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flatnet.errors import KernelError
@@ -77,22 +77,41 @@ __all__ = ["NAME", "FastPath", "Status", "program", "remove", "status"]
 log = logging.getLogger("flatnet.fastpath")
 
 NAME = "flatnet_fast"
-PODS_MAP, PEERS_MAP = "flatnet_pods", "flatnet_peers"
+PODS_MAP, PEERS_MAP, VTEPS_MAP = "flatnet_pods", "flatnet_peers", "flatnet_vteps"
 PEERS_MAX = 4096  # nodes whose VXLAN packets may be decapsulated
 _KFUNCS = ("bpf_skb_ct_lookup", "bpf_ct_release")
 _STATUS = ("nf_conn", "status")
 IPS_ASSURED, IPS_SRC_NAT, IPS_DST_NAT = 0x04, 0x10, 0x20
 # helpers
-MAP_LOOKUP, ADJUST_ROOM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 1, 50, 69, 152, 155
+MAP_LOOKUP, STORE_BYTES, CSUM_DIFF, GET_HASH_RECALC = 1, 9, 28, 34
+ADJUST_ROOM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 50, 69, 152, 155
 ADJ_ROOM_MAC, ADJ_ROOM_FIXED_GSO = 1, 1
+ENCAP_IPV4, ENCAP_UDP, ENCAP_ETH = 2, 16, 64  # BPF_F_ADJ_ROOM_ENCAP_*
 FIB_SUCCESS, FIB_NO_NEIGH = 0, 7  # BPF_FIB_LKUP_RET_*
 # struct __sk_buff offsets
-SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END = 4, 40, 76, 80
+SKB_LEN, SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END = 0, 4, 40, 76, 80
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
 
 
 def _le32(b: bytes) -> int:
     return int(struct.unpack("<i", b)[0])
+
+
+@dataclass(frozen=True)
+class Vxlan:
+    """This node's VXLAN tunnel as the program needs it: the VNI and UDP port,
+    the ifindex of the VXLAN device and of the underlay device, the node's own
+    underlay IP, and the fds of the peers map (underlay IP -> 1: who may send
+    VXLAN here) and the VTEPs map (a peer's VTEP address, ``<subnet>.0`` ->
+    its underlay IP: where to send)."""
+
+    vni: int
+    port: int
+    dev_ifindex: int
+    underlay_ifindex: int
+    local_ip: str
+    peers_fd: int
+    vteps_fd: int
 
 
 def program(
@@ -101,12 +120,12 @@ def program(
     map_fd: int,
     kfuncs: dict[str, int],
     status: int,
-    vxlan: tuple[int, int, int] | None = None,
+    vxlan: Vxlan | None = None,
 ) -> bytes:
-    """The fast path's instructions (see the module doc); ``vxlan``: (VNI, UDP
-    port, fd of the peers map) of this node's VXLAN tunnel, whose packets from
-    a peer for a local pod are then decapsulated here. Packet words are loaded
-    little-endian, so constants are compared in that byte order."""
+    """The fast path's instructions (see the module doc); with ``vxlan``, this
+    node's VXLAN packets from a peer for a local pod are decapsulated here and
+    packets routed into the VXLAN device are encapsulated here. Packet words
+    are loaded little-endian, so constants are compared in that byte order."""
     net = ipaddress.IPv4Network(pod_cidr)
     mask, prefix = _le32(net.netmask.packed), _le32(net.network_address.packed)
     gw = bytes.fromhex(gateway_mac.replace(":", ""))
@@ -203,7 +222,7 @@ def program(
     a.label("host")
     if vxlan is not None:
         # 0. this node's VXLAN, for a pod of this node: decapsulate here
-        vni, port, peers_fd = vxlan
+        vni, port, peers_fd = vxlan.vni, vxlan.port, vxlan.peers_fd
         inner = 14 + 20 + 8 + 8  # the inner frame after outer IP, UDP and VXLAN
         packet(inner + 14 + 20 + 20, short="plain")
         a.ld(1, R5, R2, 14)
@@ -269,6 +288,9 @@ def program(
     a.jmp("==", R0, FIB_SUCCESS, "out")
     a.jmp("!=", R0, FIB_NO_NEIGH, "pass")
     a.label("out")
+    if vxlan is not None:
+        _encap(a, vxlan, packet)
+    a.label("neigh")
     packet(14 + 20)
     _ttl(a)
     # struct bpf_redir_neigh at fp-88: AF_INET, the next hop the FIB gave
@@ -288,18 +310,110 @@ def program(
     return a.code()
 
 
-def _ttl(a: Asm) -> None:
-    """TTL − 1 with the checksum patched as ip_decrease_ttl() does (r2 = data)."""
-    a.ld(1, R5, R2, 22)
+def _encap(a: Asm, vx: Vxlan, packet: Callable[..., None]) -> None:
+    """4c. Routed into the VXLAN device: encapsulate here, as the device would
+    (outer IP with DF, UDP from a flow-hash port, VXLAN, the inner Ethernet
+    header with the MACs the FIB gave), and send it out of the underlay device
+    through the neighbour layer (the kernel routes the outer header, so a
+    routed underlay works too). r0 holds the FIB's verdict."""
+    a.ld(4, R5, R10, -56)
+    a.jmp("!=", R5, vx.dev_ifindex, "neigh")
+    a.jmp("!=", R0, FIB_SUCCESS, "pass")  # the VTEP's neighbour is permanent
+    a.ld_map_fd(R1, vx.vteps_fd)
+    a.alu(R2, "=", Reg(R10))
+    a.alu(R2, "+", -32)  # the next hop: the peer's VTEP address
+    a.call(MAP_LOOKUP)
+    a.jmp("==", R0, 0, "pass")
+    a.ld(4, R8, R0, 0)  # r8: the peer's underlay IP
+    a.alu(R1, "=", Reg(R6))
+    a.call(GET_HASH_RECALC)
+    a.alu(R9, "=", Reg(R0))  # r9: the flow's hash
+    # the 50 bytes, built at fp-160: outer IP, UDP, VXLAN, inner Ethernet
+    hdr = -160
+    for off in range(hdr, hdr + 56, 8):
+        a.st(8, R10, off, 0)
+    a.st(1, R10, hdr, 0x45)
+    a.ld(4, R5, R6, SKB_LEN)
+    a.alu(R5, "+", 50 - 14)
+    a.be16(R5)
+    a.st(2, R10, hdr + 2, Reg(R5))  # total length
+    a.st(2, R10, hdr + 6, 0x0040)  # DF
+    a.st(1, R10, hdr + 8, 64)
+    a.st(1, R10, hdr + 9, socket.IPPROTO_UDP)
+    a.st(4, R10, hdr + 12, _le32(ipaddress.IPv4Address(vx.local_ip).packed))
+    a.st(4, R10, hdr + 16, Reg(R8))
+    a.alu(R9, "&", 0x3FFF, w=True)
+    a.alu(R9, "|", 0xC000, w=True)
+    a.be16(R9)
+    a.st(2, R10, hdr + 20, Reg(R9))  # source port 49152-65535
+    a.st(2, R10, hdr + 22, socket.htons(vx.port))
+    a.ld(4, R5, R6, SKB_LEN)
+    a.alu(R5, "+", 50 - 14 - 20)
+    a.be16(R5)
+    a.st(2, R10, hdr + 24, Reg(R5))  # UDP length; checksum 0, as the device sends
+    a.st(4, R10, hdr + 28, 0x08)  # VXLAN flags: VNI present
+    a.st(4, R10, hdr + 32, _le32(struct.pack(">I", vx.vni << 8)))
+    for k in range(0, 6, 2):  # inner MACs: the FIB's dmac (fp-6), smac (fp-12)
+        a.ld(2, R5, R10, -6 + k)
+        a.st(2, R10, hdr + 36 + k, Reg(R5))
+        a.ld(2, R5, R10, -12 + k)
+        a.st(2, R10, hdr + 42 + k, Reg(R5))
+    a.st(2, R10, hdr + 48, 0x0008)
+    a.alu(R1, "=", 0)
+    a.alu(R2, "=", 0)
+    a.alu(R3, "=", Reg(R10))
+    a.alu(R3, "+", hdr)
+    a.alu(R4, "=", 20)
+    a.alu(R5, "=", 0)
+    a.call(CSUM_DIFF)  # the outer IP header's sum, folded and inverted
+    for _ in range(2):
+        a.alu(R5, "=", Reg(R0))
+        a.alu(R5, ">>", 16)
+        a.alu(R0, "&", 0xFFFF)
+        a.alu(R0, "+", Reg(R5))
+    a.alu(R0, "^", 0xFFFF)
+    a.st(2, R10, hdr + 10, Reg(R0))
+    # room after the MAC header, marked as a UDP tunnel for GSO; then the bytes
+    a.alu(R1, "=", Reg(R6))
+    a.alu(R2, "=", 50)
+    a.alu(R3, "=", ADJ_ROOM_MAC)
+    a.ld_imm64(R4, ADJ_ROOM_FIXED_GSO | ENCAP_IPV4 | ENCAP_UDP | ENCAP_ETH | (14 << 56))
+    a.call(ADJUST_ROOM)
+    a.jmp("!=", R0, 0, "pass")  # nothing changed yet
+    a.alu(R1, "=", Reg(R6))
+    a.alu(R2, "=", 14)
+    a.alu(R3, "=", Reg(R10))
+    a.alu(R3, "+", hdr)
+    a.alu(R4, "=", 50)
+    a.alu(R5, "=", 0)
+    a.call(STORE_BYTES)
+    a.jmp("!=", R0, 0, "drop")  # grown but not written: not a packet to send
+    packet(14 + 50 + 20, short="drop")
+    _ttl(a, 14 + 50)
+    a.alu(R1, "=", vx.underlay_ifindex)
+    a.alu(R2, "=", 0)
+    a.alu(R3, "=", 0)
+    a.alu(R4, "=", 0)
+    a.call(REDIRECT_NEIGH)
+    a.exit()
+    a.label("drop")
+    a.alu(R0, "=", 2)  # TCX_DROP
+    a.exit()
+
+
+def _ttl(a: Asm, ip: int = 14) -> None:
+    """TTL − 1 with the checksum patched as ip_decrease_ttl() does (r2 = data,
+    the IPv4 header at ``ip``)."""
+    a.ld(1, R5, R2, ip + 8)
     a.alu(R5, "-", 1)
-    a.st(1, R2, 22, Reg(R5))
+    a.st(1, R2, ip + 8, Reg(R5))
     done = f"ttl{len(a.insns)}"
-    a.ld(2, R5, R2, 24)
+    a.ld(2, R5, R2, ip + 10)
     a.alu(R5, "+", 1)  # htons(0x0100) as read little-endian
     a.jmp("<", R5, 0xFFFF, done)
     a.alu(R5, "+", 1)
     a.label(done)
-    a.st(2, R2, 24, Reg(R5))
+    a.st(2, R2, ip + 10, Reg(R5))
 
 
 def _ours(ifindex: int) -> list[int]:
@@ -376,7 +490,7 @@ def status(ns: str | None) -> Status:
                         mfd = bpf.map_fd(map_id)
                         try:
                             kind = bpf.map_name(mfd)
-                            maps[kind] = _map_entries(mfd, 4 if kind == PODS_MAP else 1)
+                            maps[kind] = _map_entries(mfd, 1 if kind == PEERS_MAP else 4)
                         finally:
                             bpf.close(mfd)
                 finally:
@@ -401,14 +515,15 @@ class FastPath:
         pod_cidr: str,
         gateway_mac: str,
         capacity: int = 256,
-        vxlan: tuple[int, int] | None = None,
+        vxlan: tuple[int, int, str, str, str] | None = None,
     ) -> None:
         """``capacity``: the most pods the node can hold (its subnet's size);
-        ``vxlan``: (VNI, port) when the node's backend is vxlan."""
+        ``vxlan``: (VNI, port, VXLAN device, underlay device, underlay IP) when
+        the node's backend is vxlan."""
         self.ns, self.pod_cidr, self.gateway_mac = ns, pod_cidr, gateway_mac
         self.capacity, self.vxlan = capacity, vxlan
-        self.peers_fd = -1
-        self._peers: set[str] = set()
+        self.peers_fd = self.vteps_fd = -1
+        self._peers: dict[str, str] = {}  # VTEP address -> underlay IP
         self._lock = threading.Lock()
         self.map_fd = -1
         self.prog_fd = -1
@@ -421,8 +536,13 @@ class FastPath:
         self.map_fd = bpf.map_create(4, 4, self.capacity, PODS_MAP)
         vxlan = None
         if self.vxlan is not None:
+            vni, port, dev, underlay, local_ip = self.vxlan
             self.peers_fd = bpf.map_create(4, 1, PEERS_MAX, PEERS_MAP)
-            vxlan = (*self.vxlan, self.peers_fd)
+            self.vteps_fd = bpf.map_create(4, 4, PEERS_MAX, VTEPS_MAP)
+            dev_idx, under_idx = netns.run_in(
+                self.ns, lambda: (socket.if_nametoindex(dev), socket.if_nametoindex(underlay))
+            )
+            vxlan = Vxlan(vni, port, dev_idx, under_idx, local_ip, self.peers_fd, self.vteps_fd)
         code = program(
             self.pod_cidr, self.gateway_mac, self.map_fd, kfuncs, offsets[_STATUS], vxlan
         )
@@ -471,16 +591,23 @@ class FastPath:
         with self._lock:
             netns.run_in(self.ns, both)
 
-    def set_peers(self, underlay_ips: list[str]) -> None:
-        """The underlay IPs whose VXLAN packets may be decapsulated here."""
+    def set_peers(self, peers: list[tuple[str, str]]) -> None:
+        """The programmed peers as (underlay IP, pod subnet): VXLAN is accepted
+        from those underlay IPs, and sent to the VTEP ``<subnet>.0`` at its
+        underlay IP."""
         if self.peers_fd < 0:
             return
-        want = set(underlay_ips)
+        want = {str(ipaddress.IPv4Network(subnet).network_address): ip for ip, subnet in peers}
         with self._lock:
-            for ip in want - self._peers:
-                bpf.map_update(self.peers_fd, socket.inet_aton(ip), b"\x01")
-            for ip in self._peers - want:
-                bpf.map_delete(self.peers_fd, socket.inet_aton(ip))
+            for vtep, ip in want.items():
+                if self._peers.get(vtep) != ip:
+                    bpf.map_update(self.peers_fd, socket.inet_aton(ip), b"\x01")
+                    bpf.map_update(self.vteps_fd, socket.inet_aton(vtep), socket.inet_aton(ip))
+            for vtep, ip in self._peers.items():
+                if vtep not in want:
+                    bpf.map_delete(self.vteps_fd, socket.inet_aton(vtep))
+                if ip not in want.values():
+                    bpf.map_delete(self.peers_fd, socket.inet_aton(ip))
             self._peers = want
 
     def delete(self, ip: str) -> None:
@@ -494,7 +621,7 @@ class FastPath:
 
     def close(self) -> None:
         """Close our fds; the kernel keeps program and map while attached."""
-        for fd in (self.prog_fd, self.map_fd, self.peers_fd):
+        for fd in (self.prog_fd, self.map_fd, self.peers_fd, self.vteps_fd):
             if fd >= 0:
                 bpf.close(fd)
-        self.prog_fd = self.map_fd = self.peers_fd = -1
+        self.prog_fd = self.map_fd = self.peers_fd = self.vteps_fd = -1

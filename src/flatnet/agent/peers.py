@@ -45,10 +45,10 @@ class PeerWatcher:
         devices: tuple[str, ...],
         status_lease: int = 0,
         resync: float = 10.0,
-        on_peers: Callable[[list[str]], None] | None = None,
+        on_peers: Callable[[list[tuple[str, str]]], None] | None = None,
     ) -> None:
-        """``on_peers`` is told the underlay IPs of the programmed peers after
-        every sync (the fast path decapsulates VXLAN from those only)."""
+        """``on_peers`` is told (underlay IP, subnet) of the programmed peers
+        after every sync (the fast path's VXLAN peers)."""
         self.store, self.backend, self.ctx, self.devices = store, backend, ctx, devices
         self.on_peers = on_peers
         self.status_lease = status_lease
@@ -82,7 +82,7 @@ class PeerWatcher:
         changes = converge(self.ctx.ns, want, self.devices)
         programmed = [p.node for p in peers if p.node not in set(want.refused) | want.pending]
         if self.on_peers is not None:
-            self.on_peers([p.underlay_ip for p in peers if p.node in programmed])
+            self.on_peers([(p.underlay_ip, p.subnet) for p in peers if p.node in programmed])
         if changes:
             log.info(
                 "peers converged: +%d -%d objects; programmed %s",

@@ -56,7 +56,7 @@ TCX_INGRESS = 46  # enum bpf_attach_type
 _LDX, _ST, _STX, _ALU, _JMP, _JMP32, _ALU64 = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 SIZE = {1: 0x10, 2: 0x08, 4: 0x00, 8: 0x18}
 _MEM, _X = 0x60, 0x08
-_ALU_OP = {"+": 0x00, "-": 0x10, "|": 0x40, "&": 0x50, "<<": 0x60, ">>": 0x70, "=": 0xB0}
+_ALU_OP = {"+": 0x00, "-": 0x10, "|": 0x40, "&": 0x50, "<<": 0x60, ">>": 0x70, "^": 0xA0, "=": 0xB0}
 _JMP_OP = {"==": 0x10, ">": 0x20, ">=": 0x30, "&": 0x40, "!=": 0x50, "<": 0xA0, "<=": 0xB0}
 _PSEUDO_KFUNC_CALL = 2
 
@@ -109,6 +109,15 @@ class Asm:
         self._op(0x18, dst, 1, 0, fd)
         self._op(0)
 
+    def ld_imm64(self, dst: int, value: int) -> None:
+        """``dst`` = a 64-bit constant (a two-slot load)."""
+        self._op(0x18, dst, 0, 0, _s32(value & 0xFFFFFFFF))
+        self._op(0, 0, 0, 0, _s32(value >> 32))
+
+    def be16(self, dst: int) -> None:
+        """``dst`` = the low 16 bits of ``dst`` in network byte order."""
+        self._op(_ALU | 0xD0 | _X, dst, 0, 0, 16)
+
     def goto(self, label: str) -> None:
         self._op(_JMP, 0, 0, label)
 
@@ -130,6 +139,10 @@ class Asm:
                 off = self.labels[off] - i - 1
             out += struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
         return bytes(out)
+
+
+def _s32(v: int) -> int:
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 @dataclass(frozen=True)
