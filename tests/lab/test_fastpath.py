@@ -25,35 +25,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab.test_lab import flatnet, lab_namespaces, pods
+from lab.test_lab import flatnet, pods
+from lab.test_multinode import up
 
 from flatnet.agent import fastpath
 from flatnet.lab import cluster
-from flatnet.lab.state import LABS_DIR, LabState
+from flatnet.lab.state import LabState
 
 pytestmark = pytest.mark.lab
 
-LAB = """\
-kind: Lab
-name: {name}
-network: {{backend: {backend}}}
-nodes: [node1, node2]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: a}}
-spec: {{nodeName: node1, containers: [{{name: s, command: [sleep, infinity]}}]}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: c}}
-spec: {{nodeName: node1, containers: [{{name: s, command: [sleep, infinity]}}]}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: b}}
-spec: {{nodeName: node2, containers: [{{name: s, command: [sleep, infinity]}}]}}
-"""
+LAB = "kind: Lab\nname: {name}\nnetwork: {{backend: {backend}}}\nnodes: [node1, node2]\n"
+POD = "---\n{apiVersion: v1, kind: Pod, metadata: {name: %s}, spec: {nodeName: %s, containers: [{name: s, command: [sleep, infinity]}]}}\n"  # noqa: E501
+PODS = "".join(POD % pn for pn in (("a", "node1"), ("c", "node1"), ("b", "node2")))
+# a and c share node1 (bridged to each other), b is across on node2
 
 SINK = textwrap.dedent("""
     import socket, sys
@@ -79,14 +63,8 @@ SOURCE = textwrap.dedent("""
 @pytest.fixture(params=["host-gw", "vxlan"])
 def lab2(request: pytest.FixtureRequest, uniq: str, tmp_path: Path) -> Iterator[str]:
     f = tmp_path / "lab.yaml"
-    f.write_text(LAB.format(name=uniq, backend=request.param))
-    try:
-        flatnet("lab", "up", str(f))
-        yield uniq
-    finally:
-        flatnet("lab", "down", uniq, check=False)
-        assert lab_namespaces(uniq) == []
-        assert not (LABS_DIR / uniq).exists()
+    f.write_text(LAB.format(name=uniq, backend=request.param) + PODS)
+    yield from up(f, uniq)  # removed afterwards, nothing left behind
 
 
 def pod_ns(p: dict) -> str:  # type: ignore[type-arg]
