@@ -155,14 +155,16 @@ class Agent:
             vxlan = (int(data["vni"]), int(data["port"]), tunnel, under, self.lease.underlay_ip)
         size = ipam.subnet.num_addresses
         fast = FastPath(self.opts.ns, cfg.pod_cidr, gateway_mac, size, vxlan)
+        veth = links.host_veth_name
+        pods = [(a.ip, veth(a.container_id, a.ifname)) for a in self.pods.attached()]
         try:
-            fast.install(devices, self.pods.attached())
+            fast.install(devices, pods)
         except (KernelError, OSError) as e:
             fast.close()
             log.warning("fast path unavailable, pod traffic takes the node's stack: %s", e)
             return
         self.pods.fast = fast
-        log.info("fast path on %s and %d pod veth(s)", ", ".join(devices), len(fast.entries()))
+        log.info("fast path on %s and %d pod veth(s)", ", ".join(devices), len(pods))
 
     def _spawn(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=fn, name=name, daemon=True)

@@ -428,9 +428,10 @@ def _ttl(a: Asm, ip: int = 14) -> None:
     a.st(2, R2, ip + 10, Reg(R5))
 
 
-def _ours(ifindex: int) -> list[int]:
-    """fds of the fast-path programs on ``ifindex``'s tcx ingress (this netns)."""
-    fds = []
+def _ours(ifindex: int) -> list[tuple[int, int, list[int]]]:
+    """(fd, ID, map IDs) of each fast-path program on ``ifindex``'s tcx
+    ingress (this netns); the caller closes the fds."""
+    found = []
     try:
         ids = bpf.tcx_programs(ifindex)
     except OSError:
@@ -440,25 +441,23 @@ def _ours(ifindex: int) -> list[int]:
             fd = bpf.prog_fd(pid)
         except OSError:
             continue  # unloaded meanwhile
-        if bpf.prog_info(fd)[1] == NAME:
-            fds.append(fd)
+        _, name, maps = bpf.prog_info(fd)
+        if name == NAME:
+            found.append((fd, pid, maps))
         else:
             bpf.close(fd)
-    return fds
+    return found
 
 
 def _detach_all(keep: int | None = None) -> int:
-    """Detach every fast-path program but ``keep`` from every device of this
-    netns; returns how many attachments were removed."""
+    """Detach every fast-path program but the one with fd ``keep`` from every
+    device of this netns; returns how many attachments were removed."""
+    keep_id = None if keep is None else bpf.prog_info(keep)[0]
     n = 0
-    for _, name in socket.if_nameindex():
-        try:
-            idx = socket.if_nametoindex(name)
-        except OSError:
-            continue
-        for fd in _ours(idx):
+    for idx, _ in socket.if_nameindex():
+        for fd, pid, _ in _ours(idx):
             try:
-                if keep is None or not bpf.same_prog(fd, keep):
+                if pid != keep_id:
                     bpf.tcx_detach(idx, fd)
                     n += 1
             except OSError:
@@ -478,6 +477,16 @@ def _map_entries(fd: int, value_size: int = 4) -> dict[str, int]:
     return out
 
 
+def _read_map(map_id: int) -> tuple[str, dict[str, int]]:
+    """A fast-path map by ID: its name and its entries."""
+    fd = bpf.map_fd(map_id)
+    try:
+        name = bpf.map_name(fd)
+        return name, _map_entries(fd, 1 if name == PEERS_MAP else 4)
+    finally:
+        bpf.close(fd)
+
+
 @dataclass(frozen=True)
 class Status:
     """What the kernel holds in a namespace: device → IDs of the fast-path
@@ -493,20 +502,12 @@ def status(ns: str | None) -> Status:
     def read() -> Status:
         devices: dict[str, list[int]] = {}
         maps: dict[str, dict[str, int]] = {}
-        for _, name in socket.if_nameindex():
-            for fd in _ours(socket.if_nametoindex(name)):
-                try:
-                    pid, _, map_ids = bpf.prog_info(fd)
-                    devices.setdefault(name, []).append(pid)
-                    for map_id in map_ids if not maps else ():
-                        mfd = bpf.map_fd(map_id)
-                        try:
-                            kind = bpf.map_name(mfd)
-                            maps[kind] = _map_entries(mfd, 1 if kind == PEERS_MAP else 4)
-                        finally:
-                            bpf.close(mfd)
-                finally:
-                    bpf.close(fd)
+        for idx, name in socket.if_nameindex():
+            for fd, pid, map_ids in _ours(idx):
+                bpf.close(fd)
+                devices.setdefault(name, []).append(pid)
+                if not maps:  # the maps of the first program found
+                    maps = dict(map(_read_map, map_ids))
         return Status(devices, maps.get(PODS_MAP, {}), sorted(maps.get(PEERS_MAP, {})))
 
     return netns.run_in(ns, read)
@@ -626,10 +627,6 @@ class FastPath:
         """A pod gone: its entry goes (its veth's attachment goes with the veth)."""
         with self._lock:
             bpf.map_delete(self.map_fd, socket.inet_aton(ip))
-
-    def entries(self) -> dict[str, int]:
-        """The map as the kernel holds it: pod IP → host veth ifindex."""
-        return _map_entries(self.map_fd)
 
     def close(self) -> None:
         """Close our fds; the kernel keeps program and map while attached."""

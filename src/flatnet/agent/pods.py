@@ -40,6 +40,7 @@ from flatnet.errors import CNIError, KernelError, NamespaceNotFound
 from flatnet.ipam import PodIPAM
 from flatnet.kernel import links, netns
 from flatnet.kernel.rtnl import Rtnl, RtnlError
+from flatnet.model import Allocation
 
 DOOMED = 0x666C6E74  # link group of host veths waiting to be destroyed ("flnt")
 
@@ -99,7 +100,7 @@ class PodNetwork:
             self._configure_pod(pod_ns, ifname, alloc.ip)
             if self.fast is not None:
                 self.fast.add(alloc.ip, host)
-                undo.callback(self.fast.delete, alloc.ip)
+                undo.callback(self._unmap, [alloc.ip])
             undo.pop_all()
         return Attachment(
             cid,
@@ -161,8 +162,7 @@ class PodNetwork:
     def delete(self, cid: str, ifname: str) -> None:
         alloc = self.ipam.find(cid, ifname)
         self.ipam.release(cid, ifname)
-        if self.fast is not None and alloc is not None:
-            self.fast.delete(alloc.ip)
+        self._unmap([alloc.ip] if alloc is not None else [])
         self._doom({links.host_veth_name(cid, ifname)})
 
     # -- destroying doomed host veths ----------------------------------------
@@ -242,33 +242,30 @@ class PodNetwork:
         if not older_than:
             stale |= self.host_veths() - keep
         self._doom(stale - keep)
-        if self.fast is not None:
-            for a in freed:
-                self.fast.delete(a.ip)
+        self._unmap([a.ip for a in freed])
         return len(freed)
 
-    def attached(self) -> list[tuple[str, str]]:
-        """(IP, host veth) of every pod attached on this node now."""
+    def _unmap(self, ips: list[str]) -> None:
+        """Freed IPs leave the fast path's map (their veths take its program along)."""
+        if self.fast is not None:
+            for ip in ips:
+                self.fast.delete(ip)
+
+    def attached(self) -> list[Allocation]:
+        """The allocations whose host veth is on this node now."""
         present = self.host_veths()
         return [
-            (a.ip, host)
+            a
             for a in self.ipam.allocations()
-            if (host := links.host_veth_name(a.container_id, a.ifname)) in present
+            if links.host_veth_name(a.container_id, a.ifname) in present
         ]
 
     def orphans(self, grace: float) -> list[str]:
         """Reclaim IPs whose host veth vanished (the pod's namespace was deleted
         without a DEL), if allocated longer than ``grace`` seconds ago."""
-        present = self.host_veths()
-        valid = {
-            (a.container_id, a.ifname)
-            for a in self.ipam.allocations()
-            if links.host_veth_name(a.container_id, a.ifname) in present
-        }
+        valid = {(a.container_id, a.ifname) for a in self.attached()}
         freed = [a.ip for a in self.ipam.gc(valid, older_than=grace)]
-        if self.fast is not None:
-            for ip in freed:
-                self.fast.delete(ip)
+        self._unmap(freed)
         return freed
 
 

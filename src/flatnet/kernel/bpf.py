@@ -34,7 +34,6 @@ __all__ = [
     "prog_fd",
     "prog_info",
     "prog_load",
-    "same_prog",
     "tcx_attach",
     "tcx_detach",
     "tcx_programs",
@@ -152,13 +151,17 @@ class Reg:
     n: int
 
 
-def _bpf(cmd: int, attr: bytes) -> int:
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    r = _libc.syscall(_SYS_BPF, cmd, buf, len(attr))
+def _call(cmd: int, buf: ctypes.Array[ctypes.c_char]) -> int:
+    """bpf(cmd, buf); the kernel may write results back into ``buf``."""
+    r = _libc.syscall(_SYS_BPF, cmd, buf, len(buf))
     if r < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(r)
+
+
+def _bpf(cmd: int, attr: bytes) -> int:
+    return _call(cmd, ctypes.create_string_buffer(attr, len(attr)))
 
 
 def _attr(fmt: str, *values: object, size: int = 128) -> bytes:
@@ -274,13 +277,9 @@ def tcx_programs(ifindex: int) -> list[int]:
     """IDs of the programs on the tcx ingress of ``ifindex``, in run order."""
     ids = (ctypes.c_uint32 * 64)()
     # struct query: target_ifindex, attach_type, query_flags, attach_flags, prog_ids, count
-    buf = ctypes.create_string_buffer(
-        _attr("<IIIIQI", ifindex, TCX_INGRESS, 0, 0, ctypes.addressof(ids), 64), 128
-    )
-    r = _libc.syscall(_SYS_BPF, PROG_QUERY, buf, 128)
-    if r < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    attr = _attr("<IIIIQI", ifindex, TCX_INGRESS, 0, 0, ctypes.addressof(ids), 64)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    _call(PROG_QUERY, buf)
     count = struct.unpack_from("<I", buf.raw, 24)[0]
     return list(ids[: min(count, 64)])
 
@@ -295,10 +294,6 @@ def map_fd(map_id: int) -> int:
 
 def close(fd: int) -> None:
     os.close(fd)
-
-
-def same_prog(fd_a: int, fd_b: int) -> bool:
-    return prog_info(fd_a)[0] == prog_info(fd_b)[0]
 
 
 def prog_info(fd: int) -> tuple[int, str, list[int]]:
