@@ -110,3 +110,23 @@ def test_vxlan_program_decapsulates_from_peers_only_and_encapsulates() -> None:
     assert any(c[0] == 0x62 and c[4] == 0x0B32A8C0 for c in code)
     # UDP port 8472, compared in network order as loaded little-endian
     assert any(c[0] == 0x55 and c[4] == 0x1821 for c in code)
+
+
+def test_program_bytes_are_pinned() -> None:
+    """The exact instructions, hashed: a refactor of how the program is
+    assembled must not change one of them (a deliberate change of the program
+    updates these digests in the same commit, after the lab tests pass)."""
+    import hashlib
+
+    k = {"bpf_skb_ct_lookup": 101, "bpf_ct_release": 102}
+    gw = "0a:58:0a:f4:01:01"
+    plain = program("10.244.0.0/16", gw, 7, k, 128)
+    vx = program("10.244.0.0/16", gw, 7, k, 128, Vxlan(1, 8472, 5, 2, "192.168.50.11", 8, 9))
+    assert (len(plain) // 8, hashlib.sha256(plain).hexdigest()) == (
+        155,
+        "a64fb8b9288c255f10c30ead369fd51fdd236f98436d1a50b79bed84515ba1f8",
+    )
+    assert (len(vx) // 8, hashlib.sha256(vx).hexdigest()) == (
+        377,
+        "f01f18359de1f61697136e3da81e043164adc41134a960e609a912daa6ed5ae5",
+    )
