@@ -26,10 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import SRC, flatnet, pct  # noqa: E402,F401
 
+from flatnet import keys  # noqa: E402
 from flatnet.kernel import netns  # noqa: E402
 from flatnet.lab.cluster import spawn  # noqa: E402
 from flatnet.lab.state import LabState  # noqa: E402
-from flatnet.model import PREFIX, Lease  # noqa: E402
+from flatnet.model import Lease  # noqa: E402
 from flatnet.store import open_store  # noqa: E402
 
 NODES = int(os.environ.get("NODES", "10"))
@@ -71,16 +72,14 @@ def convergence() -> None:
         others = [n for n in st.nodes if n != last]
         iprs = {n: netns.iproute(st.nodes[n]["ns"]) for n in others}
         lease_kv = next(
-            kv for kv in store.range(PREFIX + "subnets/") if Lease.from_json(kv.value).node == last
+            kv for kv in store.range(keys.SUBNETS) if Lease.from_json(kv.value).node == last
         )
         subnet = Lease.from_json(lease_kv.value).subnet
         join, join_from_lease, leave = [], [], []
         for _ in range(TRIES):
             st.kill(f"agent:{last}", exact=True)
             lease_kv = next(
-                kv
-                for kv in store.range(PREFIX + "subnets/")
-                if Lease.from_json(kv.value).node == last
+                kv for kv in store.range(keys.SUBNETS) if Lease.from_json(kv.value).node == last
             )
             t0 = time.perf_counter()
             store.delete(lease_kv.key)
@@ -95,8 +94,7 @@ def convergence() -> None:
             pending = set(others)
             while pending:
                 if not lease_seen and any(
-                    Lease.from_json(kv.value).node == last
-                    for kv in store.range(PREFIX + "subnets/")
+                    Lease.from_json(kv.value).node == last for kv in store.range(keys.SUBNETS)
                 ):
                     lease_seen = time.perf_counter()
                 pending = {n for n in pending if not has_route(iprs[n], subnet)}

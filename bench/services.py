@@ -28,10 +28,10 @@ from pathlib import Path
 
 from _common import pct
 
+from flatnet import keys
 from flatnet.lab import cluster, topo
 from flatnet.lab.state import LabState
 from flatnet.model import PodRecord, Service, ServicePort
-from flatnet.proxy.sync import PROXY_PREFIX
 from flatnet.store import open_store
 
 SERVICES = int(os.environ.get("SERVICES", "10000"))
@@ -178,7 +178,7 @@ def rss(st: LabState) -> float:
 def programmed(store, rev: int, timeout: float = 120) -> dict:  # type: ignore[no-untyped-def,type-arg]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        kv = store.get(PROXY_PREFIX + "node1")
+        kv = store.get(keys.proxy_status("node1"))
         if kv is not None and json.loads(kv.value)["revision"] >= rev:
             return dict(json.loads(kv.value))
         time.sleep(0.002)

@@ -412,14 +412,15 @@ def get(
     output: Annotated[str, typer.Option("-o", "--output", help="json|wide")] = "wide",
 ) -> None:
     """Show what the cluster holds: get pods|nodes|services|endpoints [-o json|wide]."""
-    from flatnet.model import PREFIX, PodRecord
+    from flatnet import keys
+    from flatnet.model import NodeRecord, PeerStatus, PodRecord
 
     items: list[dict[str, Any]] = []
     s, _ = _store_for(lab, store)
     try:
         if kind in ("pods", "pod", "po"):
             items = []
-            for kv in s.range(PREFIX + "pods/"):
+            for kv in s.range(keys.PODS):
                 p = PodRecord.from_json(kv.value)
                 items.append(
                     {
@@ -435,16 +436,19 @@ def get(
                 )
             cols = ["namespace", "name", "node", "ip", "mode", "phase", "netns"]
         elif kind in ("nodes", "node", "no"):
-            status = {kv.key.rsplit("/", 1)[1]: kv.value for kv in s.range(PREFIX + "status/")}
+            status = {
+                keys.last(kv.key): PeerStatus.from_json(kv.value) for kv in s.range(keys.STATUS)
+            }
             items = []
-            for kv in s.range(PREFIX + "nodes/"):
-                node = json.loads(kv.value)
-                st = json.loads(status.get(node["name"], "{}"))
+            for kv in s.range(keys.NODES):
+                rec = NodeRecord.from_json(kv.value)
+                node = rec.to_dict()
+                st = status.get(rec.name)
                 node.update(
-                    backend=st.get("backend", ""),
-                    peers=st.get("programmed", []),
-                    refused=st.get("refused", {}),
-                    ready=bool(st),
+                    backend=st.backend if st else "",
+                    peers=st.programmed if st else [],
+                    refused=st.refused if st else {},
+                    ready=st is not None,
                 )
                 items.append(node)
             if output != "json":
@@ -470,12 +474,13 @@ def get(
 def _services(s: Any, eps_view: bool, output: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Services with their endpoints (ready pods matching the selector) and how
     many nodes' proxies have programmed their latest version."""
+    from flatnet import keys
+    from flatnet.model import ProxyStatus
     from flatnet.proxy.desired import Cluster
-    from flatnet.proxy.sync import PROXY_PREFIX
 
-    kvs = s.range(Cluster.SERVICES)
-    cluster = Cluster(kvs + s.range(Cluster.PODS))
-    proxies = [json.loads(kv.value) for kv in s.range(PROXY_PREFIX)]
+    kvs = s.range(keys.SERVICES)
+    cluster = Cluster(kvs + s.range(keys.PODS))
+    proxies = [ProxyStatus.from_json(kv.value) for kv in s.range(keys.PROXY)]
     items: list[dict[str, Any]] = []
     for kv in kvs:
         svc = cluster.services[kv.key]
@@ -500,9 +505,7 @@ def _services(s: Any, eps_view: bool, output: str) -> tuple[list[dict[str, Any]]
                     {f"{e.ip}:{e.port}" for es in eps.values() for e in es},
                 ),
                 "endpointPods": sorted({e.pod for es in eps.values() for e in es}),
-                "programmedOn": sorted(
-                    p["node"] for p in proxies if p["revision"] >= kv.mod_revision
-                ),
+                "programmedOn": sorted(p.node for p in proxies if p.revision >= kv.mod_revision),
             }
         )
     if output != "json":

@@ -6,7 +6,7 @@ Foreign errors (netlink, sqlite, gRPC, OS) are translated at the seam with
     FlatnetError                      base; .cni_code maps it to a CNI error code
     ├── ConfigError                   bad configuration or manifest        (CNI 7)
     │   └── LabFileError              a lab file mistake: file, line, what is wrong
-    ├── CNIError                      a CNI protocol error with an explicit code
+    ├── CNIError                      a CNI protocol error with an explicit Code
     ├── StoreError                    the datastore failed                 (CNI 5)
     │   ├── StoreUnavailable          it cannot be reached now             (CNI 11)
     │   └── CompactedError            a watch asked for history that is gone
@@ -14,20 +14,27 @@ Foreign errors (netlink, sqlite, gRPC, OS) are translated at the seam with
     │   └── SubnetExhausted           no address or subnet left            (CNI 101)
     ├── KernelError                   a netlink/nftables/namespace operation failed (CNI 5)
     │   └── NamespaceNotFound         a network namespace does not exist   (CNI 5)
-    └── AgentUnavailable              the node agent cannot be reached     (CNI 11)
+    ├── AgentUnavailable              the node agent cannot be reached     (CNI 11)
+    └── LabTimeout                    a lab waited longer than it allows for a state
+
+CNI error codes (spec 1.1.0 and flatnet's own, 100+) are named in :class:`Code`.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 __all__ = [
     "AgentUnavailable",
     "CNIError",
+    "Code",
     "CompactedError",
     "ConfigError",
     "FlatnetError",
     "IPAMError",
     "KernelError",
     "LabFileError",
+    "LabTimeout",
     "NamespaceNotFound",
     "StoreError",
     "StoreUnavailable",
@@ -35,14 +42,31 @@ __all__ = [
 ]
 
 
+class Code(IntEnum):
+    """CNI error codes: the spec's (1-99) and flatnet's own (100+)."""
+
+    INCOMPATIBLE_VERSION = 1
+    UNSUPPORTED_FIELD = 2
+    UNKNOWN_CONTAINER = 3
+    INVALID_ENVIRONMENT = 4
+    IO_FAILURE = 5
+    DECODE_FAILURE = 6
+    INVALID_CONFIG = 7
+    TRY_AGAIN_LATER = 11
+    NOT_READY = 50  # STATUS: the plugin cannot serve ADDs now
+    ATTACHMENT_BROKEN = 100  # CHECK: a pod's attachment differs from what ADD made
+    ADDRESSES_EXHAUSTED = 101
+    UNKNOWN = 999
+
+
 class FlatnetError(Exception):
     """Base of every error flatnet raises on purpose."""
 
-    cni_code = 999
+    cni_code: int = Code.UNKNOWN
 
 
 class ConfigError(FlatnetError):
-    cni_code = 7
+    cni_code = Code.INVALID_CONFIG
 
 
 class LabFileError(ConfigError):
@@ -60,11 +84,11 @@ class CNIError(FlatnetError):
 
 
 class StoreError(FlatnetError):
-    cni_code = 5
+    cni_code = Code.IO_FAILURE
 
 
 class StoreUnavailable(StoreError):
-    cni_code = 11
+    cni_code = Code.TRY_AGAIN_LATER
 
 
 class CompactedError(StoreError):
@@ -72,15 +96,15 @@ class CompactedError(StoreError):
 
 
 class IPAMError(FlatnetError):
-    cni_code = 100
+    cni_code = Code.ATTACHMENT_BROKEN
 
 
 class SubnetExhausted(IPAMError):
-    cni_code = 101
+    cni_code = Code.ADDRESSES_EXHAUSTED
 
 
 class KernelError(FlatnetError):
-    cni_code = 5
+    cni_code = Code.IO_FAILURE
 
 
 class NamespaceNotFound(KernelError):
@@ -88,4 +112,9 @@ class NamespaceNotFound(KernelError):
 
 
 class AgentUnavailable(FlatnetError):
-    cni_code = 11
+    cni_code = Code.TRY_AGAIN_LATER
+
+
+class LabTimeout(FlatnetError):
+    """A lab waited for a state (an agent ready, peers programmed, proxies
+    caught up, a port open) longer than it allows."""

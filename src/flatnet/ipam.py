@@ -17,36 +17,34 @@ processes on one node) never hold the same subnet or IP:
 from __future__ import annotations
 
 import ipaddress
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 
+from flatnet import keys
 from flatnet.errors import StoreError, SubnetExhausted
-from flatnet.model import PREFIX, Allocation, Lease, NetworkConfig, subnet_key, subnet_of_key
+from flatnet.model import Allocation, Lease, NetworkConfig, NodeRecord
 from flatnet.store import KV, Store
 
 __all__ = ["PodIPAM", "find_lease", "lease_subnet", "load_config", "save_config"]
 
-CONFIG_KEY = PREFIX + "config"
-
 
 def save_config(store: Store, cfg: NetworkConfig) -> NetworkConfig:
     """Store the cluster config unless one exists; return the one in force."""
-    if store.create(CONFIG_KEY, cfg.to_json()):
+    if store.create(keys.CONFIG, cfg.to_json()):
         return cfg
     return load_config(store)
 
 
 def load_config(store: Store) -> NetworkConfig:
-    kv = store.get(CONFIG_KEY)
+    kv = store.get(keys.CONFIG)
     if kv is None:
-        raise StoreError(f"no cluster network config at {CONFIG_KEY}")
+        raise StoreError(f"no cluster network config at {keys.CONFIG}")
     return NetworkConfig.from_json(kv.value)
 
 
 def find_lease(store: Store, node: str) -> tuple[Lease, KV] | None:
-    for kv in store.range(PREFIX + "subnets/"):
+    for kv in store.range(keys.SUBNETS):
         lease = Lease.from_json(kv.value)
         if lease.node == node:
             return lease, kv
@@ -54,8 +52,8 @@ def find_lease(store: Store, node: str) -> tuple[Lease, KV] | None:
 
 
 def _candidates(cfg: NetworkConfig, node: str, store: Store) -> Iterable[ipaddress.IPv4Network]:
-    rec = store.get(f"{PREFIX}nodes/{node}")
-    remembered = json.loads(rec.value).get("podSubnet") if rec is not None else None
+    rec = store.get(keys.node(node))
+    remembered = NodeRecord.from_json(rec.value).pod_subnet if rec is not None else None
     if remembered:
         yield ipaddress.IPv4Network(remembered)
     yield from cfg.pod_network.subnets(new_prefix=cfg.node_subnet_length)
@@ -79,12 +77,12 @@ def lease_subnet(
         lease = Lease(old.subnet, node, underlay_ip, cfg.backend, data(old.subnet))
         if store.cas(kv.key, lease.to_json(), kv.mod_revision, lease=ttl_lease):
             return _remember(store, lease)
-    taken = {subnet_of_key(kv.key) for kv in store.range(PREFIX + "subnets/")}
+    taken = {keys.subnet_of(kv.key) for kv in store.range(keys.SUBNETS)}
     for net in _candidates(cfg, node, store):
         if net in taken or not net.subnet_of(cfg.pod_network):
             continue
         lease = Lease(str(net), node, underlay_ip, cfg.backend, data(str(net)))
-        if store.create(subnet_key(net), lease.to_json(), lease=ttl_lease):
+        if store.create(keys.subnet(net), lease.to_json(), lease=ttl_lease):
             return _remember(store, lease)
         taken.add(net)
     raise SubnetExhausted(
@@ -94,8 +92,8 @@ def lease_subnet(
 
 
 def _remember(store: Store, lease: Lease) -> Lease:
-    rec = {"name": lease.node, "underlayIP": lease.underlay_ip, "podSubnet": lease.subnet}
-    store.put(f"{PREFIX}nodes/{lease.node}", json.dumps(rec, sort_keys=True))
+    rec = NodeRecord(lease.node, lease.underlay_ip, lease.subnet)
+    store.put(keys.node(lease.node), rec.to_json())
     return lease
 
 
@@ -107,7 +105,7 @@ class PodIPAM:
         self.subnet = ipaddress.IPv4Network(subnet)
         self.node = node
         self.gateway = self.subnet.network_address + 1
-        self.prefix = f"{PREFIX}ipam/{self.subnet.network_address}-{self.subnet.prefixlen}/"
+        self.prefix = keys.ipam_prefix(self.subnet)
         self._lock = threading.Lock()
         self._last = int(self.gateway)
 

@@ -1,17 +1,5 @@
-"""Frozen data shared by the control plane and the data plane, and the store's key layout.
-
-Keys (all under ``/flatnet/``)::
-
-    config                         the cluster's NetworkConfig (JSON)
-    subnets/10.244.3.0-24          a node's subnet lease (Lease JSON), tied to a TTL lease
-    nodes/<node>                   the node's record: name, underlayIP, podSubnet
-    ipam/10.244.3.0-24/10.244.3.7  one pod IP allocation (Allocation JSON)
-    pods/<namespace>/<name>        a pod as the API server would hold it (lab, CLI)
-    services/<namespace>/<name>    a Service (Service JSON)
-    serviceips/10.96.0.10          the claim of a cluster IP by one service
-    nodeports/tcp/30080            the claim of a node port by one service
-    proxy/<node>                   what the node's service proxy has programmed
-"""
+"""Frozen data shared by the control plane and the data plane: what the store
+holds, one record type per kind of key (the key layout is :mod:`flatnet.keys`)."""
 
 from __future__ import annotations
 
@@ -20,35 +8,26 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Self
 
+from flatnet import keys
 from flatnet.errors import ConfigError
 
 __all__ = [
-    "PREFIX",
     "Allocation",
     "Lease",
     "NetworkConfig",
+    "NodeRecord",
+    "PeerStatus",
     "PodRecord",
+    "ProxyStatus",
     "Service",
     "ServicePort",
-    "subnet_key",
-    "subnet_of_key",
 ]
 
-PREFIX = "/flatnet/"
 BACKENDS = ("host-gw", "vxlan", "udp", "none")
 BACKEND_OPTIONS: dict[str, dict[str, type]] = {
     "vxlan": {"vni": int, "port": int, "directRouting": bool, "txChecksumOffload": bool},
     "udp": {"port": int, "gso": bool},
 }
-
-
-def subnet_key(subnet: ipaddress.IPv4Network) -> str:
-    return f"{PREFIX}subnets/{subnet.network_address}-{subnet.prefixlen}"
-
-
-def subnet_of_key(key: str) -> ipaddress.IPv4Network:
-    addr, plen = key.rsplit("/", 1)[1].split("-")
-    return ipaddress.IPv4Network(f"{addr}/{plen}")
 
 
 def _net(value: str, what: str) -> ipaddress.IPv4Network:
@@ -125,6 +104,59 @@ class Lease(_Json):
     backend_data: dict[str, Any] = field(default_factory=dict)
 
 
+class _Camel:
+    """JSON with the camelCase field names users see (``flatnet get -o json``)."""
+
+    _wire: dict[str, str] = {}  # python name -> JSON name, where they differ
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self._wire.get(k, k): v for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        back = {v: k for k, v in cls._wire.items()}
+        return cls(**{back.get(k, k): v for k, v in json.loads(text).items()})
+
+
+@dataclass(frozen=True)
+class NodeRecord(_Camel):
+    """A node as the cluster knows it (``nodes/<node>``): kept after its lease
+    expires, so a returning node asks for the subnet it had first."""
+
+    _wire = {"underlay_ip": "underlayIP", "pod_subnet": "podSubnet"}
+    name: str
+    underlay_ip: str
+    pod_subnet: str
+
+
+@dataclass(frozen=True)
+class PeerStatus(_Camel):
+    """What a node's peer watcher has programmed (``status/<node>``, tied to
+    the node's TTL lease): peers programmed, pending, and refused with why."""
+
+    node: str
+    backend: str
+    programmed: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProxyStatus(_Camel):
+    """What a node's service proxy has programmed (``proxy/<node>``): the store
+    revision it reflects, the counts, and how long the last sync took."""
+
+    _wire = {"last_sync": "lastSyncSeconds"}
+    node: str
+    revision: int = 0
+    services: int = 0
+    chains: int = 0
+    last_sync: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Allocation(_Json):
     """One pod IP, owned by (container ID, interface name) on a node."""
@@ -158,7 +190,7 @@ class PodRecord(_Json):
 
     @property
     def key(self) -> str:
-        return f"{PREFIX}pods/{self.namespace}/{self.name}"
+        return keys.pod(self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -189,7 +221,7 @@ class Service:
 
     @property
     def key(self) -> str:
-        return f"{PREFIX}services/{self.namespace}/{self.name}"
+        return keys.service(self.namespace, self.name)
 
     @property
     def headless(self) -> bool:

@@ -13,23 +13,20 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import replace
 
+from flatnet import keys
 from flatnet.errors import ConfigError
-from flatnet.model import PREFIX, NetworkConfig, Service, ServicePort
+from flatnet.model import NetworkConfig, Service, ServicePort
 from flatnet.store import Store
 
 __all__ = [
     "DNS_SERVICE",
     "NODE_PORTS",
-    "SERVICES_PREFIX",
     "apply",
     "delete",
     "dns_ip",
     "load_all",
 ]
 
-SERVICES_PREFIX = PREFIX + "services/"
-IPS_PREFIX = PREFIX + "serviceips/"
-PORTS_PREFIX = PREFIX + "nodeports/"
 NODE_PORTS = range(30000, 32768)
 DNS_SERVICE = ("kube-system", "kube-dns")
 
@@ -40,15 +37,15 @@ def dns_ip(cfg: NetworkConfig) -> str:
 
 
 def load_all(store: Store) -> dict[str, Service]:
-    return {kv.key: Service.from_json(kv.value) for kv in store.range(SERVICES_PREFIX)}
+    return {kv.key: Service.from_json(kv.value) for kv in store.range(keys.SERVICES)}
 
 
 def _ip_key(ip: str) -> str:
-    return IPS_PREFIX + ip
+    return keys.service_ip(ip)
 
 
 def _port_key(p: ServicePort) -> str:
-    return f"{PORTS_PREFIX}{p.protocol.lower()}/{p.node_port}"
+    return keys.node_port(p.protocol, p.node_port)
 
 
 def _owner(svc: Service) -> str:
@@ -130,7 +127,7 @@ def apply(store: Store, cfg: NetworkConfig, services: Iterable[Service]) -> list
             raise ConfigError(f"service {_owner(s)} is given twice")
         seen.add(s.key)
     current = load_all(store)
-    held = {kv.key: kv.value for p in (IPS_PREFIX, PORTS_PREFIX) for kv in store.range(p)}
+    held = {kv.key: kv.value for p in (keys.SERVICE_IPS, keys.NODE_PORTS) for kv in store.range(p)}
     planning = dict(held)
     for s in services:  # requested cluster IPs first: a free pick must not take them
         if s.cluster_ip not in ("", "None"):
@@ -153,26 +150,27 @@ def _claim(
     store: Store, svc: Service, old: Service | None, held: dict[str, str], claimed: list[str]
 ) -> None:
     """Claim what ``svc`` holds that the store (``held``) does not give it yet."""
-    keys = [_ip_key(svc.cluster_ip)] if svc.cluster_ip not in ("", "None") else []
-    keys += [_port_key(p) for p in svc.ports if p.node_port]
-    for k in keys:
+    claims = [_ip_key(svc.cluster_ip)] if svc.cluster_ip not in ("", "None") else []
+    claims += [_port_key(p) for p in svc.ports if p.node_port]
+    for k in claims:
         if held.get(k) == _owner(svc):
             continue
         if not store.create(k, _owner(svc)):
             raise ConfigError(
-                f"service {_owner(svc)}: {k.removeprefix(PREFIX)} was taken meanwhile; apply again"
+                f"service {_owner(svc)}: {k.removeprefix(keys.PREFIX)} was taken meanwhile; "
+                "apply again"
             )
         claimed.append(k)
     if old is not None:  # node ports the new version gave up
-        for k in {_port_key(p) for p in old.ports if p.node_port} - set(keys):
+        for k in {_port_key(p) for p in old.ports if p.node_port} - set(claims):
             store.delete(k)
 
 
-def delete(store: Store, keys: Iterable[tuple[str, str]]) -> list[str]:
+def delete(store: Store, names: Iterable[tuple[str, str]]) -> list[str]:
     """Delete services by (namespace, name); returns the ones that existed."""
     gone = []
-    for ns, name in keys:
-        key = f"{SERVICES_PREFIX}{ns}/{name}"
+    for ns, name in names:
+        key = keys.service(ns, name)
         kv = store.get(key)
         if kv is None:
             continue

@@ -29,7 +29,7 @@ from flatnet.agent.pods import PodNetwork
 from flatnet.backends import Context
 from flatnet.cni import protocol
 from flatnet.cni.protocol import Request
-from flatnet.errors import CNIError, ConfigError, KernelError
+from flatnet.errors import CNIError, Code, ConfigError, KernelError
 from flatnet.ipam import PodIPAM, lease_subnet, save_config
 from flatnet.kernel import links, netns
 from flatnet.kernel.nft import Nft
@@ -263,7 +263,7 @@ class Agent:
     # -- CNI handler --------------------------------------------------------
     def _net(self, req: Request) -> PodNetwork:
         if self.pods is None or not self.ready.is_set():
-            raise CNIError(11, "flatnet agent is starting; try again later")
+            raise CNIError(Code.TRY_AGAIN_LATER, "flatnet agent is starting; try again later")
         validate_netconf(req.config, self.config)
         return self.pods
 
@@ -291,7 +291,9 @@ class Agent:
 
     def check(self, req: Request) -> None:
         if not req.config.get("prevResult"):
-            raise CNIError(7, "CHECK needs prevResult in the network configuration")
+            raise CNIError(
+                Code.INVALID_CONFIG, "CHECK needs prevResult in the network configuration"
+            )
         self._net(req).check(req.container_id, req.netns, req.ifname)
 
     def gc(self, req: Request, valid: set[tuple[str, str]]) -> None:
@@ -299,24 +301,26 @@ class Agent:
 
     def status(self, req: Request) -> None:
         if not self.ready.is_set():
-            raise CNIError(50, "flatnet agent has not leased a subnet yet")
+            raise CNIError(Code.NOT_READY, "flatnet agent has not leased a subnet yet")
 
 
 def validate_netconf(conf: dict[str, Any], cluster: NetworkConfig) -> None:
     """Check the fields flatnet reads from its network config (CNI code 7)."""
     name = conf.get("name", "?")
     if not isinstance(conf.get("agentSocket", ""), str):
-        raise CNIError(7, f"network '{name}': agentSocket must be a string path")
+        raise CNIError(Code.INVALID_CONFIG, f"network '{name}': agentSocket must be a string path")
     if "podCIDR" in conf:
         try:
             cidr = ipaddress.IPv4Network(str(conf["podCIDR"]))
         except ValueError as e:
             raise CNIError(
-                7, f"network '{name}': podCIDR '{conf['podCIDR']}' is not a valid CIDR ({e})"
+                Code.INVALID_CONFIG,
+                f"network '{name}': podCIDR '{conf['podCIDR']}' is not a valid CIDR ({e})",
             ) from e
         if str(cidr) != cluster.pod_cidr:
             raise CNIError(
-                7, f"network '{name}': podCIDR {cidr} differs from the cluster's {cluster.pod_cidr}"
+                Code.INVALID_CONFIG,
+                f"network '{name}': podCIDR {cidr} differs from the cluster's {cluster.pod_cidr}",
             )
 
 

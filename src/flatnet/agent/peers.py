@@ -17,23 +17,20 @@ refused, and why (``flatnet get nodes -o wide`` shows it).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
+from flatnet import keys
 from flatnet.backends import Backend, Context
 from flatnet.kernel.routes import converge
-from flatnet.model import PREFIX, Lease
+from flatnet.model import Lease, PeerStatus
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
 
-__all__ = ["STATUS_PREFIX", "SUBNETS_PREFIX", "PeerWatcher"]
+__all__ = ["PeerWatcher"]
 
 log = logging.getLogger("flatnet.agent.peers")
-SUBNETS_PREFIX = PREFIX + "subnets/"
-STATUS_PREFIX = PREFIX + "status/"
 
 
 class PeerWatcher:
@@ -54,13 +51,13 @@ class PeerWatcher:
         self.status_lease = status_lease
         self.resync = resync
         self.leases: dict[str, Lease] = {}
-        self._status: dict[str, Any] = {}
+        self._status: PeerStatus | None = None
 
     def rebind(self, status_lease: int) -> None:
         """The node's TTL lease was re-granted: the status key went with the old
         one, so publish it again (under the new lease) at the next sync."""
         self.status_lease = status_lease
-        self._status = {}
+        self._status = None
 
     # -- state --------------------------------------------------------------
     def peers(self) -> list[Lease]:
@@ -90,21 +87,17 @@ class PeerWatcher:
                 changes.removed,
                 ", ".join(programmed) or "none",
             )
+        before = self._status.refused if self._status is not None else {}
         for node, why in want.refused.items():
-            if self._status.get("refused", {}).get(node) != why:
+            if before.get(node) != why:
                 log.warning("%s", why)
-        status = {
-            "node": self.ctx.lease.node,
-            "backend": self.backend.name,
-            "programmed": programmed,
-            "pending": sorted(want.pending),
-            "refused": dict(want.refused),
-        }
+        me = self.ctx.lease.node
+        status = PeerStatus(
+            me, self.backend.name, programmed, sorted(want.pending), dict(want.refused)
+        )
         if status != self._status:
             self._status = status
-            self.store.put(
-                STATUS_PREFIX + self.ctx.lease.node, json.dumps(status), lease=self.status_lease
-            )
+            self.store.put(keys.peer_status(me), status.to_json(), lease=self.status_lease)
 
     # -- the loop -----------------------------------------------------------
     def listed(self, kvs: list[KV], rev: int) -> None:
@@ -119,7 +112,7 @@ class PeerWatcher:
     def run(self, stop: threading.Event) -> None:
         follow(
             self.store,
-            (SUBNETS_PREFIX,),
+            (keys.SUBNETS,),
             stop,
             self.listed,
             self.changed,

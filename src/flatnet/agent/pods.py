@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from flatnet.agent.fastpath import FastPath
-from flatnet.errors import CNIError, KernelError, NamespaceNotFound
+from flatnet.errors import CNIError, Code, KernelError, NamespaceNotFound
 from flatnet.ipam import PodIPAM
 from flatnet.kernel import links, netns
 from flatnet.kernel.rtnl import Rtnl, RtnlError
@@ -89,7 +89,7 @@ class PodNetwork:
 
     def add(self, cid: str, pod_ns: str, ifname: str, pod: str = "") -> Attachment:
         if not os.path.exists(pod_ns):
-            raise CNIError(4, f"CNI_NETNS '{pod_ns}' does not exist")
+            raise CNIError(Code.INVALID_ENVIRONMENT, f"CNI_NETNS '{pod_ns}' does not exist")
         host = links.host_veth_name(cid, ifname)
         with contextlib.ExitStack() as undo:
             alloc = self.ipam.allocate(cid, ifname, pod)
@@ -203,25 +203,39 @@ class PodNetwork:
     def check(self, cid: str, pod_ns: str, ifname: str) -> None:
         alloc = self.ipam.find(cid, ifname)
         if alloc is None:
-            raise CNIError(3, f"container '{cid}' interface '{ifname}' has no IP allocation")
+            raise CNIError(
+                Code.UNKNOWN_CONTAINER,
+                f"container '{cid}' interface '{ifname}' has no IP allocation",
+            )
         host = links.host_veth_name(cid, ifname)
         with self._node() as ipr:
             link = links.get_link(ipr, host)
             br = ipr.link_lookup(ifname=self.bridge)
             if link is None or not br or link.get("IFLA_MASTER") != br[0]:
-                raise CNIError(100, f"host veth '{host}' is missing or not on '{self.bridge}'")
+                raise CNIError(
+                    Code.ATTACHMENT_BROKEN,
+                    f"host veth '{host}' is missing or not on '{self.bridge}'",
+                )
         try:
             with netns.iproute(pod_ns) as ipr:
                 link = links.get_link(ipr, ifname)
                 if link is None:
-                    raise CNIError(100, f"interface '{ifname}' is missing in '{pod_ns}'")
+                    raise CNIError(
+                        Code.ATTACHMENT_BROKEN, f"interface '{ifname}' is missing in '{pod_ns}'"
+                    )
                 if (alloc.ip, self.plen) not in links.link_addrs(ipr, link["index"]):
-                    raise CNIError(100, f"'{ifname}' in '{pod_ns}' lacks {alloc.ip}/{self.plen}")
+                    raise CNIError(
+                        Code.ATTACHMENT_BROKEN,
+                        f"'{ifname}' in '{pod_ns}' lacks {alloc.ip}/{self.plen}",
+                    )
                 gws = {r.get("RTA_GATEWAY") for r in ipr.get_default_routes(family=2)}
                 if str(self.ipam.gateway) not in gws:
-                    raise CNIError(100, f"no default route via {self.ipam.gateway} in '{pod_ns}'")
+                    raise CNIError(
+                        Code.ATTACHMENT_BROKEN,
+                        f"no default route via {self.ipam.gateway} in '{pod_ns}'",
+                    )
         except NamespaceNotFound as e:
-            raise CNIError(4, f"CNI_NETNS '{pod_ns}' does not exist") from e
+            raise CNIError(Code.INVALID_ENVIRONMENT, f"CNI_NETNS '{pod_ns}' does not exist") from e
 
     def host_veths(self) -> set[str]:
         """Names of the flatnet host veths on this node (not counting doomed ones)."""

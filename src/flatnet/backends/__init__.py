@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from flatnet.errors import ConfigError
+from flatnet.kernel.objects import RTPROT_FLATNET, Desired, Fdb, Neigh, Route
 from flatnet.model import Lease
 
 __all__ = [
@@ -52,39 +53,6 @@ __all__ = [
     "names",
     "register",
 ]
-
-RTPROT_FLATNET = 66  # the route protocol number marking routes flatnet owns
-
-
-@dataclass(frozen=True)
-class Route:
-    dst: str  # CIDR
-    gateway: str
-    dev: str
-    onlink: bool = False
-
-
-@dataclass(frozen=True)
-class Neigh:
-    ip: str
-    mac: str
-    dev: str
-
-
-@dataclass(frozen=True)
-class Fdb:
-    mac: str
-    dst: str  # the peer's underlay IP
-    dev: str
-
-
-@dataclass(frozen=True)
-class Desired:
-    routes: frozenset[Route] = frozenset()
-    neigh: frozenset[Neigh] = frozenset()
-    fdb: frozenset[Fdb] = frozenset()
-    refused: dict[str, str] = field(default_factory=dict)  # node -> why
-    pending: frozenset[str] = frozenset()  # nodes that have not published enough yet
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from flatnet.errors import CNIError, FlatnetError
+from flatnet.errors import CNIError, Code, FlatnetError
 
 __all__ = ["SUPPORTED", "Handler", "Request", "error_json", "handle", "parse"]
 
@@ -73,20 +73,22 @@ def error_json(version: str, code: int, msg: str, details: str = "") -> str:
 def _need(env: dict[str, str], *names: str) -> None:
     for n in names:
         if not env.get(n):
-            raise CNIError(4, f"required environment variable {n} is missing")
+            raise CNIError(
+                Code.INVALID_ENVIRONMENT, f"required environment variable {n} is missing"
+            )
 
 
 def _parse_args(raw: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in filter(None, raw.split(";")):
         if "=" not in part:
-            raise CNIError(4, f"CNI_ARGS: '{part}' is not KEY=VALUE")
+            raise CNIError(Code.INVALID_ENVIRONMENT, f"CNI_ARGS: '{part}' is not KEY=VALUE")
         k, v = part.split("=", 1)
         out[k] = v
     unknown = set(out) - _KNOWN_ARGS
     if unknown and out.get("IgnoreUnknown", "").lower() not in ("1", "true"):
         raise CNIError(
-            2,
+            Code.UNSUPPORTED_FIELD,
             f"CNI_ARGS: unknown key(s) {', '.join(sorted(unknown))} (and IgnoreUnknown is not set)",
         )
     return out
@@ -95,29 +97,39 @@ def _parse_args(raw: str) -> dict[str, str]:
 def parse(env: dict[str, str], stdin: str) -> Request:
     cmd = env.get("CNI_COMMAND", "")
     if cmd not in VERBS:
-        raise CNIError(4, f"CNI_COMMAND '{cmd}' is not one of {', '.join(VERBS)}")
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT, f"CNI_COMMAND '{cmd}' is not one of {', '.join(VERBS)}"
+        )
     try:
         config = json.loads(stdin) if stdin.strip() else {}
     except json.JSONDecodeError as e:
-        raise CNIError(6, f"network configuration is not valid JSON: {e}") from e
+        raise CNIError(Code.DECODE_FAILURE, f"network configuration is not valid JSON: {e}") from e
     if not isinstance(config, dict):
-        raise CNIError(6, "network configuration must be a JSON object")
+        raise CNIError(Code.DECODE_FAILURE, "network configuration must be a JSON object")
     version = config.get("cniVersion", "")
     if cmd != "VERSION" and version not in SUPPORTED:
         raise CNIError(
-            1, f"cniVersion '{version}' is not supported (supported: {', '.join(SUPPORTED)})"
+            Code.INCOMPATIBLE_VERSION,
+            f"cniVersion '{version}' is not supported (supported: {', '.join(SUPPORTED)})",
         )
     if cmd in ("GC", "STATUS") and version != "1.1.0":
-        raise CNIError(1, f"{cmd} needs cniVersion 1.1.0, the request has '{version}'")
+        raise CNIError(
+            Code.INCOMPATIBLE_VERSION, f"{cmd} needs cniVersion 1.1.0, the request has '{version}'"
+        )
     if cmd in ("ADD", "CHECK"):
         _need(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH")
     elif cmd == "DEL":
         _need(env, "CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH")
     cid, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
     if cid and not _CID.match(cid):
-        raise CNIError(4, f"CNI_CONTAINERID '{cid}' does not match {_CID.pattern}")
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT, f"CNI_CONTAINERID '{cid}' does not match {_CID.pattern}"
+        )
     if ifname and (len(ifname) > 15 or "/" in ifname or ifname in (".", "..")):
-        raise CNIError(4, f"CNI_IFNAME '{ifname}' is not a valid interface name (≤15 chars)")
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT,
+            f"CNI_IFNAME '{ifname}' is not a valid interface name (≤15 chars)",
+        )
     return Request(
         cmd,
         version or SUPPORTED[-1],

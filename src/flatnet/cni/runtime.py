@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flatnet.errors import CNIError, ConfigError
+from flatnet.errors import CNIError, Code, ConfigError
 from flatnet.kernel.netns import path_of, run_in
 
 __all__ = ["Chain", "PluginResult", "load_conflist"]
@@ -64,7 +64,9 @@ class Chain:
             p = os.path.join(d, kind)
             if os.access(p, os.X_OK):
                 return p
-        raise CNIError(4, f"CNI plugin '{kind}' not found in {':'.join(self.bin_dirs)}")
+        raise CNIError(
+            Code.INVALID_ENVIRONMENT, f"CNI plugin '{kind}' not found in {':'.join(self.bin_dirs)}"
+        )
 
     def exec_plugin(
         self,

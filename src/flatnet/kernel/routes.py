@@ -1,6 +1,6 @@
 """Converge a node's routes, neighbours and FDB entries to a backend's desired state.
 
-Ownership: routes carry protocol :data:`~flatnet.backends.RTPROT_FLATNET`
+Ownership: routes carry protocol :data:`~flatnet.kernel.objects.RTPROT_FLATNET`
 (66) in the main table — only those are ever replaced or deleted; neighbours
 and FDB entries are managed only on the devices the caller names (the
 backend's own devices, e.g. ``flatnet.1``), and only permanent ones. So a
@@ -14,29 +14,19 @@ before the entries they used.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from flatnet.backends import RTPROT_FLATNET, Desired, Fdb, Neigh, Route
 from flatnet.errors import KernelError
 from flatnet.kernel import netns
+from flatnet.kernel.objects import RTPROT_FLATNET, Changes, Desired, Fdb, Neigh, Route
 
 __all__ = ["Changes", "converge", "owned_routes"]
 
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 4
-
-
-@dataclass(frozen=True)
-class Changes:
-    added: int = 0
-    removed: int = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.removed)
 
 
 def _index(ipr: IPRoute, name: str, cache: dict[str, int]) -> int:

@@ -19,7 +19,6 @@ Order (every object is recorded in the state file before the next is made):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -34,19 +33,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from flatnet import services
-from flatnet.agent.peers import STATUS_PREFIX
+from flatnet import keys, services
 from flatnet.cni.install import install
 from flatnet.cni.runtime import Chain, load_conflist
-from flatnet.errors import ConfigError, FlatnetError, KernelError
-from flatnet.ipam import CONFIG_KEY, load_config, save_config
+from flatnet.errors import ConfigError, FlatnetError, KernelError, LabTimeout
+from flatnet.ipam import load_config, save_config
 from flatnet.kernel import netns
 from flatnet.kernel.nft import Nft
 from flatnet.lab.delay import rule as delay_rule
 from flatnet.lab.state import LABS_DIR, LabState
 from flatnet.lab.topo import LabPod, LabTopo
-from flatnet.model import PREFIX, PodRecord, Service, ServicePort
-from flatnet.proxy.sync import PROXY_PREFIX
+from flatnet.model import PeerStatus, PodRecord, ProxyStatus, Service, ServicePort
 from flatnet.services import dns_ip
 from flatnet.store import Store, open_store
 
@@ -142,7 +139,7 @@ def wait_port(ns: str, port: int, timeout: float = 20.0, host: str = "127.0.0.1"
         if netns.run_in(netns.path_of(ns), probe):
             return
         time.sleep(0.05)
-    raise KernelError(f"nothing listens on {host}:{port} in '{ns}' after {timeout}s")
+    raise LabTimeout(f"nothing listens on {host}:{port} in '{ns}' after {timeout}s")
 
 
 def _py(*args: str) -> list[str]:
@@ -463,7 +460,7 @@ def _create_pod(st: LabState, p: LabPod, store: Store) -> None:
         pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name})
         with _lock:
             st.add_process(pid, f"pod:{p.name}")
-    store.put(f"{PREFIX}pods/{p.namespace}/{p.name}", _record(st, p, False).to_json())
+    store.put(keys.pod(p.namespace, p.name), _record(st, p, False).to_json())
 
 
 def _resolv_conf(st: LabState, p: LabPod, ns: str, store: Store) -> None:
@@ -505,7 +502,7 @@ def _ready(st: LabState, p: LabPod, store: Store) -> None:
         wait_port(ns, 8080)
     elif tcp and p.mode != "none":
         wait_port(ns, tcp[0])
-    store.put(f"{PREFIX}pods/{p.namespace}/{p.name}", _record(st, p, True).to_json())
+    store.put(keys.pod(p.namespace, p.name), _record(st, p, True).to_json())
 
 
 def delete_pod(st: LabState, name: str, store: Store) -> bool:
@@ -520,7 +517,7 @@ def delete_pod(st: LabState, name: str, store: Store) -> bool:
         raise ConfigError(
             f"pod '{name}': pods {', '.join(sharing)} share its network; delete them first"
         )
-    key = f"{PREFIX}pods/{info['namespace']}/{name}"
+    key = keys.pod(info["namespace"], name)
     kv = store.get(key)
     if kv is not None:
         rec = PodRecord.from_json(kv.value)
@@ -559,14 +556,14 @@ def wait_proxies(store: Store, st: LabState, rev: int, timeout: float = 10) -> N
     deadline = time.monotonic() + timeout
     while True:
         seen = {
-            s["node"]: s["revision"]
-            for s in (json.loads(kv.value) for kv in store.range(PROXY_PREFIX))
+            s.node: s.revision
+            for s in (ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY))
         }
         late = [n for n in st.nodes if seen.get(n, 0) < rev]
         if not late:
             return
         if time.monotonic() > deadline:
-            raise FlatnetError(
+            raise LabTimeout(
                 f"the service proxies of {', '.join(late)} did not reach revision {rev} "
                 f"within {timeout}s"
             )
@@ -586,7 +583,7 @@ def wait_agent(node: str, info: dict[str, Any], timeout: float = 30) -> None:
         time.sleep(0.1)
     log = Path(info["confDir"]).parent / "agent.log"
     tail = log.read_text()[-800:] if log.exists() else ""
-    raise FlatnetError(f"agent on node '{node}' not ready after {timeout}s:\n{tail}")
+    raise LabTimeout(f"agent on node '{node}' not ready after {timeout}s:\n{tail}")
 
 
 def wait_peers(store: Store, nodes: set[str], progress: Progress, timeout: float = 30) -> None:
@@ -594,18 +591,15 @@ def wait_peers(store: Store, nodes: set[str], progress: Progress, timeout: float
     deadline = time.monotonic() + timeout
     while True:
         done = set()
-        for kv in store.range(STATUS_PREFIX):
-            s = json.loads(kv.value)
-            if (
-                s["node"] in nodes
-                and set(s["programmed"]) | set(s["refused"]) | {s["node"]} == nodes
-            ):
-                done.add(s["node"])
+        for kv in store.range(keys.STATUS):
+            s = PeerStatus.from_json(kv.value)
+            if s.node in nodes and set(s.programmed) | set(s.refused) | {s.node} == nodes:
+                done.add(s.node)
         progress("peers programmed", len(done), len(nodes))
         if done == nodes:
             return
         if time.monotonic() > deadline:
-            raise FlatnetError(
+            raise LabTimeout(
                 f"nodes {', '.join(sorted(nodes - done))} did not program their peers "
                 f"within {timeout}s"
             )
@@ -668,7 +662,7 @@ def set_backend(
         opts = cfg.backend_options if backend == cfg.backend else {}
         fast = cfg.fast_path if fast_path is None else fast_path
         new = replace(cfg, backend=backend, backend_options=opts, fast_path=fast)
-        store.put(CONFIG_KEY, new.to_json())
+        store.put(keys.CONFIG, new.to_json())
         for i, node in enumerate(st.nodes):
             restart_agent(st, node)
             progress("agents restarted", i + 1, len(st.nodes))

@@ -44,8 +44,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flatnet.model import PREFIX, PodRecord, Service, ServicePort
-from flatnet.services import SERVICES_PREFIX
+from flatnet import keys
+from flatnet.model import PodRecord, Service, ServicePort
 from flatnet.store.base import KV, Event
 
 __all__ = ["Cluster", "Endpoint", "Fragment", "PodIndex", "endpoints", "fragment", "hairpin"]
@@ -108,8 +108,8 @@ class Cluster:
     """Services and pods as the store holds them (``services/`` and ``pods/``),
     kept current from a listing and then from watch events."""
 
-    SERVICES = SERVICES_PREFIX
-    PODS = PREFIX + "pods/"
+    SERVICES = keys.SERVICES
+    PODS = keys.PODS
 
     def __init__(self, kvs: Iterable[KV] = ()) -> None:
         self.services: dict[str, Service] = {}

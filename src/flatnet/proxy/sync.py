@@ -15,25 +15,23 @@ counts, so ``flatnet get services`` can tell what every node has programmed.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import threading
 import time
-from typing import Any
 
+from flatnet import keys
 from flatnet.kernel import netns
 from flatnet.kernel.nft import Nft
-from flatnet.model import PREFIX
+from flatnet.model import ProxyStatus
 from flatnet.proxy import render
 from flatnet.proxy.desired import Cluster, Fragment, fragment, hairpin
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
 
-__all__ = ["PROXY_PREFIX", "ServiceProxy"]
+__all__ = ["ServiceProxy"]
 
 log = logging.getLogger("flatnet.agent.proxy")
-PROXY_PREFIX = PREFIX + "proxy/"
 HAIRPIN = "~hairpin"  # the fragment holding this node's pods for hairpin NAT
 
 
@@ -111,15 +109,15 @@ class ServiceProxy:
         self._publish()
 
     def _publish(self) -> None:
-        status: dict[str, Any] = {
-            "node": self.node,
-            "revision": self.revision,
-            "services": len(self.cluster.services),
-            "chains": sum(len(f.chains) for f in self.frags.values()),
-            "lastSyncSeconds": self.last_sync,
-        }
+        status = ProxyStatus(
+            self.node,
+            self.revision,
+            len(self.cluster.services),
+            sum(len(f.chains) for f in self.frags.values()),
+            self.last_sync,
+        )
         try:
-            self.store.put(PROXY_PREFIX + self.node, json.dumps(status), lease=self.status_lease)
+            self.store.put(keys.proxy_status(self.node), status.to_json(), lease=self.status_lease)
         except Exception as e:  # the table is programmed; the status can wait
             log.warning("cannot publish proxy status: %s", e)
 

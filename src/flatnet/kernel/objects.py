@@ -1,0 +1,59 @@
+"""Kernel objects as plain values: what a backend wants, what the kernel holds.
+
+A leaf module (it imports nothing of flatnet): backends build these, the
+kernel package programs them, fakes record them, tests compare them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["RTPROT_FLATNET", "Changes", "Desired", "Fdb", "Neigh", "Route"]
+
+RTPROT_FLATNET = 66  # the route protocol number marking routes flatnet owns
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str  # CIDR
+    gateway: str
+    dev: str
+    onlink: bool = False
+
+
+@dataclass(frozen=True)
+class Neigh:
+    ip: str
+    mac: str
+    dev: str
+
+
+@dataclass(frozen=True)
+class Fdb:
+    mac: str
+    dst: str  # the peer's underlay IP
+    dev: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What a backend wants for a set of peers: the routes, neighbours and FDB
+    entries to hold, and the peers it did not program (refused: why; pending:
+    not published enough yet)."""
+
+    routes: frozenset[Route] = frozenset()
+    neigh: frozenset[Neigh] = frozenset()
+    fdb: frozenset[Fdb] = frozenset()
+    refused: dict[str, str] = field(default_factory=dict)  # node -> why
+    pending: frozenset[str] = frozenset()  # nodes that have not published enough yet
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How many objects one convergence added (or replaced) and removed."""
+
+    added: int = 0
+    removed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)

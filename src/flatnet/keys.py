@@ -1,0 +1,110 @@
+"""The store's key layout, in one place: every prefix and every key builder.
+
+All keys live under ``/flatnet/``::
+
+    config                         the cluster's NetworkConfig (JSON)
+    subnets/10.244.3.0-24          a node's subnet lease (Lease), tied to a TTL lease
+    nodes/<node>                   the node's record (NodeRecord)
+    ipam/10.244.3.0-24/10.244.3.7  one pod IP allocation (Allocation)
+    pods/<namespace>/<name>        a pod as the API server would hold it (PodRecord)
+    services/<namespace>/<name>    a Service (Service)
+    serviceips/10.96.0.10          the claim of a cluster IP by one service
+    nodeports/tcp/30080            the claim of a node port by one service
+    status/<node>                  what the node's peer watcher programmed (PeerStatus)
+    proxy/<node>                   what the node's service proxy programmed (ProxyStatus)
+
+The prefixes end in ``/`` so a range over one never meets another's keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+__all__ = [
+    "CONFIG",
+    "IPAM",
+    "NODES",
+    "NODE_PORTS",
+    "PODS",
+    "PREFIX",
+    "PROXY",
+    "SERVICES",
+    "SERVICE_IPS",
+    "STATUS",
+    "SUBNETS",
+    "ipam_prefix",
+    "last",
+    "node",
+    "node_port",
+    "peer_status",
+    "pod",
+    "proxy_status",
+    "service",
+    "service_ip",
+    "subnet",
+    "subnet_of",
+]
+
+PREFIX = "/flatnet/"
+CONFIG = PREFIX + "config"
+SUBNETS = PREFIX + "subnets/"
+NODES = PREFIX + "nodes/"
+IPAM = PREFIX + "ipam/"
+PODS = PREFIX + "pods/"
+SERVICES = PREFIX + "services/"
+SERVICE_IPS = PREFIX + "serviceips/"
+NODE_PORTS = PREFIX + "nodeports/"
+STATUS = PREFIX + "status/"
+PROXY = PREFIX + "proxy/"
+
+
+def _net_part(net: ipaddress.IPv4Network | str) -> str:
+    n = ipaddress.IPv4Network(net)
+    return f"{n.network_address}-{n.prefixlen}"
+
+
+def subnet(net: ipaddress.IPv4Network | str) -> str:
+    return SUBNETS + _net_part(net)
+
+
+def subnet_of(key: str) -> ipaddress.IPv4Network:
+    """The subnet a ``subnets/`` (or ``ipam/<subnet>/``) key names."""
+    addr, plen = key.removeprefix(SUBNETS).removeprefix(IPAM).split("/")[0].split("-")
+    return ipaddress.IPv4Network(f"{addr}/{plen}")
+
+
+def node(name: str) -> str:
+    return NODES + name
+
+
+def ipam_prefix(net: ipaddress.IPv4Network | str) -> str:
+    return f"{IPAM}{_net_part(net)}/"
+
+
+def pod(namespace: str, name: str) -> str:
+    return f"{PODS}{namespace}/{name}"
+
+
+def service(namespace: str, name: str) -> str:
+    return f"{SERVICES}{namespace}/{name}"
+
+
+def service_ip(ip: str) -> str:
+    return SERVICE_IPS + ip
+
+
+def node_port(protocol: str, port: int) -> str:
+    return f"{NODE_PORTS}{protocol.lower()}/{port}"
+
+
+def peer_status(node_name: str) -> str:
+    return STATUS + node_name
+
+
+def proxy_status(node_name: str) -> str:
+    return PROXY + node_name
+
+
+def last(key: str) -> str:
+    """The key's last element (a node's name under ``status/``, ``proxy/``...)."""
+    return key.rsplit("/", 1)[1]
