@@ -20,7 +20,7 @@ these machines) picks iperf3's ``-C`` per run; ``CC=default,cubic`` measures
 both. With bbr the baseline is held near 9-10 Gbit/s by bbr's pacing; with
 cubic it runs to what the CPU gives (14-17 Gbit/s here), so cubic's ratios
 are the CPU cost of each path relative to node->node.
-Each backend runs with the eBPF fast path (flatnet/agent/fastpath.py, on by
+Each backend runs with the eBPF fast path (flatnet/fastpath/, on by
 default) and again without it (``STACK=0`` skips that), so its gain is
 measured in the same run.
 For vxlan and udp a second path, node -> node through the tunnel device alone

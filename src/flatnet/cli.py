@@ -263,7 +263,7 @@ def lab_set_backend(
 @lab_app.command("fast-path")
 def lab_fast_path(lab: Annotated[str | None, typer.Option()] = None) -> None:
     """Show where each node's eBPF fast path is attached and which pods its map holds."""
-    from flatnet.agent import fastpath
+    from flatnet import fastpath
     from flatnet.lab.state import LabState
 
     st = LabState.load(_one_lab(lab))

@@ -53,7 +53,7 @@ class NetworkConfig(_Json):
     """The cluster network: pod CIDR, node subnet size, service CIDR, backend (and its
     options, e.g. vxlan's ``vni``, ``port``, ``directRouting``), the largest MTU pods
     may get (the backend lowers it by its overhead), the node lease TTL, and whether
-    the eBPF fast path runs (:mod:`flatnet.agent.fastpath`)."""
+    the eBPF fast path runs (:mod:`flatnet.fastpath`)."""
 
     pod_cidr: str = "10.244.0.0/16"
     node_subnet_length: int = 24
@@ -62,7 +62,7 @@ class NetworkConfig(_Json):
     mtu: int = 1500
     lease_ttl: float = 86400.0
     backend_options: dict[str, Any] = field(default_factory=dict)
-    fast_path: bool = True  # established pod->pod flows skip the node's stack (agent/fastpath)
+    fast_path: bool = True  # established pod->pod flows skip the node's stack (flatnet.fastpath)
 
     def __post_init__(self) -> None:
         pod = _net(self.pod_cidr, "network.podCIDR")

@@ -1,4 +1,4 @@
-"""The eBPF fast path (flatnet/agent/fastpath.py) on real labs, per backend.
+"""The eBPF fast path (flatnet/fastpath/) on real labs, per backend.
 
 What a user checks: the program sits on exactly the devices it should (the
 underlay, the tunnel device, every pod's host veth — not the bridge), its map
@@ -28,7 +28,7 @@ import pytest
 from lab.test_lab import flatnet, pods
 from lab.test_multinode import up
 
-from flatnet.agent import fastpath
+from flatnet import fastpath
 from flatnet.lab import cluster
 from flatnet.lab.state import LabState
 

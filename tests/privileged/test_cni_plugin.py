@@ -315,6 +315,41 @@ def test_del_cuts_the_pod_off_at_once_and_reaps_in_one_batch(node: Node) -> None
     node.agent = start_agent(node.name, node.ns, node.dir)
 
 
+def test_after_del_the_pod_shows_no_address_and_no_route(small_node: Node) -> None:
+    """DEL returns only once the pod's side is off the network, though the
+    veth's destruction waits for the reaper: a runtime (or a user) checking
+    right after DEL sees no address and no route, and the freed IP is never
+    held by two namespaces at once — also when DEL comes without CNI_NETNS."""
+    node = small_node  # a /29: five pod IPs, so freed ones come round again soon
+    node.agent.stop()
+    node.agent = start_agent(node.name, node.ns, node.dir, reap_delay=60)
+    chain = node.chain()
+    ns0, ns1 = node.pod_ns("a0"), node.pod_ns("a1")
+
+    def held(ns: str) -> str:
+        return node.sh(ns, "ip", "-4", "-o", "addr", "show", "scope", "global").stdout
+
+    ip0 = chain.add("c0", ns0)["ips"][0]["address"].split("/")[0]
+    assert ip0 in held(ns0) and "default via" in node.sh(ns0, "ip", "route").stdout
+    chain.delete("c0", ns0)
+    assert held(ns0) == "" and node.sh(ns0, "ip", "route").stdout == ""
+    assert len(node.doomed()) == 1  # the veth itself waits for the reaper
+    # without CNI_NETNS the namespace cannot be entered: the veth goes at once
+    ip1 = chain.add("c1", ns1)["ips"][0]["address"].split("/")[0]
+    chain.delete("c1", "")
+    assert held(ns1) == "" and "eth0" not in node.sh(ns1, "ip", "link").stdout
+    assert node.allocations() == []
+    # every address of the subnet, in new pods: the two freed ones too, each
+    # held by its new pod alone
+    new = {node.pod_ns(f"b{i}"): "" for i in range(5)}
+    for i, ns in enumerate(new):
+        new[ns] = chain.add(f"n{i}", ns)["ips"][0]["address"].split("/")[0]
+    assert sorted(new.values()) == [f"10.250.0.{i}" for i in range(2, 7)]
+    for ns, ip in new.items():
+        assert held(ns).count("inet ") == 1 and ip in held(ns)
+    assert held(ns0) == held(ns1) == ""
+
+
 def test_agent_start_reaps_veths_doomed_before_a_crash(node: Node) -> None:
     chain = node.chain()
     ns = node.pod_ns("k")

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from flatnet.agent import fastpath
-from flatnet.agent.fastpath import FastPath
+from flatnet import fastpath
 from flatnet.errors import KernelError
+from flatnet.fastpath import FastPath
 from flatnet.kernel import netns
+from flatnet.kernel.objects import VxlanTunnel
 
 pytestmark = pytest.mark.privileged
 
@@ -71,8 +72,8 @@ def test_failed_install_leaves_nothing(ns: str) -> None:
 
 
 def test_maps_follow_pods_and_peers(ns: str) -> None:
-    vxlan = (1, 8472, "d0", "d1", "192.168.50.11")  # d0 plays the VXLAN device, d1 the underlay
-    fp = FastPath(ns, "10.244.0.0/16", "0a:58:0a:f4:00:01", capacity=256, vxlan=vxlan)
+    vxlan = VxlanTunnel(1, 8472, "d0", "d1", "192.168.50.11")  # d0: the VXLAN device, d1: underlay
+    fp = FastPath(ns, "10.244.0.0/16", "0a:58:0a:f4:00:01", capacity=256, tunnel=vxlan)
     fp.install(["d0"], [])
     fp.add("10.244.0.7", "d1")  # d1 plays a pod's host veth: attached, and in the map
     d1 = int(

@@ -65,7 +65,11 @@ def test_udp_routes_into_the_tun_and_keeps_a_forwarding_table() -> None:
     udp = backends.get("udp")
     want = udp.desired(ctx(), [peer(1, "192.168.50.12", "udp", port=9000)])
     assert want.routes == {Route("10.244.1.0/24", "", "flatnet-tun")}
+    assert want.forward == {"10.244.1.0/24": ("192.168.50.12", 9000)}
+    assert udp.table == {}  # type: ignore[attr-defined]  # desired() is pure
+    udp.program(want)
     assert list(udp.table.values()) == [("192.168.50.12", 9000)]  # type: ignore[attr-defined]
+    assert udp.sources == {"192.168.50.12"}  # type: ignore[attr-defined]
     assert udp.pod_mtu(ctx()) == 1462
 
 

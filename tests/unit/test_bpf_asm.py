@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flatnet.agent.fastpath import Vxlan, program
 from flatnet.errors import KernelError
+from flatnet.fastpath.program import Tunnel, program
 from flatnet.kernel.bpf import Asm, Reg, btf_lookup
 
 
@@ -99,7 +99,7 @@ def test_btf_lookup(tmp_path: Path) -> None:
 
 def test_vxlan_program_decapsulates_from_peers_only_and_encapsulates() -> None:
     kf = {"bpf_skb_ct_lookup": 11, "bpf_ct_release": 12}
-    vx = Vxlan(1, 8472, 5, 2, "192.168.50.11", peers_fd=10, vteps_fd=11)
+    vx = Tunnel(1, 8472, 5, 2, "192.168.50.11", peers_fd=10, vteps_fd=11)
     code = insns(program("10.244.0.0/16", "0a:58:0a:f4:00:01", 9, kf, 128, vx))
     helpers = {c[4] for c in code if c[0] == 0x85 and c[2] == 0}
     # + skb_store_bytes, csum_diff, get_hash_recalc, skb_adjust_room
@@ -121,7 +121,7 @@ def test_program_bytes_are_pinned() -> None:
     k = {"bpf_skb_ct_lookup": 101, "bpf_ct_release": 102}
     gw = "0a:58:0a:f4:01:01"
     plain = program("10.244.0.0/16", gw, 7, k, 128)
-    vx = program("10.244.0.0/16", gw, 7, k, 128, Vxlan(1, 8472, 5, 2, "192.168.50.11", 8, 9))
+    vx = program("10.244.0.0/16", gw, 7, k, 128, Tunnel(1, 8472, 5, 2, "192.168.50.11", 8, 9))
     assert (len(plain) // 8, hashlib.sha256(plain).hexdigest()) == (
         155,
         "a64fb8b9288c255f10c30ead369fd51fdd236f98436d1a50b79bed84515ba1f8",

@@ -201,25 +201,13 @@ def test_dns_answers_and_truncation() -> None:
     assert srv.handle_udp(bytes(DNSRecord.question("example.org").pack())) is None  # forwarded
 
 
-class _Nft:
-    """Records the scripts the proxy would apply (the kernel side is in tests/lab)."""
-
-    ns = None
-
-    def __init__(self) -> None:
-        self.scripts: list[str] = []
-
-    def apply(self, script: str, what: str = "") -> str:
-        self.scripts.append(script)
-        return ""
-
-
 def test_proxy_touches_only_what_a_change_concerns(store: SqliteStore) -> None:
+    from flatnet.kernel.fake import FakeConntrack, FakeFirewall
     from flatnet.proxy.sync import ServiceProxy
     from flatnet.store import Event
 
-    nft = _Nft()
-    proxy = ServiceProxy(store, nft, "n1", "10.244.0.0/16")  # type: ignore[arg-type]
+    nft = FakeFirewall()  # records the scripts (the kernel side is in tests/lab)
+    proxy = ServiceProxy(store, nft, FakeConntrack(), "n1", "10.244.0.0/16")
     web = replace(
         parse(SVC)[0], cluster_ip="10.96.0.11", ports=(ServicePort(80, target_port=8080),)
     )

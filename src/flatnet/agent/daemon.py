@@ -1,43 +1,44 @@
-"""The node agent process: ``flatnet agent``.
+"""The node agent process: ``flatnet agent`` — wiring and life cycle, nothing else.
 
-Start-up, in order: open the store, agree on the cluster config, claim (or
-re-claim) the node subnet under a TTL lease, set up the node (sysctls,
-bridge, masquerade), then serve the CNI plugin on a unix socket. Background
-threads renew the lease and reclaim IPs of pods whose namespace vanished
-without a DEL. The agent never switches its own threads into another
-namespace: ``ns`` (None on a real host) names where its kernel objects go.
+Start-up, in order (:func:`assemble`): open the store, agree on the cluster
+config, find the underlay, claim (or re-claim) the node subnet under a TTL
+lease (:class:`~flatnet.agent.lease.LeaseKeeper`), set up the backend and the
+node (sysctls, bridge, masquerade), load the fast path, and make the pod
+network, the peer watcher and the service proxy. Then :meth:`Agent.start`
+serves the CNI plugin and starts the threads: peers, proxy, lease keep-alive,
+IP reclaim. The agent never switches its own threads into another namespace:
+``ns`` (None on a real host) names where its kernel objects go.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
-import os
 import signal
-import socketserver
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from flatnet import backends
-from flatnet.agent import fastpath
-from flatnet.agent.fastpath import FastPath
+from flatnet.agent.cni import CNIHandler, CNIServer
+from flatnet.agent.lease import LeaseKeeper
 from flatnet.agent.node import setup_node
 from flatnet.agent.peers import PeerWatcher
-from flatnet.agent.pods import PodNetwork
-from flatnet.backends import Context
-from flatnet.cni import protocol
-from flatnet.cni.protocol import Request
-from flatnet.errors import CNIError, Code, ConfigError, KernelError
-from flatnet.ipam import PodIPAM, lease_subnet, save_config
-from flatnet.kernel import links, netns
+from flatnet.agent.pods import PodNetwork, attached
+from flatnet.backends import Backend, Context
+from flatnet.errors import ConfigError, KernelError
+from flatnet.fastpath import FastPath, remove
+from flatnet.ipam import PodIPAM, save_config
+from flatnet.kernel import links, underlay
+from flatnet.kernel.api import FastPathMaps
+from flatnet.kernel.conntrack import Conntrack
 from flatnet.kernel.nft import Nft
+from flatnet.kernel.routes import Routes
 from flatnet.model import Lease, NetworkConfig
 from flatnet.proxy.sync import ServiceProxy
 from flatnet.store import Store, open_store
 
-__all__ = ["Agent", "AgentOptions"]
+__all__ = ["Agent", "AgentOptions", "Parts", "assemble"]
 
 log = logging.getLogger("flatnet.agent")
 
@@ -58,167 +59,148 @@ class AgentOptions:
     proxy_resync: float = 300.0  # the whole service table rewritten this often
 
 
-class Agent:
-    def __init__(self, opts: AgentOptions) -> None:
-        self.opts = opts
-        self.store: Store | None = None
-        self.lease: Lease | None = None
-        self.pods: PodNetwork | None = None
-        self.ready = threading.Event()
-        self._stop = threading.Event()
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
-        self._threads: list[threading.Thread] = []
+@dataclass(frozen=True)
+class Parts:
+    """A running node's parts, made by :func:`assemble`."""
 
-    # -- life cycle ---------------------------------------------------------
-    def start(self) -> None:
-        o = self.opts
-        self.store = open_store(o.store_url)
-        cfg = save_config(self.store, o.network or NetworkConfig())
-        self.config = cfg
-        underlay = o.underlay_ip or underlay_address(o.ns)
-        dev, dev_mtu, nets = underlay_device(o.ns, underlay)
-        self.backend = backends.get(cfg.backend)
-        self._ttl_lease = self.store.grant(cfg.lease_ttl)
-        opts = dict(cfg.backend_options)
-        self._lease_data = lambda subnet: self.backend.lease_data(subnet, opts)
-        self.lease = lease_subnet(  # published once, with what peers need (VTEP MAC...)
-            self.store, cfg, o.node, underlay, self._ttl_lease, self._lease_data
-        )
-        ctx = self.ctx = Context(o.ns, self.lease, dev, dev_mtu, nets, opts)
+    store: Store
+    config: NetworkConfig
+    keeper: LeaseKeeper
+    backend: Backend
+    pods: PodNetwork
+    peers: PeerWatcher
+    proxy: ServiceProxy
+    cni: CNIServer
+
+
+def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
+    """Make the node's parts, in order; on failure close what was opened."""
+    with contextlib.ExitStack() as undo:
+        store = open_store(o.store_url)
+        undo.callback(store.close)
+        cfg = save_config(store, o.network or NetworkConfig())
+        ip = o.underlay_ip or underlay.address(o.ns)
+        under = underlay.device(o.ns, ip)
+        backend = backends.get(cfg.backend)
+        options = dict(cfg.backend_options)
+        keeper = LeaseKeeper(store, cfg, o.node, ip, lambda s: backend.lease_data(s, options))
+        lease = keeper.claim()  # published once, with what peers need (VTEP MAC...)
+        ctx = Context(o.ns, lease, under.dev, under.mtu, under.nets, options)
         for other in backends.names():  # objects of a backend this node ran before
             if other != cfg.backend:
                 backends.get(other).teardown(ctx)
-        if self.backend.setup(ctx) != self.lease.backend_data:
+        if backend.setup(ctx) != lease.backend_data:
             raise ConfigError(f"backend {cfg.backend}: set-up disagrees with its lease data")
-        self.mtu = min(cfg.mtu, self.backend.pod_mtu(ctx))
-        self.nft = Nft(o.ns)
-        port = self.lease.backend_data.get("port")  # a UDP tunnel's port (vxlan, udp)
+        undo.callback(backend.stop)
+        mtu = min(cfg.mtu, backend.pod_mtu(ctx))
+        nft = Nft(o.ns)
+        port = lease.backend_data.get("port")  # a UDP tunnel's port (vxlan, udp)
         tunnel_port = None if port is None else int(port)
-        setup_node(
-            o.ns,
-            o.bridge,
-            self.lease.subnet,
-            cfg.pod_cidr,
-            self.mtu,
-            self.nft,
-            underlay,
-            tunnel_port,
-        )
-        ipam = PodIPAM(self.store, self.lease.subnet, o.node)
-        self.pods = PodNetwork(o.ns, o.bridge, ipam, self.mtu, o.reap_delay)
-        self.pods.start_reaper()
-        self._fast_path(cfg, [dev, *self.backend.devices(ctx)], ipam)
-        self.peers = PeerWatcher(
-            self.store,
-            self.backend,
+        setup_node(o.ns, o.bridge, lease.subnet, cfg.pod_cidr, mtu, nft, ip, tunnel_port)
+        ipam = PodIPAM(store, lease.subnet, o.node)
+        fast = _fast_path(o.ns, cfg, lease, backend, ctx, ipam)
+        if fast is not None:
+            undo.callback(fast.close)
+        pods = PodNetwork(o.ns, o.bridge, ipam, mtu, o.reap_delay, fast)
+        ttl = keeper.ttl_lease
+        peers = PeerWatcher(
+            store,
+            backend,
             ctx,
-            self.backend.devices(ctx),
-            self._ttl_lease,
+            Routes(o.ns),
+            ttl,
             o.resync_every,
-            self.pods.fast.set_peers if self.pods.fast is not None else None,
+            fast.set_peers if fast is not None else None,
         )
-        self.proxy = ServiceProxy(
-            self.store, self.nft, o.node, cfg.pod_cidr, self._ttl_lease, o.proxy_resync
-        )
-        self._serve()
-        self._spawn(lambda: self.proxy.run(self._stop), "proxy")
-        self._spawn(self._keepalive_loop, "lease-keepalive")
+        proxy = ServiceProxy(store, nft, Conntrack(o.ns), o.node, cfg.pod_cidr, ttl, o.proxy_resync)
+        keeper.subscribe(peers.rebind)
+        keeper.subscribe(proxy.rebind)
+        cni = CNIServer(o.socket_path, CNIHandler(cfg, pods, ready))
+        undo.pop_all()
+    log.info(
+        "node %s: subnet %s, underlay %s on %s (MTU %d), backend %s, pod MTU %d",
+        o.node, lease.subnet, ip, under.dev, under.mtu, cfg.backend, mtu,
+    )  # fmt: skip
+    return Parts(store, cfg, keeper, backend, pods, peers, proxy, cni)
+
+
+def _fast_path(
+    ns: str | None,
+    cfg: NetworkConfig,
+    lease: Lease,
+    backend: Backend,
+    ctx: Context,
+    ipam: PodIPAM,
+) -> FastPathMaps | None:
+    """Install the eBPF fast path, or take an earlier one away when it is off.
+    A kernel without what it needs (tcx, conntrack kfuncs, BTF) gets a
+    warning and the normal path: the fast path is only ever faster."""
+    if not cfg.fast_path:
+        if n := remove(ns):
+            log.info("fast path off: %d attachment(s) removed", n)
+        return None
+    devices = [ctx.underlay_dev, *backend.devices(ctx)]
+    gateway_mac = links.ip_mac(str(ipam.gateway))
+    fast = FastPath(ns, cfg.pod_cidr, gateway_mac, ipam.subnet.num_addresses, backend.tunnel(ctx))
+    pods = [(a.ip, links.host_veth_name(a.container_id, a.ifname)) for a in attached(ns, ipam)]
+    try:
+        fast.install(devices, pods)
+    except (KernelError, OSError) as e:
+        fast.close()
+        log.warning("fast path unavailable, pod traffic takes the node's stack: %s", e)
+        return None
+    log.info("fast path on %s and %d pod veth(s)", ", ".join(devices), len(pods))
+    return fast
+
+
+class Agent:
+    """One node's agent: :meth:`start` assembles and runs it, :meth:`stop`
+    lets go (the data plane stays in the kernel, so pods keep working)."""
+
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        self.ready = threading.Event()
+        self.parts: Parts | None = None  # made by start()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def pods(self) -> PodNetwork | None:
+        return self.parts.pods if self.parts is not None else None
+
+    @property
+    def lease(self) -> Lease | None:
+        return self.parts.keeper.lease if self.parts is not None else None
+
+    def start(self) -> None:
+        p = self.parts = assemble(self.opts, self.ready)
+        p.pods.start_reaper()
+        p.cni.start(self._spawn)
+        self._spawn(lambda: p.proxy.run(self._stop), "proxy")
+        self._spawn(lambda: p.keeper.run(self._stop), "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
-        self._spawn(lambda: self.peers.run(self._stop), "peers")
+        self._spawn(lambda: p.peers.run(self._stop), "peers")
         self.ready.set()
-        log.info(
-            "node %s ready: subnet %s, underlay %s on %s (MTU %d), backend %s, pod MTU %d",
-            o.node,
-            self.lease.subnet,
-            underlay,
-            dev,
-            dev_mtu,
-            cfg.backend,
-            self.mtu,
-        )
+        log.info("node %s ready", self.opts.node)
 
-    def _fast_path(self, cfg: NetworkConfig, devices: list[str], ipam: PodIPAM) -> None:
-        """Install the eBPF fast path, or take an earlier one away when it is off.
-        A kernel without what it needs (tcx, conntrack kfuncs, BTF) gets a
-        warning and the normal path: the fast path is only ever faster."""
-        assert self.pods is not None
-        if not cfg.fast_path:
-            if n := fastpath.remove(self.opts.ns):
-                log.info("fast path off: %d attachment(s) removed", n)
-            return
-        gateway_mac = links.ip_mac(str(ipam.gateway))
-        assert self.lease is not None
-        data = self.lease.backend_data
-        vxlan = None
-        if cfg.backend == "vxlan":
-            tunnel, under = self.backend.devices(self.ctx)[0], self.ctx.underlay_dev
-            vxlan = (int(data["vni"]), int(data["port"]), tunnel, under, self.lease.underlay_ip)
-        size = ipam.subnet.num_addresses
-        fast = FastPath(self.opts.ns, cfg.pod_cidr, gateway_mac, size, vxlan)
-        veth = links.host_veth_name
-        pods = [(a.ip, veth(a.container_id, a.ifname)) for a in self.pods.attached()]
-        try:
-            fast.install(devices, pods)
-        except (KernelError, OSError) as e:
-            fast.close()
-            log.warning("fast path unavailable, pod traffic takes the node's stack: %s", e)
-            return
-        self.pods.fast = fast
-        log.info("fast path on %s and %d pod veth(s)", ", ".join(devices), len(pods))
-
-    def _spawn(self, fn: Any, name: str) -> None:
+    def _spawn(self, fn: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=fn, name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
-    def _serve(self) -> None:
-        path = self.opts.socket_path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)  # a stale socket of a previous run of this agent
-        agent = self
-
-        class Conn(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                raw = self.rfile.read().decode()
-                if raw.startswith("\n"):  # no CNI_* environment at all
-                    head, stdin = "", raw[1:]
-                else:
-                    head, _, stdin = raw.partition("\n\n")
-                env = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
-                code, out = protocol.handle(agent, env, stdin)
-                self.wfile.write(f"{code}\n{out}".encode())
-
-        class Server(socketserver.ThreadingUnixStreamServer):
-            request_queue_size = 1024  # runtimes start many pods at once
-            daemon_threads = True
-
-        old = os.umask(0o077)
-        try:
-            self._server = Server(path, Conn)
-        finally:
-            os.umask(old)
-        self._spawn(self._server.serve_forever, "cni-server")
-
     def stop(self) -> None:
         """Stop serving; the data plane stays in the kernel (pods keep working)."""
         self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.opts.socket_path)
+        p = self.parts
+        if p is None:
+            return
+        p.cni.stop()
         for t in self._threads:
             if t.name in ("peers", "proxy"):
                 t.join(timeout=5)
-        if self.pods is not None:
-            if self.pods.fast is not None:
-                self.pods.fast.close()
-            self.pods.close()
-        if getattr(self, "backend", None) is not None:
-            self.backend.stop()
-        if self.store is not None:
-            self.store.close()
+        p.pods.close()
+        p.backend.stop()
+        p.store.close()
 
     def run_forever(self) -> None:
         done = threading.Event()
@@ -228,127 +210,13 @@ class Agent:
         done.wait()
         self.stop()
 
-    # -- background ---------------------------------------------------------
-    def _keepalive_loop(self) -> None:
-        assert self.store is not None
-        period = max(1.0, self.config.lease_ttl / 3)
-        while not self._stop.wait(period):
-            try:
-                if not self.store.keepalive(self._ttl_lease):
-                    log.warning("subnet lease expired; re-claiming")
-                    self._ttl_lease = self.store.grant(self.config.lease_ttl)
-                    self.lease = lease_subnet(
-                        self.store,
-                        self.config,
-                        self.opts.node,
-                        self.lease.underlay_ip if self.lease else "",
-                        self._ttl_lease,
-                        self._lease_data,
-                    )
-                    self.peers.rebind(self._ttl_lease)
-                    self.proxy.status_lease = self._ttl_lease
-            except Exception as e:  # keep trying: the store may be back soon
-                log.warning("lease keep-alive failed: %s", e)
-
     def _reclaim_loop(self) -> None:
+        assert self.parts is not None
+        pods = self.parts.pods
         while not self._stop.wait(self.opts.reclaim_every):
             try:
-                assert self.pods is not None
-                freed = self.pods.orphans(self.opts.reclaim_grace)
+                freed = pods.orphans(self.opts.reclaim_grace)
                 if freed:
                     log.info("reclaimed IPs of vanished pods: %s", ", ".join(freed))
             except Exception as e:
                 log.warning("IP reclaim failed: %s", e)
-
-    # -- CNI handler --------------------------------------------------------
-    def _net(self, req: Request) -> PodNetwork:
-        if self.pods is None or not self.ready.is_set():
-            raise CNIError(Code.TRY_AGAIN_LATER, "flatnet agent is starting; try again later")
-        validate_netconf(req.config, self.config)
-        return self.pods
-
-    def add(self, req: Request) -> dict[str, Any]:
-        att = self._net(req).add(req.container_id, req.netns, req.ifname, req.pod)
-        prev = req.config.get("prevResult") or {}
-        interfaces = list(prev.get("interfaces", []))
-        base = len(interfaces)
-        interfaces += [
-            {"name": att.host_veth, "mac": att.host_mac},
-            {"name": att.ifname, "mac": att.pod_mac, "sandbox": att.netns, "mtu": att.mtu},
-        ]
-        ips = list(prev.get("ips", [])) + [
-            {"address": att.address, "gateway": att.gateway, "interface": base + 1}
-        ]
-        return {
-            "interfaces": interfaces,
-            "ips": ips,
-            "routes": [{"dst": "0.0.0.0/0", "gw": att.gateway}],
-            "dns": prev.get("dns", {}),
-        }
-
-    def delete(self, req: Request) -> None:
-        self._net(req).delete(req.container_id, req.ifname)
-
-    def check(self, req: Request) -> None:
-        if not req.config.get("prevResult"):
-            raise CNIError(
-                Code.INVALID_CONFIG, "CHECK needs prevResult in the network configuration"
-            )
-        self._net(req).check(req.container_id, req.netns, req.ifname)
-
-    def gc(self, req: Request, valid: set[tuple[str, str]]) -> None:
-        self._net(req).gc(valid)
-
-    def status(self, req: Request) -> None:
-        if not self.ready.is_set():
-            raise CNIError(Code.NOT_READY, "flatnet agent has not leased a subnet yet")
-
-
-def validate_netconf(conf: dict[str, Any], cluster: NetworkConfig) -> None:
-    """Check the fields flatnet reads from its network config (CNI code 7)."""
-    name = conf.get("name", "?")
-    if not isinstance(conf.get("agentSocket", ""), str):
-        raise CNIError(Code.INVALID_CONFIG, f"network '{name}': agentSocket must be a string path")
-    if "podCIDR" in conf:
-        try:
-            cidr = ipaddress.IPv4Network(str(conf["podCIDR"]))
-        except ValueError as e:
-            raise CNIError(
-                Code.INVALID_CONFIG,
-                f"network '{name}': podCIDR '{conf['podCIDR']}' is not a valid CIDR ({e})",
-            ) from e
-        if str(cidr) != cluster.pod_cidr:
-            raise CNIError(
-                Code.INVALID_CONFIG,
-                f"network '{name}': podCIDR {cidr} differs from the cluster's {cluster.pod_cidr}",
-            )
-
-
-def underlay_device(ns: str | None, ip: str) -> tuple[str, int, tuple[str, ...]]:
-    """The device holding the underlay ``ip``: its name, MTU and connected networks."""
-    with netns.iproute(ns) as ipr:
-        for a in ipr.get_addr(family=2):
-            if a.get("IFA_ADDRESS") == ip:
-                link = ipr.get_links(a["index"])[0]
-                nets = tuple(
-                    str(ipaddress.IPv4Network(f"{x.get('IFA_ADDRESS')}/{x['prefixlen']}", False))
-                    for x in ipr.get_addr(index=a["index"], family=2)
-                )
-                return str(link.get("IFLA_IFNAME")), int(link.get("IFLA_MTU")), nets
-    raise ConfigError(
-        f"underlay IP {ip} is on no device in {'namespace ' + ns if ns else 'this host'}"
-    )
-
-
-def underlay_address(ns: str | None) -> str:
-    """The node's underlay IP: the source address of its default route, else the
-    first global IPv4 address."""
-    with netns.iproute(ns) as ipr:
-        for r in ipr.get_default_routes(family=2):
-            oif = r.get("RTA_OIF")
-            for a in ipr.get_addr(index=oif, family=2):
-                return str(a.get("IFA_ADDRESS"))
-        for a in ipr.get_addr(family=2):
-            if a.get("IFA_ADDRESS") and not a.get("IFA_ADDRESS").startswith("127."):
-                return str(a.get("IFA_ADDRESS"))
-    raise ConfigError("cannot find the node's underlay IP: give --underlay-ip")

@@ -87,8 +87,7 @@ def setup_node(
     netns.sysctl(ns, "net.ipv4.ip_forward", "1")
     netns.sysctl(ns, "net.bridge.bridge-nf-call-iptables", "1")
     net = ipaddress.IPv4Network(subnet)
-    with netns.iproute(ns) as ipr:
-        idx = links.ensure_bridge(ipr, bridge, f"{net.network_address + 1}/{net.prefixlen}", mtu)
+    idx = links.ensure_bridge(ns, bridge, f"{net.network_address + 1}/{net.prefixlen}", mtu)
     nft.apply(
         masquerade_script(pod_cidr) + tunnel_script(underlay_ip, tunnel_port),
         what=f"tables ip {NAT_TABLE} and ip {TUNNEL_TABLE}",

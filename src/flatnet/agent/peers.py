@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from flatnet import keys
 from flatnet.backends import Backend, Context
-from flatnet.kernel.routes import converge
+from flatnet.kernel.api import RouteTable
 from flatnet.model import Lease, PeerStatus
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
@@ -39,14 +39,16 @@ class PeerWatcher:
         store: Store,
         backend: Backend,
         ctx: Context,
-        devices: tuple[str, ...],
+        routes: RouteTable,
         status_lease: int = 0,
         resync: float = 10.0,
         on_peers: Callable[[list[tuple[str, str]]], None] | None = None,
     ) -> None:
-        """``on_peers`` is told (underlay IP, subnet) of the programmed peers
+        """``routes`` is the node's route table (the kernel's, or a fake);
+        ``on_peers`` is told (underlay IP, subnet) of the programmed peers
         after every sync (the fast path's VXLAN peers)."""
-        self.store, self.backend, self.ctx, self.devices = store, backend, ctx, devices
+        self.store, self.backend, self.ctx, self.routes = store, backend, ctx, routes
+        self.devices = backend.devices(ctx)
         self.on_peers = on_peers
         self.status_lease = status_lease
         self.resync = resync
@@ -76,7 +78,8 @@ class PeerWatcher:
         """Converge the kernel to the current peers (idempotent)."""
         peers = self.peers()
         want = self.backend.desired(self.ctx, peers)
-        changes = converge(self.ctx.ns, want, self.devices)
+        changes = self.routes.converge(want, self.devices)
+        self.backend.program(want)
         programmed = [p.node for p in peers if p.node not in set(want.refused) | want.pending]
         if self.on_peers is not None:
             self.on_peers([(p.underlay_ip, p.subnet) for p in peers if p.node in programmed])

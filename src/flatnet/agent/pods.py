@@ -13,8 +13,14 @@ leaves no veth, address or IP allocation):
 
 Per pod: 1 veth pair, 1 address, 1 route in the pod, 1 store key.
 
-DEL frees the IP, then takes the host end down and moves it to the link group
-:data:`DOOMED` (0.1 ms): from that moment the pod has no carrier. A reaper
+DEL first takes the pod's side off the network: in the pod's namespace, one
+write takes ``<ifname>`` down (the kernel drops its routes) and its address
+off, so from the moment DEL returns the pod shows no address and no route,
+and the IP it had cannot be in two namespaces at once. Where that namespace
+cannot be entered (an empty ``CNI_NETNS``, a path already unmounted while the
+namespace may live on), the veth pair is destroyed right away instead (~16
+ms: the pod side goes with it). Only then is the IP freed; the host end goes
+down into the link group :data:`DOOMED` (0.1 ms). A reaper
 thread destroys the whole group with one ``RTM_DELLINK`` ``reap_delay``
 seconds later. Destroying veths costs RCU grace periods under the kernel's
 RTNL lock (~16 ms here) whether it is one pair or a hundred, and every other
@@ -30,21 +36,18 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
-from flatnet.agent.fastpath import FastPath
 from flatnet.errors import CNIError, Code, KernelError, NamespaceNotFound
 from flatnet.ipam import PodIPAM
 from flatnet.kernel import links, netns
+from flatnet.kernel.api import FastPathMaps
 from flatnet.kernel.rtnl import Rtnl, RtnlError
 from flatnet.model import Allocation
 
 DOOMED = 0x666C6E74  # link group of host veths waiting to be destroyed ("flnt")
 
-__all__ = ["DOOMED", "Attachment", "PodNetwork"]
+__all__ = ["DOOMED", "Attachment", "PodNetwork", "attached"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,15 @@ class PodNetwork:
     """Bridge-mode pod plumbing for one node. Thread-safe."""
 
     def __init__(
-        self, node_ns: str | None, bridge: str, ipam: PodIPAM, mtu: int, reap_delay: float = 0.5
+        self,
+        node_ns: str | None,
+        bridge: str,
+        ipam: PodIPAM,
+        mtu: int,
+        reap_delay: float = 0.5,
+        fast: FastPathMaps | None = None,
     ) -> None:
+        """``fast``: the fast path's maps, when it runs (pods enter and leave them)."""
         self.node_ns, self.bridge, self.ipam, self.mtu = node_ns, bridge, ipam, mtu
         self.reap_delay = reap_delay
         self.plen = ipam.subnet.prefixlen
@@ -74,18 +84,13 @@ class PodNetwork:
         self._doomed = threading.Event()
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
-        self.fast: FastPath | None = None  # set by the agent when the fast path runs
-
-    @contextlib.contextmanager
-    def _node(self) -> Iterator[IPRoute]:
-        """A pyroute2 socket in the node namespace for one request (its sync
-        IPRoute belongs to the thread that made it, so requests cannot share one)."""
-        with netns.iproute(self.node_ns) as ipr:
-            yield ipr
+        self.fast = fast
 
     def close(self) -> None:
         self.stop_reaper()
         self.rtnl.close()
+        if self.fast is not None:
+            self.fast.close()
 
     def add(self, cid: str, pod_ns: str, ifname: str, pod: str = "") -> Attachment:
         if not os.path.exists(pod_ns):
@@ -159,11 +164,38 @@ class PodNetwork:
                 f"failed to configure '{ifname}' with {ip}/{self.plen} in '{pod_ns}': {e.strerror}"
             ) from e
 
-    def delete(self, cid: str, ifname: str) -> None:
+    def delete(self, cid: str, ifname: str, pod_ns: str = "") -> None:
+        """CNI DEL: the pod's side off the network, then its IP freed (see the
+        module doc); idempotent."""
         alloc = self.ipam.find(cid, ifname)
+        host = links.host_veth_name(cid, ifname)
+        if alloc is not None and not self._unconfigure_pod(pod_ns, ifname, alloc.ip):
+            self.rtnl.delete(host)  # the pod side goes with it, now
         self.ipam.release(cid, ifname)
         self._unmap([alloc.ip] if alloc is not None else [])
-        self._doom({links.host_veth_name(cid, ifname)})
+        self._doom({host})
+
+    def _unconfigure_pod(self, pod_ns: str, ifname: str, ip: str) -> bool:
+        """``ifname`` in ``pod_ns`` down and without ``ip``; False when the
+        namespace cannot be entered (then only destroying the veth is sure)."""
+
+        def clear() -> None:
+            with Rtnl() as r:
+                idx = r.index(ifname)
+                if idx is not None:
+                    r.down_without_address(idx, ip, self.plen)
+
+        if not pod_ns:
+            return False
+        try:
+            netns.run_in(pod_ns, clear)
+        except NamespaceNotFound:
+            return False
+        except RtnlError as e:
+            raise KernelError(
+                f"failed to take {ip}/{self.plen} off '{ifname}' in '{pod_ns}': {e.strerror}"
+            ) from e
+        return True
 
     # -- destroying doomed host veths ----------------------------------------
     def _doom(self, names: set[str]) -> None:
@@ -208,45 +240,19 @@ class PodNetwork:
                 f"container '{cid}' interface '{ifname}' has no IP allocation",
             )
         host = links.host_veth_name(cid, ifname)
-        with self._node() as ipr:
-            link = links.get_link(ipr, host)
-            br = ipr.link_lookup(ifname=self.bridge)
-            if link is None or not br or link.get("IFLA_MASTER") != br[0]:
-                raise CNIError(
-                    Code.ATTACHMENT_BROKEN,
-                    f"host veth '{host}' is missing or not on '{self.bridge}'",
-                )
+        cidr, gw = f"{alloc.ip}/{self.plen}", str(self.ipam.gateway)
         try:
-            with netns.iproute(pod_ns) as ipr:
-                link = links.get_link(ipr, ifname)
-                if link is None:
-                    raise CNIError(
-                        Code.ATTACHMENT_BROKEN, f"interface '{ifname}' is missing in '{pod_ns}'"
-                    )
-                if (alloc.ip, self.plen) not in links.link_addrs(ipr, link["index"]):
-                    raise CNIError(
-                        Code.ATTACHMENT_BROKEN,
-                        f"'{ifname}' in '{pod_ns}' lacks {alloc.ip}/{self.plen}",
-                    )
-                gws = {r.get("RTA_GATEWAY") for r in ipr.get_default_routes(family=2)}
-                if str(self.ipam.gateway) not in gws:
-                    raise CNIError(
-                        Code.ATTACHMENT_BROKEN,
-                        f"no default route via {self.ipam.gateway} in '{pod_ns}'",
-                    )
+            bad = links.attachment_problem(
+                self.node_ns, host, self.bridge, pod_ns, ifname, cidr, gw
+            )
         except NamespaceNotFound as e:
             raise CNIError(Code.INVALID_ENVIRONMENT, f"CNI_NETNS '{pod_ns}' does not exist") from e
+        if bad is not None:
+            raise CNIError(Code.ATTACHMENT_BROKEN, bad)
 
     def host_veths(self) -> set[str]:
         """Names of the flatnet host veths on this node (not counting doomed ones)."""
-        with self._node() as ipr:
-            return {
-                n
-                for link in ipr.get_links()
-                if (n := link.get("IFLA_IFNAME", "")).startswith("fl")
-                and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth"
-                and link.get("IFLA_GROUP") != DOOMED
-            }
+        return host_veths(self.node_ns)
 
     def gc(self, valid: set[tuple[str, str]], older_than: float = 0.0) -> int:
         """Free IPs and host veths of attachments not in ``valid``; returns IPs freed."""
@@ -267,12 +273,7 @@ class PodNetwork:
 
     def attached(self) -> list[Allocation]:
         """The allocations whose host veth is on this node now."""
-        present = self.host_veths()
-        return [
-            a
-            for a in self.ipam.allocations()
-            if links.host_veth_name(a.container_id, a.ifname) in present
-        ]
+        return attached(self.node_ns, self.ipam)
 
     def orphans(self, grace: float) -> list[str]:
         """Reclaim IPs whose host veth vanished (the pod's namespace was deleted
@@ -281,6 +282,20 @@ class PodNetwork:
         freed = [a.ip for a in self.ipam.gc(valid, older_than=grace)]
         self._unmap(freed)
         return freed
+
+
+def host_veths(node_ns: str | None) -> set[str]:
+    """Names of the flatnet host veths in ``node_ns`` (not counting doomed ones)."""
+    veths = links.links_of_kind(node_ns, "veth", prefix="fl")
+    return {name for name, group in veths.items() if group != DOOMED}
+
+
+def attached(node_ns: str | None, ipam: PodIPAM) -> list[Allocation]:
+    """The allocations whose host veth is in ``node_ns`` now."""
+    present = host_veths(node_ns)
+    return [
+        a for a in ipam.allocations() if links.host_veth_name(a.container_id, a.ifname) in present
+    ]
 
 
 def _random_mac() -> str:

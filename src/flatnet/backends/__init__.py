@@ -20,8 +20,12 @@ namespace, None on a real host):
 2. ``pod_mtu(ctx)`` — the MTU pods and the bridge get (underlay MTU minus the
    encapsulation overhead).
 3. ``desired(ctx, peers)`` — pure: the routes / neighbours / FDB entries for
-   those peers, plus a reason for every peer it refuses.
-4. ``devices(ctx)`` — the devices whose neighbour and FDB entries it owns.
+   those peers, plus a reason for every peer it refuses; then, once the
+   kernel holds them, ``program(want)`` hands the backend's own data plane
+   its part (udp's forwarding table; a no-op for the kernel's backends).
+4. ``devices(ctx)`` — the devices whose neighbour and FDB entries it owns;
+   ``tunnel(ctx)`` — the VXLAN tunnel it offers (the fast path encapsulates
+   for it), or None.
 5. ``stop()`` — the agent stops: let go of what the process holds (the kernel
    objects stay, so traffic goes on).
 6. ``teardown(ctx)`` — remove the backend's devices (switching backends).
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from flatnet.errors import ConfigError
-from flatnet.kernel.objects import RTPROT_FLATNET, Desired, Fdb, Neigh, Route
+from flatnet.kernel.objects import RTPROT_FLATNET, Desired, Fdb, Neigh, Route, VxlanTunnel
 from flatnet.model import Lease
 
 __all__ = [
@@ -83,7 +87,11 @@ class Backend(Protocol):
 
     def desired(self, ctx: Context, peers: list[Lease]) -> Desired: ...
 
+    def program(self, want: Desired) -> None: ...
+
     def devices(self, ctx: Context) -> tuple[str, ...]: ...
+
+    def tunnel(self, ctx: Context) -> VxlanTunnel | None: ...
 
     def stop(self) -> None: ...
 
@@ -104,6 +112,12 @@ class NoDevices:
 
     def devices(self, ctx: Context) -> tuple[str, ...]:
         return ()
+
+    def tunnel(self, ctx: Context) -> VxlanTunnel | None:
+        return None
+
+    def program(self, want: Desired) -> None:
+        return None
 
     def stop(self) -> None:
         return None

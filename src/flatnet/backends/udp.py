@@ -35,18 +35,17 @@ device stays and packets wait in TCP's retransmissions.
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import logging
 import os
 import select
 import socket
-import struct
 import threading
 
 from flatnet.backends import Context, Desired, Route, register
 from flatnet.errors import KernelError
-from flatnet.kernel import links, netns
+from flatnet.kernel import links, netns, tun
+from flatnet.kernel.tun import VNET_HDR
 from flatnet.model import Lease
 
 __all__ = ["Udp"]
@@ -54,13 +53,9 @@ __all__ = ["Udp"]
 log = logging.getLogger("flatnet.backends.udp")
 DEV = "flatnet-tun"
 OVERHEAD = 28 + 10
-TUNSETIFF, TUNSETPERSIST, TUNSETOFFLOAD = 0x400454CA, 0x400454CB, 0x400454D0
-IFF_TUN, IFF_NO_PI, IFF_VNET_HDR = 0x0001, 0x1000, 0x4000
-TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0  # <linux/in.h>
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104  # <linux/udp.h>
-VNET_HDR = 10
 PLAIN = bytes(VNET_HDR)  # no offload work: flags 0, GSO none
 BUF = 1 << 22
 
@@ -85,6 +80,9 @@ class Udp:
     def devices(self, ctx: Context) -> tuple[str, ...]:
         return ()
 
+    def tunnel(self, ctx: Context) -> None:
+        return None  # its tunnel is the agent's own loop, not the kernel's
+
     def lease_data(self, subnet: str, options: dict[str, object]) -> dict[str, object]:
         return {"port": int(str(options.get("port", 8285)))}
 
@@ -92,7 +90,7 @@ class Udp:
         port = int(str(ctx.options.get("port", 8285)))
         self.mask = int(ipaddress.IPv4Network(ctx.lease.subnet).netmask)
         try:
-            self.tun = netns.run_in(ctx.ns, _open_tun)
+            self.tun = tun.open_tun(ctx.ns, DEV)
             self.sock = netns.socket_in(ctx.ns, socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUF)
             self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, BUF)
@@ -102,7 +100,6 @@ class Udp:
                 self.sock.setsockopt(SOL_UDP, UDP_SEGMENT, ctx.underlay_mtu - 28)
                 self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
             self.sock.bind((ctx.lease.underlay_ip, port))
-            os.set_blocking(self.tun, False)
             self._wake = os.pipe()
         except OSError as e:
             self.stop()
@@ -110,8 +107,7 @@ class Udp:
                 f"failed to set up udp backend (TUN '{DEV}', port {port}): {e}"
             ) from e
         vtep = str(ipaddress.IPv4Network(ctx.lease.subnet).network_address)
-        with netns.iproute(ctx.ns) as ipr:
-            links.up_with_address(ipr, DEV, vtep, 32, self.pod_mtu(ctx))
+        links.up_with_address(ctx.ns, DEV, vtep, 32, self.pod_mtu(ctx))
         for fn, name in ((self._tun_to_udp, "udp-tx"), (self._udp_to_tun, "udp-rx")):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
@@ -119,24 +115,26 @@ class Udp:
         return self.lease_data(ctx.lease.subnet, ctx.options)
 
     def desired(self, ctx: Context, peers: list[Lease]) -> Desired:
-        routes, refused = set(), {}
-        table, sources = {}, set()
+        routes, refused, forward = set(), {}, {}
         for p in peers:
             if p.backend != self.name:
                 refused[p.node] = f"udp: peer '{p.node}' runs backend '{p.backend}'"
                 continue
-            net = ipaddress.IPv4Network(p.subnet)
-            table[int(net.network_address)] = (p.underlay_ip, int(p.backend_data.get("port", 8285)))
-            sources.add(p.underlay_ip)
+            forward[p.subnet] = (p.underlay_ip, int(p.backend_data.get("port", 8285)))
             routes.add(Route(p.subnet, "", DEV))
-        # the forwarding table follows the peers (a dict swap is atomic for the loops)
-        self.table, self.sources = table, sources
-        return Desired(routes=frozenset(routes), refused=refused)
+        return Desired(routes=frozenset(routes), refused=refused, forward=forward)
+
+    def program(self, want: Desired) -> None:
+        """The loops' forwarding table follows the peers (a dict swap is atomic
+        for them): subnet -> where to send, and who may send to us."""
+        self.table = {
+            int(ipaddress.IPv4Network(net).network_address): to for net, to in want.forward.items()
+        }
+        self.sources = {ip for ip, _ in want.forward.values()}
 
     def teardown(self, ctx: Context) -> None:
         self.stop()
-        with netns.iproute(ctx.ns) as ipr:
-            links.delete_link(ipr, DEV)
+        links.delete(ctx.ns, DEV)
 
     def stop(self) -> None:
         """Stop both loops, then close the TUN fd and the socket (the persistent
@@ -215,19 +213,3 @@ class Udp:
                     return
             except OSError as e:
                 log.debug("udp receive: %s", e)
-
-
-def _open_tun() -> int:
-    """Open (or re-attach to) the persistent TUN device in the calling thread's
-    namespace, with virtio-net headers and offloads."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(
-            fd, TUNSETIFF, struct.pack("16sH", DEV.encode(), IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
-        )
-        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
-        fcntl.ioctl(fd, TUNSETPERSIST, 1)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd

@@ -24,12 +24,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from flatnet.backends import Context, Desired, Fdb, Neigh, Route, register
-from flatnet.errors import KernelError
-from flatnet.kernel import links, netns
+from flatnet.kernel import links
 from flatnet.kernel.ethtool import set_tx_checksum
+from flatnet.kernel.objects import VxlanTunnel
 from flatnet.model import Lease
 
 __all__ = ["Vxlan"]
@@ -63,28 +61,8 @@ class Vxlan:
         data = self.lease_data(ctx.lease.subnet, ctx.options)
         dev, vni, port = self.dev(ctx), int(str(data["vni"])), int(str(data["port"]))
         vtep = str(ipaddress.IPv4Network(ctx.lease.subnet).network_address)
-        try:
-            with netns.iproute(ctx.ns) as ipr:
-                under = ipr.link_lookup(ifname=ctx.underlay_dev)[0]
-                old = links.get_link(ipr, dev)
-                if old is not None and not _matches(old, vni, port, ctx.lease.underlay_ip, under):
-                    links.delete_link(ipr, dev)  # made with other settings: make it again
-                    old = None
-                if old is None:
-                    ipr.link(
-                        "add",
-                        ifname=dev,
-                        kind="vxlan",
-                        vxlan_id=vni,
-                        vxlan_local=ctx.lease.underlay_ip,
-                        vxlan_link=under,
-                        vxlan_port=port,
-                        vxlan_learning=0,
-                    )
-                mac = str(data["vtepMAC"])
-                links.up_with_address(ipr, dev, vtep, 32, self.pod_mtu(ctx), mac)
-        except (NetlinkError, IndexError) as e:
-            raise KernelError(f"failed to set up VXLAN device '{dev}' (VNI {vni}): {e}") from e
+        links.ensure_vxlan(ctx.ns, dev, vni, ctx.lease.underlay_ip, ctx.underlay_dev, port)
+        links.up_with_address(ctx.ns, dev, vtep, 32, self.pod_mtu(ctx), str(data["vtepMAC"]))
         if _opt(ctx, "txChecksumOffload", True) is False:
             set_tx_checksum(ctx.ns, dev, False)
         return data
@@ -114,21 +92,16 @@ class Vxlan:
     def devices(self, ctx: Context) -> tuple[str, ...]:
         return (self.dev(ctx),)
 
+    def tunnel(self, ctx: Context) -> VxlanTunnel:
+        data = self.lease_data(ctx.lease.subnet, ctx.options)
+        vni, port = int(str(data["vni"])), int(str(data["port"]))
+        return VxlanTunnel(vni, port, self.dev(ctx), ctx.underlay_dev, ctx.lease.underlay_ip)
+
+    def program(self, want: Desired) -> None:
+        return None
+
     def stop(self) -> None:
         return None
 
     def teardown(self, ctx: Context) -> None:
-        with netns.iproute(ctx.ns) as ipr:
-            links.delete_link(ipr, self.dev(ctx))
-
-
-def _matches(link: Any, vni: int, port: int, local: str, under: int) -> bool:
-    data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
-    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan" or data is None:
-        return False
-    return bool(
-        data.get("IFLA_VXLAN_ID") == vni
-        and data.get("IFLA_VXLAN_PORT") == port
-        and data.get("IFLA_VXLAN_LOCAL") == local
-        and data.get("IFLA_VXLAN_LINK") == under
-    )
+        links.delete(ctx.ns, self.dev(ctx))

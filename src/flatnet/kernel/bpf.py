@@ -1,7 +1,7 @@
 """eBPF without a compiler: the bpf(2) calls flatnet uses, a small assembler
 for the instruction set, and BTF lookups of kernel functions.
 
-Only what the fast path (:mod:`flatnet.agent.fastpath`) needs: load a
+Only what the fast path (:mod:`flatnet.fastpath`) needs: load a
 ``sched_cls`` program, attach it to a device's tcx ingress (kernel 6.6+; an
 attachment made with ``BPF_PROG_ATTACH`` outlives the process that made it, so
 the data plane keeps running while the agent restarts), find and detach it

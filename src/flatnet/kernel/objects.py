@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["RTPROT_FLATNET", "Changes", "Desired", "Fdb", "Neigh", "Route"]
+__all__ = ["RTPROT_FLATNET", "Changes", "Desired", "Fdb", "Neigh", "Route", "VxlanTunnel"]
 
 RTPROT_FLATNET = 66  # the route protocol number marking routes flatnet owns
 
@@ -38,14 +38,16 @@ class Fdb:
 @dataclass(frozen=True)
 class Desired:
     """What a backend wants for a set of peers: the routes, neighbours and FDB
-    entries to hold, and the peers it did not program (refused: why; pending:
-    not published enough yet)."""
+    entries to hold; for a userspace tunnel, where each peer subnet is sent
+    (``forward``: subnet -> (underlay IP, UDP port)); and the peers it did not
+    program (refused: why; pending: not published enough yet)."""
 
     routes: frozenset[Route] = frozenset()
     neigh: frozenset[Neigh] = frozenset()
     fdb: frozenset[Fdb] = frozenset()
     refused: dict[str, str] = field(default_factory=dict)  # node -> why
     pending: frozenset[str] = frozenset()  # nodes that have not published enough yet
+    forward: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,3 +59,16 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed)
+
+
+@dataclass(frozen=True)
+class VxlanTunnel:
+    """A VXLAN tunnel a backend offers (the fast path encapsulates and
+    decapsulates for it): VNI, UDP port, the VXLAN device, the underlay
+    device and this node's underlay IP."""
+
+    vni: int
+    port: int
+    dev: str
+    underlay: str
+    local_ip: str

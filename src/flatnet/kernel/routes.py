@@ -23,7 +23,7 @@ from flatnet.errors import KernelError
 from flatnet.kernel import netns
 from flatnet.kernel.objects import RTPROT_FLATNET, Changes, Desired, Fdb, Neigh, Route
 
-__all__ = ["Changes", "converge", "owned_routes"]
+__all__ = ["Routes", "converge", "owned_routes"]
 
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 4
@@ -133,3 +133,13 @@ def converge(ns: str | None, want: Desired, devices: tuple[str, ...] = ()) -> Ch
     except NetlinkError as e:
         raise KernelError(f"failed to program peer routes in '{ns or 'this host'}': {e}") from e
     return Changes(added, removed)
+
+
+class Routes:
+    """The :class:`~flatnet.kernel.api.RouteTable` of namespace ``ns``."""
+
+    def __init__(self, ns: str | None) -> None:
+        self.ns = ns
+
+    def converge(self, want: Desired, devices: tuple[str, ...] = ()) -> Changes:
+        return converge(self.ns, want, devices)

@@ -8,9 +8,10 @@ kernel costs (bench/cni_latency.py shows the difference).
 
 Requests it knows: create a veth pair already enslaved, addressed by MAC, up,
 with its peer placed and up in the pod's namespace (one message); look up a
-link's index; add an IPv4 address; add a default route; set a link's flags
-and group; delete a link by name or a whole link group (one RCU grace
-period for the lot, see :mod:`flatnet.agent.pods`).
+link's index; add an IPv4 address; add a default route; take a link down and
+its address off; set a link's flags and group; delete a link by name or a
+whole link group (one RCU grace period for the lot, see
+:mod:`flatnet.agent.pods`).
 
 The message header and attribute encoding (:data:`NLMSGHDR`, :func:`nla`)
 serve every netlink family; :mod:`flatnet.lab.delay` uses them too.
@@ -30,7 +31,7 @@ __all__ = ["NLMSGHDR", "Rtnl", "RtnlError", "mac_bytes", "nla"]
 NETLINK_ROUTE = 0
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_NEWROUTE = 20, 24
+RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE = 20, 21, 24
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
@@ -203,6 +204,19 @@ class Rtnl:
         rt += nla(RTA_GATEWAY, socket.inet_aton(gateway)) + _u32(RTA_OIF, index)
         excl = NLM_F_CREATE | NLM_F_EXCL
         self._request([(RTM_NEWLINK, 0, up), (RTM_NEWADDR, excl, ifa), (RTM_NEWROUTE, excl, rt)])
+
+    def down_without_address(self, index: int, ip: str, plen: int) -> None:
+        """Link ``index`` down (the kernel drops every route out of it) and
+        ``ip/plen`` off it, in one write; an address already gone is fine."""
+        down = _ifinfo(index, 0, IFF_UP)
+        addr = socket.inet_aton(ip)
+        ifa = struct.pack("=BBBBi", socket.AF_INET, plen, 0, 0, index)
+        ifa += nla(IFA_LOCAL, addr) + nla(IFA_ADDRESS, addr)
+        try:
+            self._request([(RTM_NEWLINK, 0, down), (RTM_DELADDR, 0, ifa)])
+        except RtnlError as e:
+            if e.errno != errno.EADDRNOTAVAIL:
+                raise
 
     def set_link(self, name: str, up: bool, group: int | None = None) -> bool:
         """Set ``name`` up or down (and its link group); False when it is gone."""

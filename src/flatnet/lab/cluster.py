@@ -38,7 +38,7 @@ from flatnet.cni.install import install
 from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import ConfigError, FlatnetError, KernelError, LabTimeout
 from flatnet.ipam import load_config, save_config
-from flatnet.kernel import netns
+from flatnet.kernel import links, netns
 from flatnet.kernel.nft import Nft
 from flatnet.lab.delay import rule as delay_rule
 from flatnet.lab.state import LABS_DIR, LabState
@@ -163,10 +163,8 @@ class _Builder:
         t = self.t
         segs = t.segments()
         sw = self.st.add_ns(self.prefix + "sw")
-        with netns.iproute(sw) as ipr:
-            for i in range(len(segs)):
-                ipr.link("add", ifname=f"br{i}", kind="bridge")
-                ipr.link("set", index=ipr.link_lookup(ifname=f"br{i}")[0], state="up")
+        for i in range(len(segs)):
+            links.bridge(sw, f"br{i}")
         ports = iter(range(1000))
         if t.underlay == "routed":
             rt = self.st.add_ns(self.prefix + "rt")
@@ -227,26 +225,8 @@ class _Builder:
         routes: dict[str, str] | None = None,
     ) -> None:
         """A veth from bridge ``br<seg>`` in the switch to ``ifname`` in ``ns``."""
-        path = netns.path_of(ns)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with netns.iproute(sw) as ipr:
-                ipr.link("add", ifname=port, kind="veth", peer={"ifname": ifname, "net_ns_fd": fd})
-                ipr.link(
-                    "set",
-                    index=ipr.link_lookup(ifname=port)[0],
-                    state="up",
-                    master=ipr.link_lookup(ifname=f"br{seg}")[0],
-                )
-        finally:
-            os.close(fd)
-        with netns.iproute(path) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            idx = ipr.link_lookup(ifname=ifname)[0]
-            ipr.addr("add", index=idx, address=ip, prefixlen=int(cidr.split("/")[1]))
-            ipr.link("set", index=idx, state="up")
-            for dst, gw in (routes or {}).items():
-                ipr.route("add", dst=dst, gateway=gw, oif=idx)
+        links.plug(sw, port, f"br{seg}", ns, ifname)
+        links.add_address(ns, ifname, ip, int(cidr.split("/")[1]), routes)
 
     # -- datastore ----------------------------------------------------------
     def datastore(self) -> tuple[str, str]:
@@ -260,11 +240,9 @@ class _Builder:
         from flatnet.testing import EtcdServer
 
         sw = self.prefix + "sw"
-        with netns.iproute(sw) as ipr:
-            br0 = ipr.link_lookup(ifname="br0")[0]
-            ipr.addr("add", index=br0, address=self.t.store_ip, prefixlen=self.plen)
-            if self.t.underlay == "routed":  # nodes on segment B reach etcd via the router
-                ipr.route("add", dst=self.t.segments()[1], gateway=self.t.router_ip(0), oif=br0)
+        links.add_address(sw, "br0", self.t.store_ip, self.plen)
+        if self.t.underlay == "routed":  # nodes on segment B reach etcd via the router
+            links.add_route(sw, self.t.segments()[1], self.t.router_ip(0), "br0")
         (self.st.dir / "etcd").mkdir(exist_ok=True)
         srv = EtcdServer(
             host=self.t.store_ip,

@@ -13,7 +13,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from flatnet.kernel import netns
+from flatnet.kernel import links, netns
 from flatnet.lab.state import LabState
 
 __all__ = ["Probe", "endpoints", "http_probe", "matrix", "ping"]
@@ -62,9 +62,7 @@ def endpoints(st: LabState) -> dict[str, tuple[str, str]]:
 
 
 def _first_ip(ns: str) -> str:
-    with netns.iproute(netns.path_of(ns)) as ipr:
-        idx = ipr.link_lookup(ifname="eth0")[0]
-        return str(ipr.get_addr(index=idx, family=2)[0].get("IFA_ADDRESS"))
+    return links.first_address(ns, "eth0")
 
 
 def matrix(st: LabState, clients: list[str] | None = None) -> list[Probe]:

@@ -16,13 +16,12 @@ counts, so ``flatnet get services`` can tell what every node has programmed.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 import time
 
 from flatnet import keys
-from flatnet.kernel import netns
-from flatnet.kernel.nft import Nft
+from flatnet.errors import KernelError
+from flatnet.kernel.api import ConntrackTable, Firewall
 from flatnet.model import ProxyStatus
 from flatnet.proxy import render
 from flatnet.proxy.desired import Cluster, Fragment, fragment, hairpin
@@ -39,20 +38,26 @@ class ServiceProxy:
     def __init__(
         self,
         store: Store,
-        nft: Nft,
+        nft: Firewall,
+        conntrack: ConntrackTable,
         node: str,
         pod_cidr: str,
         status_lease: int = 0,
         resync: float = 300.0,
     ) -> None:
-        self.store, self.nft, self.node, self.pod_cidr = store, nft, node, pod_cidr
-        self.ns = nft.ns
+        self.store, self.nft, self.conntrack = store, nft, conntrack
+        self.node, self.pod_cidr = node, pod_cidr
         self.status_lease = status_lease
         self.resync = resync
         self.cluster = Cluster()
         self.frags: dict[str, Fragment] = {}
         self.revision = 0
         self.last_sync: dict[str, float] = {}
+
+    def rebind(self, status_lease: int) -> None:
+        """The node's TTL lease was re-granted: the status goes under it from
+        the next sync on."""
+        self.status_lease = status_lease
 
     # -- pure-ish computation ------------------------------------------------
     def _fragment(self, key: str) -> Fragment:
@@ -104,9 +109,20 @@ class ServiceProxy:
             self.nft.apply(script, what=f"service changes in table ip {render.TABLE}")
             gone = set().union(*(o.udp - n.udp for o, n in pairs))
             for dst, port, ep in sorted(gone):
-                flush_udp(self.ns, dst, port, ep)
+                self._flush_udp(dst, port, ep)
         self.last_sync = {"partial": time.monotonic() - t0}
         self._publish()
+
+    def _flush_udp(self, dst: str, port: int, endpoint: str) -> None:
+        """Delete UDP conntrack entries to ``dst:port`` (any local address when dst
+        is "": a node port) that were DNATed to ``endpoint``."""
+        try:
+            n = self.conntrack.delete_udp(port, endpoint, dst)
+        except KernelError as e:
+            log.warning("conntrack flush for %s:%d -> %s failed: %s", dst, port, endpoint, e)
+            return
+        if n:
+            log.info("flushed %d UDP conntrack entries %s:%d -> %s", n, dst or "*", port, endpoint)
 
     def _publish(self) -> None:
         status = ProxyStatus(
@@ -132,16 +148,3 @@ class ServiceProxy:
             self.resync,
             log,
         )
-
-
-def flush_udp(ns: str | None, dst: str, port: int, endpoint: str) -> None:
-    """Delete UDP conntrack entries to ``dst:port`` (any local address when dst is
-    "": a node port) that were DNATed to ``endpoint``."""
-    argv = ["conntrack", "-D", "-p", "udp", "--dport", str(port), "--reply-src", endpoint]
-    if dst:
-        argv += ["--orig-dst", dst]
-    r = subprocess.run(argv, capture_output=True, text=True, preexec_fn=netns.preexec(ns))
-    if r.returncode not in (0, 1):  # 1: nothing matched
-        log.warning("conntrack flush for %s:%d -> %s failed: %s", dst, port, endpoint, r.stderr)
-    elif r.returncode == 0:
-        log.info("flushed UDP conntrack entries %s:%d -> %s", dst or "*", port, endpoint)

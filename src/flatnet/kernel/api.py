@@ -1,0 +1,70 @@
+"""The seams between flatnet's control logic and the kernel: small Protocols.
+
+Each has a real implementation in this package and a fake in
+:mod:`flatnet.kernel.fake` that records what it was asked, so the agent's
+parts (peer watcher, service proxy, pod network's fast-path bookkeeping) are
+unit-tested without root. Contracts, for real and fake alike:
+
+- every method may be called from any thread;
+- the namespace is fixed when the object is made (``ns``; None: the
+  calling process's own) — no method switches a caller's thread;
+- deleting what is already gone is success.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from flatnet.kernel.objects import Changes, Desired
+
+__all__ = ["ConntrackTable", "FastPathMaps", "Firewall", "RouteTable"]
+
+
+class RouteTable(Protocol):
+    """Routes, neighbours and FDB entries flatnet owns in one namespace
+    (real: :class:`flatnet.kernel.routes.Routes`)."""
+
+    def converge(self, want: Desired, devices: tuple[str, ...] = ()) -> Changes:
+        """Hold exactly ``want``'s routes (protocol 66) and, on ``devices``, its
+        permanent neighbours and FDB entries; touch nothing else."""
+        ...
+
+
+class Firewall(Protocol):
+    """One nftables context (real: :class:`flatnet.kernel.nft.Nft`)."""
+
+    ns: str | None
+
+    def apply(self, script: str, what: str = "nftables change") -> str:
+        """Run ``script`` as one atomic transaction; KernelError naming ``what``."""
+        ...
+
+    def list_json(self, what: str) -> list[dict[str, Any]]: ...
+
+
+class ConntrackTable(Protocol):
+    """The conntrack table of one namespace (real: :class:`flatnet.kernel.conntrack.Conntrack`)."""
+
+    def delete_udp(self, dport: int, reply_src: str, dst: str = "") -> int:
+        """Delete UDP entries to ``dport`` (at ``dst``; "" any) answered by
+        ``reply_src``; returns how many went."""
+        ...
+
+
+class FastPathMaps(Protocol):
+    """The fast path's maps once it is installed (real:
+    :class:`flatnet.fastpath.loader.FastPath`)."""
+
+    def add(self, ip: str, veth: str) -> None:
+        """A new pod: its host veth gets the program, its IP an entry."""
+        ...
+
+    def delete(self, ip: str) -> None:
+        """A pod gone: its entry goes."""
+        ...
+
+    def set_peers(self, peers: list[tuple[str, str]]) -> None:
+        """The programmed peers as (underlay IP, pod subnet)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,104 @@
+"""Fakes of the kernel seams (:mod:`flatnet.kernel.api`) for unit tests of pure
+logic: each keeps in memory what the kernel would hold and records every call.
+Behaviour users rely on is proven against the real kernel in tests/privileged
+and tests/lab; these only let the control logic be tested without root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from flatnet.errors import KernelError
+from flatnet.kernel.objects import Changes, Desired, Fdb, Neigh, Route
+
+__all__ = ["FakeConntrack", "FakeFastPath", "FakeFirewall", "FakeRoutes"]
+
+T = TypeVar("T", Neigh, Fdb)
+
+
+@dataclass
+class FakeRoutes:
+    """A namespace's flatnet-owned routes, neighbours and FDB entries."""
+
+    routes: set[Route] = field(default_factory=set)
+    neigh: set[Neigh] = field(default_factory=set)
+    fdb: set[Fdb] = field(default_factory=set)
+    calls: int = 0
+    fail: bool = False  # the next converge raises, as a netlink refusal would
+
+    def converge(self, want: Desired, devices: tuple[str, ...] = ()) -> Changes:
+        self.calls += 1
+        if self.fail:
+            self.fail = False
+            raise KernelError("failed to program peer routes in 'fake': device missing")
+        mine = set(devices)
+        self.neigh, (added, removed) = _on_devices(self.neigh, want.neigh, mine)
+        self.fdb, (more, fewer) = _on_devices(self.fdb, want.fdb, mine)
+        added, removed = added + more, removed + fewer
+        have_r = {r.dst: r for r in self.routes}
+        want_r = {r.dst: r for r in want.routes}
+        added += sum(1 for dst, r in want_r.items() if have_r.get(dst) != r)
+        removed += sum(1 for dst in have_r if dst not in want_r)
+        self.routes = set(want.routes)
+        return Changes(added, removed)
+
+
+def _on_devices(have: set[T], want: frozenset[T], mine: set[str]) -> tuple[set[T], tuple[int, int]]:
+    """Entries on our devices become ``want``'s; others stay. (new set, (added, removed))"""
+    on = {x for x in have if x.dev in mine}
+    new = {x for x in want if x.dev in mine}
+    return (have - on) | new, (len(new - on), len(on - new))
+
+
+@dataclass
+class FakeFirewall:
+    """Records the scripts applied; ``fail`` makes the next apply raise."""
+
+    ns: str | None = None
+    scripts: list[str] = field(default_factory=list)
+    fail: str = ""
+
+    def apply(self, script: str, what: str = "nftables change") -> str:
+        if self.fail:
+            msg, self.fail = self.fail, ""
+            raise KernelError(f"failed to apply {what}: {msg}")
+        self.scripts.append(script)
+        return ""
+
+    def list_json(self, what: str) -> list[dict[str, Any]]:
+        return []
+
+
+@dataclass
+class FakeConntrack:
+    """UDP flows as (dst, dport, reply_src); records each deletion asked for."""
+
+    flows: list[tuple[str, int, str]] = field(default_factory=list)
+    deleted: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def delete_udp(self, dport: int, reply_src: str, dst: str = "") -> int:
+        self.deleted.append((dst, dport, reply_src))
+        gone = [f for f in self.flows if f[1:] == (dport, reply_src) and (not dst or f[0] == dst)]
+        self.flows = [f for f in self.flows if f not in gone]
+        return len(gone)
+
+
+@dataclass
+class FakeFastPath:
+    """The fast path's maps: pod IP -> host veth; VXLAN peers (underlay IP -> subnet)."""
+
+    pods: dict[str, str] = field(default_factory=dict)
+    peers: dict[str, str] = field(default_factory=dict)
+    closed: bool = False
+
+    def add(self, ip: str, veth: str) -> None:
+        self.pods[ip] = veth
+
+    def delete(self, ip: str) -> None:
+        self.pods.pop(ip, None)
+
+    def set_peers(self, peers: list[tuple[str, str]]) -> None:
+        self.peers = dict(peers)
+
+    def close(self) -> None:
+        self.closed = True
