@@ -336,6 +336,7 @@ def test_after_del_the_pod_shows_no_address_and_no_route(small_node: Node) -> No
     assert len(node.doomed()) == 1  # the veth itself waits for the reaper
     # without CNI_NETNS the namespace cannot be entered: the veth goes at once
     ip1 = chain.add("c1", ns1)["ips"][0]["address"].split("/")[0]
+    assert ip1 in held(ns1)
     chain.delete("c1", "")
     assert held(ns1) == "" and "eth0" not in node.sh(ns1, "ip", "link").stdout
     assert node.allocations() == []
