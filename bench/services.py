@@ -66,7 +66,8 @@ def datapath(uniq: str) -> None:
     from flatnet.kernel import netns
     from flatnet.kernel.nft import Nft
     from flatnet.proxy import render
-    from flatnet.proxy.desired import endpoints, fragment
+    from flatnet.proxy.desired import fragment
+    from flatnet.view import endpoints
 
     names = {k: f"fl-{uniq}-dp-{k}" for k in ("c", "r", "s")}
     for ns in names.values():

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flatnet.testing import EtcdServer
+from flatnet.store.etcd_server import EtcdServer
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

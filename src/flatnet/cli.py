@@ -476,10 +476,10 @@ def _services(s: Any, eps_view: bool, output: str) -> tuple[list[dict[str, Any]]
     many nodes' proxies have programmed their latest version."""
     from flatnet import keys
     from flatnet.model import ProxyStatus
-    from flatnet.proxy.desired import Cluster
+    from flatnet.view import ClusterView
 
     kvs = s.range(keys.SERVICES)
-    cluster = Cluster(kvs + s.range(keys.PODS))
+    cluster = ClusterView(kvs + s.range(keys.PODS))
     proxies = [ProxyStatus.from_json(kv.value) for kv in s.range(keys.PROXY)]
     items: list[dict[str, Any]] = []
     for kv in kvs:

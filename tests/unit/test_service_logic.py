@@ -18,9 +18,10 @@ from flatnet.lab import topo
 from flatnet.manifest import docs
 from flatnet.model import NetworkConfig, PodRecord, ServicePort
 from flatnet.proxy import render
-from flatnet.proxy.desired import PodIndex, endpoints, fragment
+from flatnet.proxy.desired import fragment
 from flatnet.store import KV
 from flatnet.store.sqlite import SqliteStore
+from flatnet.view import PodIndex, endpoints
 
 CFG = NetworkConfig()
 SVC = """\

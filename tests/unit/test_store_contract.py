@@ -12,7 +12,7 @@ import pytest
 
 from flatnet.errors import StoreUnavailable
 from flatnet.store import Event, Store, open_store
-from flatnet.testing import EtcdServer
+from flatnet.store.etcd_server import EtcdServer
 
 
 @pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from dnslib import CNAME, PTR, QTYPE, RR, SOA, SRV, TXT, A
 
 from flatnet.model import Service
-from flatnet.proxy.desired import PodIndex, endpoints
+from flatnet.view import PodIndex, endpoints
 
 __all__ = ["Answer", "Records", "build"]
 

@@ -26,10 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 
+from flatnet import keys
 from flatnet.dns.records import Records, build
-from flatnet.proxy.desired import Cluster
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
+from flatnet.view import ClusterView
 
 __all__ = ["DNSServer"]
 
@@ -48,7 +49,7 @@ class DNSServer:
     ) -> None:
         self.store, self.listen, self.upstream = store, listen, upstream
         self.domain, self.ttl = domain, ttl
-        self.cluster = Cluster()
+        self.cluster = ClusterView()
         self.records = Records(domain, ttl)
         self.cache: dict[bytes, bytes] = {}
         self.ready = threading.Event()
@@ -62,7 +63,7 @@ class DNSServer:
         self.cache = {}
 
     def listed(self, kvs: list[KV], rev: int) -> None:
-        self.cluster = Cluster(kvs)
+        self.cluster = ClusterView(kvs)
         self._rebuild()
         self.ready.set()
 
@@ -170,7 +171,7 @@ class DNSServer:
             target=follow,
             args=(
                 self.store,
-                (Cluster.SERVICES, Cluster.PODS),
+                (keys.SERVICES, keys.PODS),
                 self.stop,
                 self.listed,
                 self.changed,

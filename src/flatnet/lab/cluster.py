@@ -237,7 +237,7 @@ class _Builder:
             self.st.store_url = url
             self.st.save()
             return url, url
-        from flatnet.testing import EtcdServer
+        from flatnet.store.etcd_server import EtcdServer
 
         sw = self.prefix + "sw"
         links.add_address(sw, "br0", self.t.store_ip, self.plen)

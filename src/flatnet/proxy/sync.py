@@ -24,9 +24,10 @@ from flatnet.errors import KernelError
 from flatnet.kernel.api import ConntrackTable, Firewall
 from flatnet.model import ProxyStatus
 from flatnet.proxy import render
-from flatnet.proxy.desired import Cluster, Fragment, fragment, hairpin
+from flatnet.proxy.desired import Fragment, fragment, hairpin
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
+from flatnet.view import ClusterView
 
 __all__ = ["ServiceProxy"]
 
@@ -49,7 +50,7 @@ class ServiceProxy:
         self.node, self.pod_cidr = node, pod_cidr
         self.status_lease = status_lease
         self.resync = resync
-        self.cluster = Cluster()
+        self.cluster = ClusterView()
         self.frags: dict[str, Fragment] = {}
         self.revision = 0
         self.last_sync: dict[str, float] = {}
@@ -82,7 +83,7 @@ class ServiceProxy:
         self._publish()
 
     def listed(self, kvs: list[KV], rev: int) -> None:
-        self.cluster = Cluster(kvs)
+        self.cluster = ClusterView(kvs)
         self.revision = rev
         self.full_sync()
 
@@ -140,7 +141,7 @@ class ServiceProxy:
     def run(self, stop: threading.Event) -> None:
         follow(
             self.store,
-            (Cluster.SERVICES, Cluster.PODS),
+            (keys.SERVICES, keys.PODS),
             stop,
             self.listed,
             self.changed,

@@ -1,4 +1,5 @@
-"""Helpers shared by tests, benchmarks and the lab: a real etcd server on loopback."""
+"""A real etcd server (Debian's etcd-server) for the lab, the tests and the benchmarks:
+on loopback or a lab address, a data directory of its own, stopped by PID."""
 
 from __future__ import annotations
 
