@@ -73,14 +73,13 @@ StoreOpt = Annotated[str | None, typer.Option(help="datastore URL instead of a l
 
 
 def _manifests(file: str) -> tuple[list[Any], list[Any]]:
-    from flatnet.lab import topo
-    from flatnet.manifest import docs
+    from flatnet.manifest import docs, objects
 
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
     except OSError as e:
         raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
-    return topo.objects(docs(text, file), file, None)
+    return objects(docs(text, file), file, None)
 
 
 @app.command()

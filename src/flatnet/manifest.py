@@ -4,13 +4,16 @@
 one against a pydantic model and reports the first mistake as ``FILE:LINE:
 field.path: what is wrong``; ``service(...)`` turns a ``v1 Service`` into
 :class:`~flatnet.model.Service` (everything that can be checked without the
-store: the cluster IP range and conflicts are checked when it is applied).
+store: the cluster IP range and conflicts are checked when it is applied);
+``objects(...)`` reads a file's Pods and Services (what ``flatnet apply`` and a
+lab file hold) into :class:`Pod` and :class:`~flatnet.model.Service`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
@@ -28,7 +31,7 @@ from pydantic import (
 from flatnet.errors import LabFileError
 from flatnet.model import Service, ServicePort
 
-__all__ = ["check", "docs", "line_of", "service"]
+__all__ = ["MODE_ANNOTATION", "Pod", "check", "docs", "line_of", "objects", "service"]
 
 _LABEL = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 _SVC_NAME = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"  # DNS-1035 label
@@ -212,3 +215,120 @@ def service(data: Any, node: yaml.Node, path: str) -> Service:
         external_local=s.externalTrafficPolicy == "Local",
         external_name=s.externalName or "",
     )
+
+
+MODE_ANNOTATION = "flatnet.io/network-mode"
+
+
+class _PodMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", max_length=40)
+    namespace: str = Field(default="default", pattern=_LABEL)
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class _ContainerPort(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(default="", pattern=r"^$|^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+    containerPort: int = Field(ge=1, le=65535)  # noqa: N815
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
+class _Container(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    ports: list[_ContainerPort] = []
+    command: list[str] | None = None
+    args: list[str] | None = None
+
+
+class _PodSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    nodeName: str  # noqa: N815
+    containers: list[_Container] = Field(min_length=1)
+    hostNetwork: bool = False  # noqa: N815
+
+
+class _Pod(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    apiVersion: Literal["v1"]  # noqa: N815
+    kind: Literal["Pod"]
+    metadata: _PodMeta
+    spec: _PodSpec
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A v1 Pod as flatnet reads it: where it runs, its labels, its network
+    mode, what each container runs, its named container ports."""
+
+    name: str
+    namespace: str
+    node: str
+    labels: dict[str, str]
+    mode: str  # bridge | host | none | container:<pod>
+    commands: tuple[tuple[str, ...], ...]  # one per container; () runs agnhost netexec
+    ports: dict[str, list[Any]] = field(default_factory=dict)  # named container ports
+
+    @property
+    def shares_with(self) -> str | None:
+        return self.mode.split(":", 1)[1] if self.mode.startswith("container:") else None
+
+
+def _mode(p: _Pod) -> str:
+    mode = p.metadata.annotations.get(MODE_ANNOTATION, "host" if p.spec.hostNetwork else "bridge")
+    if mode in ("bridge", "host", "none") or re.match(r"^container:[a-z0-9.-]+$", mode):
+        return mode
+    raise ValueError(
+        f"annotation {MODE_ANNOTATION}: '{mode}' is not bridge, host, none or container:<pod>"
+    )
+
+
+def objects(
+    docs: list[tuple[yaml.Node, Any]], path: str, nodes: list[str] | tuple[str, ...] | None
+) -> tuple[list[Pod], list[Service]]:
+    """The Pod and Service documents of a file (anything else is an error)."""
+    pods: list[Pod] = []
+    services: list[Service] = []
+    for node, data in docs:
+        kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        if kind == "Service":
+            services.append(service(data, node, path))
+            continue
+        if kind != "Pod":
+            raise LabFileError(
+                path,
+                node.start_mark.line + 1,
+                f"kind '{kind}' is not supported here (only Pod and Service)",
+            )
+        p = check(_Pod, data, node, path)
+        if nodes is not None and p.spec.nodeName not in nodes:
+            raise LabFileError(
+                path,
+                line_of(node, ("spec", "nodeName")),
+                f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
+                f"nodes ({', '.join(nodes or ())})",
+            )
+        try:
+            mode = _mode(p)
+        except ValueError as e:
+            raise LabFileError(path, line_of(node, ("metadata", "annotations")), str(e)) from None
+        cmds = tuple(tuple((c.command or []) + (c.args or [])) for c in p.spec.containers)
+        pods.append(
+            Pod(
+                p.metadata.name,
+                p.metadata.namespace,
+                p.spec.nodeName,
+                dict(p.metadata.labels),
+                mode,
+                cmds,
+                {
+                    cp.name: [cp.containerPort, cp.protocol]
+                    for c in p.spec.containers
+                    for cp in c.ports
+                    if cp.name
+                },
+            )
+        )
+    return pods, services

@@ -14,8 +14,7 @@ from flatnet import services
 from flatnet.dns.records import build
 from flatnet.dns.server import DNSServer
 from flatnet.errors import ConfigError, LabFileError
-from flatnet.lab import topo
-from flatnet.manifest import docs
+from flatnet.manifest import docs, objects
 from flatnet.model import NetworkConfig, PodRecord, ServicePort
 from flatnet.proxy import render
 from flatnet.proxy.desired import fragment
@@ -36,7 +35,7 @@ spec:
 
 
 def parse(text: str) -> list:  # type: ignore[type-arg]
-    return topo.objects(docs(text, "f.yaml"), "f.yaml", None)[1]
+    return objects(docs(text, "f.yaml"), "f.yaml", None)[1]
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ from flatnet.kernel import links, netns
 from flatnet.kernel.nft import Nft
 from flatnet.lab.delay import rule as delay_rule
 from flatnet.lab.state import LABS_DIR, LabState
-from flatnet.lab.topo import LabPod, LabTopo
+from flatnet.lab.topo import LabTopo
+from flatnet.manifest import Pod
 from flatnet.model import PeerStatus, PodRecord, ProxyStatus, Service, ServicePort
 from flatnet.services import dns_ip
 from flatnet.store import Store, open_store
@@ -323,7 +324,7 @@ class _Builder:
             )
             upstream = ["--upstream", self.t.external_ip]
         node = self.t.nodes[0]
-        pod = LabPod(
+        pod = Pod(
             "kube-dns",
             "kube-system",
             node,
@@ -349,7 +350,7 @@ class _Builder:
 UPSTREAM_ZONE = "flatnet.test"
 
 
-def check_new_pods(st: LabState, pods: list[LabPod], path: str) -> None:
+def check_new_pods(st: LabState, pods: list[Pod], path: str) -> None:
     """Pods from a manifest, checked against the running lab before anything is made."""
     for p in pods:
         if p.name in st.pods:
@@ -364,16 +365,14 @@ def check_new_pods(st: LabState, pods: list[LabPod], path: str) -> None:
             raise ConfigError(f"{path}: pod '{p.name}': no pod '{other}' to share a network with")
 
 
-def add_pods(
-    st: LabState, pods: list[LabPod], store: Store, progress: Progress | None = None
-) -> None:
+def add_pods(st: LabState, pods: list[Pod], store: Store, progress: Progress | None = None) -> None:
     """Create pods as a runtime does (in parallel), then mark each ready once it
     serves: endpoints only ever point at pods that answer."""
     first = [p for p in pods if p.shares_with is None]
     later = [p for p in pods if p.shares_with is not None]
     done = [0]
 
-    def one(p: LabPod) -> None:
+    def one(p: Pod) -> None:
         _create_pod(st, p, store)
         with _lock:
             done[0] += 1
@@ -387,7 +386,7 @@ def add_pods(
         list(ex.map(lambda p: _ready(st, p, store), pods))
 
 
-def _record(st: LabState, p: LabPod, ready: bool) -> PodRecord:
+def _record(st: LabState, p: Pod, ready: bool) -> PodRecord:
     info = st.pods[p.name]
     return PodRecord(
         p.name,
@@ -404,7 +403,7 @@ def _record(st: LabState, p: LabPod, ready: bool) -> PodRecord:
     )
 
 
-def _create_pod(st: LabState, p: LabPod, store: Store) -> None:
+def _create_pod(st: LabState, p: Pod, store: Store) -> None:
     node = st.nodes[p.node]
     cid = uuid.uuid4().hex
     rec: dict[str, Any] = {
@@ -441,7 +440,7 @@ def _create_pod(st: LabState, p: LabPod, store: Store) -> None:
     store.put(keys.pod(p.namespace, p.name), _record(st, p, False).to_json())
 
 
-def _resolv_conf(st: LabState, p: LabPod, ns: str, store: Store) -> None:
+def _resolv_conf(st: LabState, p: Pod, ns: str, store: Store) -> None:
     """What kubelet gives a pod with dnsPolicy ClusterFirst."""
     cfg = load_config(store)
     d = ETC_NETNS / ns
@@ -456,7 +455,7 @@ def _resolv_conf(st: LabState, p: LabPod, ns: str, store: Store) -> None:
     )
 
 
-def _attach(st: LabState, p: LabPod, ns: str, cid: str, node: dict[str, Any]) -> str:
+def _attach(st: LabState, p: Pod, ns: str, cid: str, node: dict[str, Any]) -> str:
     path = netns.path_of(ns)
     lo = Chain(LOOPBACK, [node["binDir"]], ns=node["ns"])
     lo.add(cid, path, "lo", pod=(p.namespace, p.name))
@@ -472,7 +471,7 @@ def _attach(st: LabState, p: LabPod, ns: str, cid: str, node: dict[str, Any]) ->
     return str(result["ips"][0]["address"].split("/")[0])
 
 
-def _ready(st: LabState, p: LabPod, store: Store) -> None:
+def _ready(st: LabState, p: Pod, store: Store) -> None:
     """A pod is ready when it serves: agnhost on 8080, else its first TCP port."""
     ns = st.pods[p.name]["ns"]
     tcp = [int(v[0]) for v in p.ports.values() if v[1] == "TCP"]

@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flatnet import manifest
 from flatnet.errors import ConfigError, LabFileError
+from flatnet.manifest import Pod
 from flatnet.model import NetworkConfig, Service
 
-__all__ = ["LabPod", "LabTopo", "load", "parse"]
+__all__ = ["LabTopo", "load", "parse"]
 
 _LABEL = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
-MODE_ANNOTATION = "flatnet.io/network-mode"
 
 
 class _Strict(BaseModel):
@@ -78,59 +78,6 @@ class _Lab(_Strict):
         return v
 
 
-class _Meta(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", max_length=40)
-    namespace: str = Field(default="default", pattern=_LABEL)
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
-
-
-class _ContainerPort(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(default="", pattern=r"^$|^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
-    containerPort: int = Field(ge=1, le=65535)  # noqa: N815
-    protocol: Literal["TCP", "UDP"] = "TCP"
-
-
-class _Container(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str
-    ports: list[_ContainerPort] = []
-    command: list[str] | None = None
-    args: list[str] | None = None
-
-
-class _PodSpec(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    nodeName: str  # noqa: N815
-    containers: list[_Container] = Field(min_length=1)
-    hostNetwork: bool = False  # noqa: N815
-
-
-class _Pod(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    apiVersion: Literal["v1"]  # noqa: N815
-    kind: Literal["Pod"]
-    metadata: _Meta
-    spec: _PodSpec
-
-
-@dataclass(frozen=True)
-class LabPod:
-    name: str
-    namespace: str
-    node: str
-    labels: dict[str, str]
-    mode: str  # bridge | host | none | container:<pod>
-    commands: tuple[tuple[str, ...], ...]  # one per container; () runs agnhost netexec
-    ports: dict[str, list[Any]] = field(default_factory=dict)  # named container ports
-
-    @property
-    def shares_with(self) -> str | None:
-        return self.mode.split(":", 1)[1] if self.mode.startswith("container:") else None
-
-
 @dataclass(frozen=True)
 class LabTopo:
     """The lab as data. Underlay ``l2``: every node on one switch in
@@ -145,7 +92,7 @@ class LabTopo:
     underlay_cidr: str
     nodes: tuple[str, ...]
     external: bool
-    pods: tuple[LabPod, ...] = field(default=())
+    pods: tuple[Pod, ...] = field(default=())
     path: str = ""
     netem: tuple[tuple[str, str], ...] = ()  # (delay|jitter|loss|rate, value)
     agent_resync: float = 10.0
@@ -182,15 +129,6 @@ class LabTopo:
         return str(ipaddress.IPv4Network(self.underlay_cidr).network_address + 2)
 
 
-def _mode(p: _Pod) -> str:
-    mode = p.metadata.annotations.get(MODE_ANNOTATION, "host" if p.spec.hostNetwork else "bridge")
-    if mode in ("bridge", "host", "none") or re.match(r"^container:[a-z0-9.-]+$", mode):
-        return mode
-    raise ValueError(
-        f"annotation {MODE_ANNOTATION}: '{mode}' is not bridge, host, none or container:<pod>"
-    )
-
-
 def parse(text: str, path: str = "<lab>") -> LabTopo:
     docs = manifest.docs(text, path)
     if not docs or not isinstance(docs[0][1], dict) or docs[0][1].get("kind") != "Lab":
@@ -210,7 +148,7 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         ipaddress.IPv4Network(lab.underlayCIDR)
     except (ConfigError, ValueError) as e:
         raise LabFileError(path, manifest.line_of(docs[0][0], ("network",)), str(e)) from None
-    pods, services = objects(docs[1:], path, lab.nodes)
+    pods, services = manifest.objects(docs[1:], path, lab.nodes)
     _check_pods(pods, path, [d for d in docs[1:] if d[1].get("kind") == "Pod"])
     return LabTopo(
         lab.name,
@@ -229,59 +167,8 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
     )
 
 
-def objects(
-    docs: list[tuple[yaml.Node, Any]], path: str, nodes: list[str] | tuple[str, ...] | None
-) -> tuple[list[LabPod], list[Service]]:
-    """The Pod and Service documents of a file (anything else is an error)."""
-    pods: list[LabPod] = []
-    services: list[Service] = []
-    for node, data in docs:
-        kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        if kind == "Service":
-            services.append(manifest.service(data, node, path))
-            continue
-        if kind != "Pod":
-            raise LabFileError(
-                path,
-                node.start_mark.line + 1,
-                f"kind '{kind}' is not supported here (only Pod and Service)",
-            )
-        p = manifest.check(_Pod, data, node, path)
-        if nodes is not None and p.spec.nodeName not in nodes:
-            raise LabFileError(
-                path,
-                manifest.line_of(node, ("spec", "nodeName")),
-                f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
-                f"nodes ({', '.join(nodes or ())})",
-            )
-        try:
-            mode = _mode(p)
-        except ValueError as e:
-            raise LabFileError(
-                path, manifest.line_of(node, ("metadata", "annotations")), str(e)
-            ) from None
-        cmds = tuple(tuple((c.command or []) + (c.args or [])) for c in p.spec.containers)
-        pods.append(
-            LabPod(
-                p.metadata.name,
-                p.metadata.namespace,
-                p.spec.nodeName,
-                dict(p.metadata.labels),
-                mode,
-                cmds,
-                {
-                    cp.name: [cp.containerPort, cp.protocol]
-                    for c in p.spec.containers
-                    for cp in c.ports
-                    if cp.name
-                },
-            )
-        )
-    return pods, services
-
-
-def _check_pods(pods: list[LabPod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:
-    by_name: dict[str, LabPod] = {}
+def _check_pods(pods: list[Pod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:
+    by_name: dict[str, Pod] = {}
     for i, p in enumerate(pods):
         line = docs[i][0].start_mark.line + 1
         if p.name in by_name:
