@@ -31,7 +31,7 @@ from flatnet.agent.pods import DOOMED  # noqa: E402
 from flatnet.cni.install import conflist, install  # noqa: E402
 from flatnet.cni.runtime import Chain  # noqa: E402
 from flatnet.kernel import netns  # noqa: E402
-from flatnet.lab.cluster import spawn  # noqa: E402
+from flatnet.lab.procs import spawn  # noqa: E402
 
 PODS = int(os.environ.get("PODS", "50"))
 

@@ -28,7 +28,7 @@ from _common import SRC, flatnet, pct  # noqa: E402,F401
 
 from flatnet import keys  # noqa: E402
 from flatnet.kernel import netns  # noqa: E402
-from flatnet.lab.cluster import spawn  # noqa: E402
+from flatnet.lab.procs import spawn  # noqa: E402
 from flatnet.lab.state import LabState  # noqa: E402
 from flatnet.model import Lease  # noqa: E402
 from flatnet.store import open_store  # noqa: E402
@@ -70,7 +70,7 @@ def convergence() -> None:
         store = open_store(st.store_url)
         last = f"n{NODES}"
         others = [n for n in st.nodes if n != last]
-        iprs = {n: netns.iproute(st.nodes[n]["ns"]) for n in others}
+        iprs = {n: netns.iproute(st.nodes[n].ns) for n in others}
         lease_kv = next(
             kv for kv in store.range(keys.SUBNETS) if Lease.from_json(kv.value).node == last
         )
@@ -88,7 +88,7 @@ def convergence() -> None:
             leave.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             info = st.nodes[last]
-            pid = spawn(info["ns"], info["agentArgv"], st.dir / "nodes" / last / "agent.log")
+            pid = spawn(info.ns, info.agent_argv, st.dir / "nodes" / last / "agent.log")
             st.add_process(pid, f"agent:{last}")
             lease_seen = 0.0
             pending = set(others)
@@ -133,12 +133,12 @@ def scale() -> None:
     took = time.perf_counter() - t0
     try:
         st = LabState.load(name)
-        rss = [rss_mib(p["pid"]) for p in st.processes if p["what"].startswith("agent:")]
+        rss = [rss_mib(p.pid) for p in st.processes if p.what.startswith("agent:")]
         # connected: the first pod reaches a pod on the last node
         a, b = st.pods["n1-p0"], st.pods[f"n{SCALE_NODES}-p{SCALE_PODS - 1}"]
         ok = (
             subprocess.run(
-                ["ip", "netns", "exec", a["ns"], "ping", "-c1", "-W1", b["ip"]],
+                ["ip", "netns", "exec", a.ns, "ping", "-c1", "-W1", b.ip],
                 capture_output=True,
             ).returncode
             == 0

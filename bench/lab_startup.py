@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
 
-from flatnet.lab import cluster, topo  # noqa: E402
+from flatnet.lab import topo  # noqa: E402
+from flatnet.lab.lab import Lab  # noqa: E402
 from flatnet.lab.state import LabState  # noqa: E402
 
 PODS = int(os.environ.get("PODS", "100"))
@@ -35,7 +36,7 @@ def main() -> None:
 
     st = None
     try:
-        st = cluster.build(t, progress)
+        st = Lab.build(t, progress).st
         total = time.monotonic() - start
         for step, at in marks.items():
             print(f"  {step:<42} done at {at:6.2f} s")
@@ -43,7 +44,7 @@ def main() -> None:
             f"lab start-up: 1 node, {PODS} pods ready in {total:.2f} s "
             f"({total / PODS * 1000:.0f} ms per pod)"
         )
-        pid = next(p["pid"] for p in st.processes if p["what"] == "agent:node1")
+        pid = next(p.pid for p in st.processes if p.what == "agent:node1")
         rss = [
             ln
             for ln in Path(f"/proc/{pid}/status").read_text().splitlines()

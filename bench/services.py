@@ -29,7 +29,8 @@ from pathlib import Path
 from _common import pct
 
 from flatnet import keys
-from flatnet.lab import cluster, topo
+from flatnet.lab import topo
+from flatnet.lab.lab import Lab
 from flatnet.lab.state import LabState
 from flatnet.model import PodRecord, Service, ServicePort
 from flatnet.store import open_store
@@ -151,7 +152,7 @@ def datapath(uniq: str) -> None:
 
 def cpu(st: LabState) -> float:
     """The agent's CPU seconds so far."""
-    pid = next(p["pid"] for p in st.processes if p["what"] == "agent:node1")
+    pid = next(p.pid for p in st.processes if p.what == "agent:node1")
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -169,7 +170,7 @@ def settle(st: LabState, timeout: float = 60) -> float:
 
 
 def rss(st: LabState) -> float:
-    pid = next(p["pid"] for p in st.processes if p["what"] == "agent:node1")
+    pid = next(p.pid for p in st.processes if p.what == "agent:node1")
     for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
         if ln.startswith("VmRSS:"):
             return int(ln.split()[1]) / 1024
@@ -215,7 +216,7 @@ def main() -> None:
     d = Path(f"/tmp/flatnet-bench-{name}")
     d.mkdir()
     (d / "lab.yaml").write_text(LAB.format(name=name))
-    st = cluster.build(topo.load(d / "lab.yaml"), lambda *a: None)
+    st = Lab.build(topo.load(d / "lab.yaml"), lambda *a: None).st
     store = open_store(st.store_url)
     try:
         settle(st)
@@ -230,7 +231,7 @@ def main() -> None:
         print(f"wrote {SERVICES} services + {2 * SERVICES} pods in {time.monotonic() - t0:.1f} s")
         rev = store.revision()
         t0 = time.monotonic()
-        cluster.restart_agent(st, "node1")
+        Lab(st).restart_agent("node1")
         status = programmed(store, rev)
         print(
             f"full sync, {SERVICES} services x 2 endpoints: "

@@ -197,19 +197,19 @@ def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
     try:
         st = LabState.load(name)
         n1, n2 = st.nodes["node1"], st.nodes["node2"]
-        base = (n2["ns"], n1["ns"], n2["underlayIP"])
+        base = (n2.ns, n1.ns, n2.underlay_ip)
         for i, backend in enumerate(BACKENDS):
             if i:
                 flatnet("lab", "set-backend", "--lab", name, "--fast-path", backend)
             st = LabState.load(name)
-            b_ip = st.pods["b"]["ip"]
+            b_ip = st.pods["b"].ip
             pod_path = f"pod -> pod, {backend}"
-            paths = {pod_path: (st.pods["b"]["ns"], st.pods["a"]["ns"], b_ip)}
+            paths = {pod_path: (st.pods["b"].ns, st.pods["a"].ns, b_ip)}
             if backend != "host-gw":
                 # node2's tunnel device holds <its subnet>.0 (SubnetLen 24 in LAB):
                 # node -> node through the tunnel alone, without the pods' veth and bridge
                 dev_ip = str(ipaddress.ip_network(f"{b_ip}/24", strict=False).network_address)
-                paths[f"node -> node, {backend} dev"] = (n2["ns"], n1["ns"], dev_ip)
+                paths[f"node -> node, {backend} dev"] = (n2.ns, n1.ns, dev_ip)
             rounds(results, base, paths, {pod_path} if latency else set())
             if STACK:  # the same pods with the fast path off: the node's stack forwards
                 flatnet("lab", "set-backend", "--lab", name, "--no-fast-path", backend)

@@ -94,14 +94,14 @@ def apply(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be applied to a lab (give --lab)")
         if pods:
-            from flatnet.lab import cluster
+            from flatnet.lab.lab import Lab
 
-            cluster.check_new_pods(st, pods, file)
+            Lab(st).check_new_pods(pods, file)
         done = services.apply(s, load_config(s), svcs)
         for svc in done:
             out.print(f"service/{svc.name} configured (clusterIP {svc.cluster_ip or '-'})")
         if pods:
-            cluster.add_pods(st, pods, s)
+            Lab(st).add_pods(pods, s)
             for p in pods:
                 out.print(f"pod/{p.name} created on {p.node}")
     finally:
@@ -121,10 +121,10 @@ def delete(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
         if pods:
             if st is None:
                 raise ConfigError(f"{file}: Pods can only be deleted from a lab (give --lab)")
-            from flatnet.lab import cluster
+            from flatnet.lab.lab import Lab
 
             for p in pods:
-                if cluster.delete_pod(st, p.name, s):
+                if Lab(st).delete_pod(p.name, s):
                     out.print(f"pod/{p.name} deleted")
     finally:
         s.close()
@@ -176,7 +176,8 @@ def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> 
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flatnet.lab import cluster, topo
+    from flatnet.lab import topo
+    from flatnet.lab.lab import Lab
 
     t = topo.load(file)
     if backend:
@@ -198,7 +199,7 @@ def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> 
                 tasks[step] = bar.add_task(step, total=total)
             bar.update(tasks[step], completed=done)
 
-        st = cluster.build(t, progress)
+        st = Lab.build(t, progress).st
     out.print(
         f"lab [bold]{st.name}[/]: {len(st.nodes)} node(s), {len(st.pods)} pod(s) ready "
         f"in {time.monotonic() - start:.1f}s"
@@ -208,22 +209,21 @@ def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> 
 @lab_app.command("down")
 def lab_down(name: str) -> None:
     """Remove everything lab NAME made (also after a crash)."""
-    from flatnet.lab.state import LabState
+    from flatnet.lab.lab import Lab
 
-    removed = LabState.load(name).destroy()
+    removed = Lab.load(name).down()
     out.print(f"lab {name} removed ({len(removed)} namespaces)")
 
 
 @lab_app.command("restart-agent")
 def lab_restart_agent(node: str, lab: Annotated[str | None, typer.Option()] = None) -> None:
     """Stop NODE's agent (if it runs) and start it again; pods keep their traffic."""
-    from flatnet.lab import cluster
-    from flatnet.lab.state import LabState
+    from flatnet.lab.lab import Lab
 
-    st = LabState.load(_one_lab(lab))
-    if node not in st.nodes:
-        raise ConfigError(f"lab '{st.name}' has no node '{node}' ({', '.join(st.nodes)})")
-    pid = cluster.restart_agent(st, node)
+    the = Lab.load(_one_lab(lab))
+    if node not in the.st.nodes:
+        raise ConfigError(f"lab '{the.name}' has no node '{node}' ({', '.join(the.st.nodes)})")
+    pid = the.restart_agent(node)
     out.print(f"agent on {node} restarted (pid {pid})")
 
 
@@ -233,12 +233,11 @@ def lab_restart_etcd(
     down: Annotated[float, typer.Option(help="seconds to stay down")] = 0.0,
 ) -> None:
     """Stop the lab's etcd, wait DOWN seconds, start it again (same data)."""
-    from flatnet.lab import cluster
-    from flatnet.lab.state import LabState
+    from flatnet.lab.lab import Lab
 
-    st = LabState.load(_one_lab(lab))
-    cluster.restart_etcd(st, down)
-    out.print(f"etcd of lab {st.name} is back after {down:.0f}s down")
+    the = Lab.load(_one_lab(lab))
+    the.restart_etcd(down)
+    out.print(f"etcd of lab {the.name} is back after {down:.0f}s down")
 
 
 @lab_app.command("set-backend")
@@ -251,12 +250,11 @@ def lab_set_backend(
     ] = None,
 ) -> None:
     """Switch a running lab to BACKEND (host-gw, vxlan, udp, none)."""
-    from flatnet.lab import cluster
-    from flatnet.lab.state import LabState
+    from flatnet.lab.lab import Lab
 
-    st = LabState.load(_one_lab(lab))
-    on = cluster.set_backend(st, backend, lambda step, done, total: None, fast_path)
-    out.print(f"lab {st.name} now runs backend {backend}, fast path {'on' if on else 'off'}")
+    the = Lab.load(_one_lab(lab))
+    on = the.set_backend(backend, lambda step, done, total: None, fast_path)
+    out.print(f"lab {the.name} now runs backend {backend}, fast path {'on' if on else 'off'}")
 
 
 @lab_app.command("fast-path")
@@ -268,12 +266,12 @@ def lab_fast_path(lab: Annotated[str | None, typer.Option()] = None) -> None:
     st = LabState.load(_one_lab(lab))
     owner: dict[str, str] = {}  # pods sharing a namespace (container:<pod>) share an IP
     for name, p in sorted(st.pods.items()):
-        if p.get("ip"):
-            owner[p["ip"]] = f"{owner[p['ip']]},{name}" if p["ip"] in owner else name
-    peer_of = {info["underlayIP"]: node for node, info in st.nodes.items()}
+        if p.ip:
+            owner[p.ip] = f"{owner[p.ip]},{name}" if p.ip in owner else name
+    peer_of = {info.underlay_ip: node for node, info in st.nodes.items()}
     t = Table("NODE", "PROGRAM", "ATTACHED TO (tcx ingress)", "PODS IN ITS MAP", "VXLAN FROM")
     for node, info in st.nodes.items():
-        s = fastpath.status(info["ns"])
+        s = fastpath.status(info.ns)
         ids = sorted({i for v in s.devices.values() for i in v})
         t.add_row(
             node,
@@ -298,9 +296,9 @@ def lab_ls() -> None:
 
 def _target_ns(st: Any, target: str) -> str:
     if target in st.pods:
-        return str(st.pods[target]["ns"])
+        return st.pods[target].ns
     if target in st.nodes:
-        return str(st.nodes[target]["ns"])
+        return st.nodes[target].ns
     if target == "external" and st.external:
         return str(st.external)
     raise ConfigError(f"lab '{st.name}' has no pod, node or external host named '{target}'")
@@ -320,7 +318,7 @@ def lab_exec(
     if not ctx.args:
         raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
 
-    from flatnet.lab.cluster import in_ns
+    from flatnet.lab.procs import in_ns
 
     env = dict(os.environ, FLATNET_POD_NAME=target)
     argv, enter = in_ns(ns, ctx.args)
@@ -337,11 +335,7 @@ def lab_cni(node: str, lab: Annotated[str | None, typer.Option()] = None) -> Non
     if node not in st.nodes:
         raise ConfigError(f"lab '{st.name}' has no node '{node}'")
     n = st.nodes[node]
-    print(
-        json.dumps(
-            {"netns": netns.path_of(n["ns"]), "confDir": n["confDir"], "binDir": n["binDir"]}
-        )
-    )
+    print(json.dumps({"netns": netns.path_of(n.ns), "confDir": n.conf_dir, "binDir": n.bin_dir}))
 
 
 @lab_app.command("check")
@@ -353,7 +347,7 @@ def lab_check(lab: Annotated[str | None, typer.Option()] = None) -> None:
     st = LabState.load(_one_lab(lab))
     results = probe.matrix(st)
     eps = probe.endpoints(st)
-    nodes = {n: st.pods[n]["node"] for n in st.pods}
+    nodes = {n: st.pods[n].node for n in st.pods}
     t = Table(
         "FROM",
         "FROM IP",
@@ -411,113 +405,52 @@ def get(
     output: Annotated[str, typer.Option("-o", "--output", help="json|wide")] = "wide",
 ) -> None:
     """Show what the cluster holds: get pods|nodes|services|endpoints [-o json|wide]."""
-    from flatnet import keys
-    from flatnet.model import NodeRecord, PeerStatus, PodRecord
+    from flatnet import query
 
-    items: list[dict[str, Any]] = []
     s, _ = _store_for(lab, store)
     try:
         if kind in ("pods", "pod", "po"):
-            items = []
-            for kv in s.range(keys.PODS):
-                p = PodRecord.from_json(kv.value)
-                items.append(
-                    {
-                        "name": p.name,
-                        "namespace": p.namespace,
-                        "node": p.node,
-                        "ip": p.ip,
-                        "netns": p.netns,
-                        "mode": p.mode,
-                        "labels": p.labels,
-                        "phase": p.phase,
-                    }
-                )
+            items = [r.to_dict() for r in query.pods(s)]
             cols = ["namespace", "name", "node", "ip", "mode", "phase", "netns"]
         elif kind in ("nodes", "node", "no"):
-            status = {
-                keys.last(kv.key): PeerStatus.from_json(kv.value) for kv in s.range(keys.STATUS)
-            }
-            items = []
-            for kv in s.range(keys.NODES):
-                rec = NodeRecord.from_json(kv.value)
-                node = rec.to_dict()
-                st = status.get(rec.name)
-                node.update(
-                    backend=st.backend if st else "",
-                    peers=st.programmed if st else [],
-                    refused=st.refused if st else {},
-                    ready=st is not None,
-                )
-                items.append(node)
-            if output != "json":
-                for it in items:
-                    it["peers"] = ",".join(it["peers"]) or "-"
-                    it["refused"] = "; ".join(it["refused"].values()) or "-"
+            items = [r.to_dict() for r in query.nodes(s)]
             cols = ["name", "underlayIP", "podSubnet", "backend", "peers", "refused"]
         elif kind in ("services", "service", "svc", "endpoints", "endpoint", "ep"):
-            items, cols = _services(s, kind.startswith("e"), output)
+            rows = query.services(s)
+            items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
+            cols = ["namespace", "name", "endpoints"] if kind.startswith("e") else [
+                "namespace", "name", "type", "clusterIP", "ports", "endpoints", "selector",
+                "programmed",
+            ]  # fmt: skip
         else:
             raise ConfigError(f"unknown kind '{kind}': use pods, nodes, services or endpoints")
     finally:
         s.close()
     if output == "json":
+        for it in items:
+            it.pop("proxies", None)  # only the wide table's PROGRAMMED n/N uses it
         print(json.dumps({"items": items}, indent=2))
         return
     t = Table(*[c.upper() for c in cols])
     for it in items:
-        t.add_row(*[str(it.get(c, "")) for c in cols])
+        t.add_row(*[_cell(c, it) for c in cols])
     out.print(t)
 
 
-def _services(s: Any, eps_view: bool, output: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Services with their endpoints (ready pods matching the selector) and how
-    many nodes' proxies have programmed their latest version."""
-    from flatnet import keys
-    from flatnet.model import ProxyStatus
-    from flatnet.view import ClusterView
-
-    kvs = s.range(keys.SERVICES)
-    cluster = ClusterView(kvs + s.range(keys.PODS))
-    proxies = [ProxyStatus.from_json(kv.value) for kv in s.range(keys.PROXY)]
-    items: list[dict[str, Any]] = []
-    for kv in kvs:
-        svc = cluster.services[kv.key]
-        eps = cluster.endpoints(svc)
-        ports = [
-            f"{p.name + ':' if p.name else ''}{p.port}"
-            + (f":{p.node_port}" if p.node_port else "")
-            + f"/{p.protocol}"
-            for p in svc.ports
-        ]
-        items.append(
-            {
-                "namespace": svc.namespace,
-                "name": svc.name,
-                "type": svc.type,
-                "clusterIP": svc.cluster_ip or "-",
-                "externalName": svc.external_name,
-                "ports": ports,
-                "selector": svc.selector,
-                "sessionAffinity": svc.session_affinity,
-                "endpoints": sorted(
-                    {f"{e.ip}:{e.port}" for es in eps.values() for e in es},
-                ),
-                "endpointPods": sorted({e.pod for es in eps.values() for e in es}),
-                "programmedOn": sorted(p.node for p in proxies if p.revision >= kv.mod_revision),
-            }
-        )
-    if output != "json":
-        for it in items:
-            it["ports"] = ",".join(it["ports"]) or "-"
-            it["selector"] = ",".join(f"{k}={v}" for k, v in sorted(it["selector"].items())) or "-"
-            it["endpoints"] = ",".join(it["endpoints"]) or "<none>"
-            it["programmed"] = f"{len(it['programmedOn'])}/{len(proxies)}"
-    if eps_view:
-        return items, ["namespace", "name", "endpoints"]
-    return items, [
-        "namespace", "name", "type", "clusterIP", "ports", "endpoints", "selector", "programmed",
-    ]  # fmt: skip
+def _cell(col: str, item: dict[str, Any]) -> str:
+    """One table cell of ``get -o wide``: lists joined, empty ones marked."""
+    v = item.get(col, "")
+    if col == "refused":
+        return "; ".join(v.values()) or "-"
+    if col == "selector":
+        return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "-"
+    if col == "endpoints":
+        return ",".join(v) or "<none>"
+    if col == "programmed":
+        return f"{len(item['programmedOn'])}/{item['proxies']}"
+    if isinstance(v, list):
+        return ",".join(v) or "-"
+    return str(v)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from lab.test_lab import flatnet, pods
 from lab.test_multinode import up
 
 from flatnet import fastpath
-from flatnet.lab import cluster
+from flatnet.lab.lab import Lab
 from flatnet.lab.state import LabState
 
 pytestmark = pytest.mark.lab
@@ -129,7 +129,7 @@ def test_fast_path(lab2: str) -> None:
     # 1. where the program is, and what its map holds
     progs = set()
     for node, info in st.nodes.items():
-        now = fastpath.status(info["ns"])
+        now = fastpath.status(info.ns)
         devices, entries = now.devices, now.pods
         mine = [
             p
@@ -139,7 +139,7 @@ def test_fast_path(lab2: str) -> None:
         veths = {host_ifindex(p): p["ip"] for p in mine}
         links = json.loads(
             subprocess.run(
-                ["ip", "-n", info["ns"], "-j", "link"], capture_output=True, text=True
+                ["ip", "-n", info.ns, "-j", "link"], capture_output=True, text=True
             ).stdout
         )
         name_of = {link["ifindex"]: link["ifname"] for link in links}
@@ -151,7 +151,7 @@ def test_fast_path(lab2: str) -> None:
         progs |= {ids[0] for ids in devices.values()}
         assert entries == {ip: idx for idx, ip in veths.items()}, node
         # VXLAN is decapsulated here only from the peers the agent programmed
-        others = sorted(i["underlayIP"] for n, i in st.nodes.items() if n != node)
+        others = sorted(i.underlay_ip for n, i in st.nodes.items() if n != node)
         assert now.peers == (others if backend == "vxlan" else []), now.peers
     assert len(progs) == 2  # one program per node
     shown = flatnet("lab", "fast-path", "--lab", lab2).stdout
@@ -159,7 +159,7 @@ def test_fast_path(lab2: str) -> None:
     assert all(str(i) in shown for i in progs) and "eth0" in shown
 
     # 2. an established flow goes around both nodes' stacks, whole, un-NATed
-    n1, n2 = st.nodes["node1"]["ns"], st.nodes["node2"]["ns"]
+    n1, n2 = st.nodes["node1"].ns, st.nodes["node2"].ns
     before = forwarded(n1), forwarded(n2), tunnel(n1, backend, "tx"), tunnel(n2, backend, "rx")
     peer, got = transfer(ps["a"], ps["b"], 64 << 20)
     fast = forwarded(n1) - before[0], forwarded(n2) - before[1]
@@ -187,9 +187,9 @@ def test_fast_path(lab2: str) -> None:
 
     def restart() -> None:
         time.sleep(0.5)
-        pid = next(p["pid"] for p in st.processes if p["what"] == "agent:node1")
+        pid = next(p.pid for p in st.processes if p.what == "agent:node1")
         os.kill(pid, signal.SIGKILL)
-        cluster.restart_agent(st, "node1")
+        Lab(st).restart_agent("node1")
 
     assert transfer(ps["a"], ps["b"], 32 << 20, seconds=3, during=restart) == (
         ps["a"]["ip"],
@@ -205,7 +205,7 @@ def test_fast_path(lab2: str) -> None:
     # 4. off: no program anywhere, and the stack forwards the same transfer
     flatnet("lab", "set-backend", "--lab", lab2, "--no-fast-path", backend)
     for info in st.nodes.values():
-        assert fastpath.status(info["ns"]) == fastpath.Status()
+        assert fastpath.status(info.ns) == fastpath.Status()
     assert flatnet("lab", "fast-path", "--lab", lab2).stdout.count(" off ") == 2
     before = forwarded(n1), forwarded(n2), tunnel(n1, backend, "tx"), tunnel(n2, backend, "rx")
     assert transfer(ps["a"], ps["b"], 64 << 20) == (ps["a"]["ip"], 64 << 20)

@@ -121,7 +121,7 @@ def cluster(request: pytest.FixtureRequest, uniq: str, tmp_path: Path) -> Iterat
 def test_flat_network_across_nodes(cluster: str) -> None:
     st = LabState.load(cluster)
     ps = pods(cluster)
-    ns_of = {n: info["ns"] for n, info in st.nodes.items()}
+    ns_of = {n: info.ns for n, info in st.nodes.items()}
     backend = next(iter(nodes(cluster).values()))["backend"]
     # the probe matrix: every pod -> every pod and external, ICMP + TCP, source IP seen
     check = flatnet("lab", "check", "--lab", cluster)
@@ -193,13 +193,13 @@ def test_flat_network_across_nodes(cluster: str) -> None:
 
 
 def _agent_pid(st: LabState, node: str) -> int:
-    return next(p["pid"] for p in st.processes if p["what"] == f"agent:{node}")
+    return next(p.pid for p in st.processes if p.what == f"agent:{node}")
 
 
 def test_faults_heal(cluster: str) -> None:
     st = LabState.load(cluster)
     backend = next(iter(nodes(cluster).values()))["backend"]
-    ns1 = st.nodes["node1"]["ns"]
+    ns1 = st.nodes["node1"].ns
     ps = pods(cluster)
     target = ps["3p1"]["ip"]
     # 1. a peer's route removed by hand comes back within the resync period (1 s)
@@ -269,7 +269,7 @@ def test_routed_underlay_host_gw_needs_l2(uniq: str, tmp_path: Path) -> None:
         assert set(info["node1"]["refused"]) == {"node3"}
         assert "not on this node's L2 segment" in info["node1"]["refused"]["node3"]
         assert set(info["node3"]["refused"]) == {"node1", "node2"}
-        assert owned_routes(LabState.load(lab).nodes["node3"]["ns"]) == []  # no black hole
+        assert owned_routes(LabState.load(lab).nodes["node3"].ns) == []  # no black hole
         check = flatnet("lab", "check", "--lab", lab, check=False)
         assert check.returncode == 1
         ps = pods(lab)
@@ -286,7 +286,7 @@ def test_etcd_on_the_underlay_and_its_outage(uniq: str, tmp_path: Path) -> None:
     20 s interrupts no traffic, and afterwards the agents' watches carry on."""
     for lab in up(lab_file(tmp_path, uniq, "vxlan", datastore="etcd", underlay="routed"), uniq):
         st = LabState.load(lab)
-        assert "etcd://192.168.50.2:2379" in st.nodes["node3"]["agentArgv"]
+        assert "etcd://192.168.50.2:2379" in st.nodes["node3"].agent_argv
         check = flatnet("lab", "check", "--lab", lab)
         assert "36/36 probes passed" in check.stdout
         ps = pods(lab)
@@ -317,7 +317,7 @@ def test_etcd_on_the_underlay_and_its_outage(uniq: str, tmp_path: Path) -> None:
         finally:
             store.close()
         for n in ("node1", "node2"):
-            ns = st.nodes[n]["ns"]
+            ns = st.nodes[n].ns
             wait_for(partial(lacks, ns, subnet3), 10, f"{n} removing node3 after the outage")
 
 
@@ -352,10 +352,10 @@ def test_underlay_impairments(uniq: str, tmp_path: Path) -> None:
         got = run(lab, "1p1", sys.executable, "-m", "flatnet.agnhost", "get",
                   f"http://{ps['3p2']['ip']}:8080/hostname")  # fmt: skip
         assert got.returncode == 0 and "3p2" in got.stdout, got
-        lines = [p for p in LabState.load(lab).processes if p["what"].startswith("delay:")]
-        assert sorted(p["what"] for p in lines) == ["delay:node1", "delay:node2", "delay:node3"]
+        lines = [p for p in LabState.load(lab).processes if p.what.startswith("delay:")]
+        assert sorted(p.what for p in lines) == ["delay:node1", "delay:node2", "delay:node3"]
     for p in lines:  # gone with the lab
-        cmdline = Path(f"/proc/{p['pid']}/cmdline")
+        cmdline = Path(f"/proc/{p.pid}/cmdline")
         assert not cmdline.exists() or b"flatnet.lab.delay" not in cmdline.read_bytes()
     impaired = "agentResync: 1\nnetem: {rate: 200mbit, loss: 30%}\n"
     f.write_text(base.replace("agentResync: 1\n", impaired))

@@ -51,9 +51,9 @@ def endpoints(st: LabState) -> dict[str, tuple[str, str]]:
     """name -> (namespace, ip) of everything that runs a test server and has an IP
     (the user's pods: system pods like kube-dns run no test server)."""
     out = {
-        n: (p["ns"], p["ip"])
+        n: (p.ns, p.ip)
         for n, p in st.pods.items()
-        if p["ip"] and p["mode"] == "bridge" and p["namespace"] != "kube-system"
+        if p.ip and p.mode == "bridge" and p.namespace != "kube-system"
     }
     if st.external:
         ext_ip = _first_ip(st.external)
@@ -71,7 +71,7 @@ def matrix(st: LabState, clients: list[str] | None = None) -> list[Probe]:
 
     def one(pair: tuple[str, str]) -> Probe:
         c, s = pair
-        ns = eps[c][0] if c in eps else st.pods[c]["ns"]
+        ns = eps[c][0] if c in eps else st.pods[c].ns
         target = f"{eps[s][1]}:8080"
         icmp = ping(ns.rsplit("/", 1)[-1], eps[s][1])
         try:

@@ -16,12 +16,12 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from flatnet.errors import ConfigError
 from flatnet.kernel import netns
 
-__all__ = ["LABS_DIR", "LabState", "list_labs"]
+__all__ = ["LABS_DIR", "LabState", "NodeState", "PodState", "Process", "list_labs"]
 
 LABS_DIR = Path(os.environ.get("FLATNET_LABS_DIR", "/run/flatnet/labs"))
 
@@ -33,6 +33,63 @@ def _start_time(pid: int) -> str:
         return ""
 
 
+class _Json:
+    """The state file's camelCase keys (``underlayIP``, ``containerID``...)."""
+
+    _wire: dict[str, str] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self._wire.get(k, k): v for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Self:
+        back = {v: k for k, v in cls._wire.items()}
+        return cls(**{back.get(k, k): v for k, v in d.items()})
+
+
+@dataclass
+class NodeState(_Json):
+    """A lab node: its namespace, underlay IP, CNI dirs and the agent's command."""
+
+    _wire = {
+        "underlay_ip": "underlayIP",
+        "conf_dir": "confDir",
+        "bin_dir": "binDir",
+        "agent_argv": "agentArgv",
+    }
+    ns: str
+    underlay_ip: str
+    socket: str = ""
+    conf_dir: str = ""
+    bin_dir: str = ""
+    agent_argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PodState(_Json):
+    """A lab pod: where it runs, its namespace (its own, its node's, or the one
+    it shares), its IP ("" without one) and the container ID CNI knows it by."""
+
+    _wire = {"container_id": "containerID"}
+    node: str
+    namespace: str
+    mode: str
+    container_id: str
+    ns: str
+    ip: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Process(_Json):
+    """A process the lab started: PID, kernel start time (so a recycled PID is
+    never taken for it) and what it is (``agent:node1``, ``pod:web``...)."""
+
+    pid: int
+    start: str
+    what: str
+
+
 @dataclass
 class LabState:
     name: str
@@ -40,9 +97,9 @@ class LabState:
     store_url: str = ""
     datastore: str = "sqlite"
     namespaces: list[str] = field(default_factory=list)
-    processes: list[dict[str, Any]] = field(default_factory=list)
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    processes: list[Process] = field(default_factory=list)
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    pods: dict[str, PodState] = field(default_factory=dict)
     external: str = ""
     router: str = ""
     etcd_argv: list[str] = field(default_factory=list)
@@ -57,16 +114,24 @@ class LabState:
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
+        d = asdict(self)
+        d["processes"] = [p.to_dict() for p in self.processes]
+        d["nodes"] = {k: v.to_dict() for k, v in self.nodes.items()}
+        d["pods"] = {k: v.to_dict() for k, v in self.pods.items()}
+        tmp.write_text(json.dumps(d, indent=1))
         os.replace(tmp, self.dir / "state.json")
 
     @classmethod
     def load(cls, name: str) -> LabState:
         p = LABS_DIR / name / "state.json"
         try:
-            return cls(**json.loads(p.read_text()))
+            d = json.loads(p.read_text())
         except FileNotFoundError:
             raise ConfigError(f"no lab named '{name}' (no {p})") from None
+        d["processes"] = [Process.of(x) for x in d.get("processes", [])]
+        d["nodes"] = {k: NodeState.of(v) for k, v in d.get("nodes", {}).items()}
+        d["pods"] = {k: PodState.of(v) for k, v in d.get("pods", {}).items()}
+        return cls(**d)
 
     def add_ns(self, name: str) -> str:
         self.namespaces.append(name)
@@ -74,7 +139,7 @@ class LabState:
         return netns.create(name)
 
     def add_process(self, pid: int, what: str) -> None:
-        self.processes.append({"pid": pid, "start": _start_time(pid), "what": what})
+        self.processes.append(Process(pid, _start_time(pid), what))
         self.save()
 
     def kill(self, what_prefix: str = "", exact: bool = False) -> None:
@@ -83,21 +148,21 @@ class LabState:
         mine = [
             p
             for p in self.processes
-            if (p["what"] == what_prefix if exact else p["what"].startswith(what_prefix))
+            if (p.what == what_prefix if exact else p.what.startswith(what_prefix))
         ]
-        live = [p for p in mine if p["start"] and _start_time(p["pid"]) == p["start"]]
+        live = [p for p in mine if p.start and _start_time(p.pid) == p.start]
         for p in live:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(p["pid"], signal.SIGTERM)
+                os.killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
         for p in live:
-            while _start_time(p["pid"]) == p["start"] and time.monotonic() < deadline:
-                _reap(p["pid"])
+            while _start_time(p.pid) == p.start and time.monotonic() < deadline:
+                _reap(p.pid)
                 time.sleep(0.02)
-            if _start_time(p["pid"]) == p["start"]:
+            if _start_time(p.pid) == p.start:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p["pid"], signal.SIGKILL)
-                _reap(p["pid"])
+                    os.killpg(p.pid, signal.SIGKILL)
+                _reap(p.pid)
         self.processes = [p for p in self.processes if p not in mine]
         self.save()
 

@@ -1,4 +1,4 @@
-"""A lab file, read into plain frozen data (the description; building is cluster.py).
+"""A lab file, read into plain frozen data (the description; building it is lab.py).
 
 A lab file is a ``kind: Lab`` document followed by ordinary Kubernetes ``Pod``
 manifests. Every mistake is reported as ``FILE:LINE: what is wrong``.

@@ -1,0 +1,299 @@
+"""How it works — a lab: built from its description, changed while it runs, stopped.
+
+:class:`Lab` wraps the state file (:class:`~flatnet.lab.state.LabState`) of one
+lab. :meth:`Lab.build` puts a cluster together as a real one is, each object
+recorded in the state file before the next is made, and on any failure
+removes everything made so far:
+
+1. the underlay (:mod:`flatnet.lab.underlay`): switch, nodes, external host;
+2. the datastore: a SQLite file, or a real etcd inside the switch namespace
+   listening on the underlay (agents reach it over the network, as on real
+   hosts) and on a unix socket for the CLI;
+3. per node: the CNI plugin and conflist installed in the node's own dirs,
+   and ``flatnet agent`` started inside the node namespace; ready when the
+   plugin's STATUS succeeds, then every agent has programmed every peer;
+4. cluster DNS (a kube-dns pod running ``flatnet dns`` behind the VIP; the
+   external host runs dnsmasq as its upstream), the file's pods
+   (:mod:`flatnet.lab.pods`) and services.
+
+Changes: add and delete pods, restart an agent or the etcd, switch the
+backend. :meth:`Lab.down` stops its processes and deletes its namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from flatnet import keys, services
+from flatnet.cni.install import install
+from flatnet.errors import ConfigError, FlatnetError
+from flatnet.ipam import load_config, save_config
+from flatnet.kernel import links
+from flatnet.lab import pods as pods_
+from flatnet.lab.procs import py, spawn
+from flatnet.lab.state import LABS_DIR, LabState
+from flatnet.lab.topo import LabTopo
+from flatnet.lab.underlay import Underlay
+from flatnet.lab.waits import wait_agent, wait_peers, wait_proxies
+from flatnet.manifest import Pod
+from flatnet.model import Service, ServicePort
+from flatnet.services import dns_ip
+from flatnet.store import Store, open_store
+
+__all__ = ["Lab", "Progress"]
+
+Progress = Callable[[str, int, int], None]
+REF_CNI = "/usr/lib/cni"
+UPSTREAM_ZONE = "flatnet.test"
+
+
+class _Builder:
+    """The steps of :meth:`Lab.build` after the underlay, over one state."""
+
+    def __init__(self, topo: LabTopo, st: LabState, progress: Progress) -> None:
+        self.t, self.st, self.progress = topo, st, progress
+        self.prefix = f"fl-{topo.name}-"
+        self.plen = int(topo.underlay_cidr.split("/")[1])
+        self.agent_url = ""
+
+    # -- datastore ----------------------------------------------------------
+    def datastore(self) -> tuple[str, str]:
+        """Returns (url for agents, url for this machine's CLI)."""
+        self.st.dir.mkdir(parents=True, exist_ok=True)
+        if self.t.datastore == "sqlite":
+            url = f"sqlite://{self.st.dir / 'store.db'}"
+            self.st.store_url = url
+            self.st.save()
+            return url, url
+        from flatnet.store.etcd_server import EtcdServer
+
+        sw = self.prefix + "sw"
+        links.add_address(sw, "br0", self.t.store_ip, self.plen)
+        if self.t.underlay == "routed":  # nodes on segment B reach etcd via the router
+            links.add_route(sw, self.t.segments()[1], self.t.router_ip(0), "br0")
+        (self.st.dir / "etcd").mkdir(exist_ok=True)
+        srv = EtcdServer(
+            host=self.t.store_ip,
+            argv_prefix=("ip", "netns", "exec", sw),
+            data_dir=self.st.dir / "etcd",
+            client_port=2379,
+            peer_port=2380,
+            unix_socket=True,
+        )
+        srv.start(30)  # stops etcd itself if it never gets ready
+        assert srv.proc is not None
+        self.st.etcd_argv = srv.argv()
+        self.st.add_process(srv.proc.pid, "etcd")
+        self.st.store_url = srv.socket_url
+        self.st.save()
+        return srv.url, srv.socket_url
+
+    # -- agents -------------------------------------------------------------
+    def agents(self, agent_url: str, store: Store) -> None:
+        total = len(self.t.nodes)
+        for node in self.t.nodes:
+            d = self.st.dir / "nodes" / node
+            d.mkdir(parents=True, exist_ok=True)
+            sock = str(d / "agent.sock")
+            install(str(d / "bin"), str(d / "net.d"), sock)
+            for plugin in Path(REF_CNI).iterdir():  # one bin dir, as on a host
+                link = d / "bin" / plugin.name
+                if not link.exists():
+                    link.symlink_to(plugin)
+            info = self.st.nodes[node]
+            info.socket, info.conf_dir, info.bin_dir = sock, str(d / "net.d"), str(d / "bin")
+            argv = py(
+                "flatnet",
+                "agent",
+                "--node",
+                node,
+                "--store",
+                agent_url,
+                "--socket",
+                sock,
+                "--underlay-ip",
+                info.underlay_ip,
+                "--resync",
+                str(self.t.agent_resync),
+            )
+            info.agent_argv = argv
+            self.st.add_process(spawn(info.ns, argv, d / "agent.log"), f"agent:{node}")
+        for i, node in enumerate(self.t.nodes):
+            wait_agent(node, self.st.nodes[node])
+            self.progress("agents ready", i + 1, total)
+        wait_peers(store, set(self.t.nodes), self.progress)
+
+    # -- pods ---------------------------------------------------------------
+    def pods(self, store: Store) -> None:
+        if self.t.dns:
+            self.dns(store)
+        pods_.add_pods(self.st, list(self.t.pods), store, self.progress)
+        if self.t.services:
+            services.apply(store, load_config(store), self.t.services)
+            wait_proxies(store, self.st, store.revision())
+
+    def dns(self, store: Store) -> None:
+        """The cluster DNS: a kube-dns pod in kube-system running ``flatnet dns``
+        behind the kube-dns service VIP; the external host, if any, runs dnsmasq
+        as the upstream resolver (so no query leaves the machine)."""
+        upstream = []
+        if self.t.external:
+            hosts = self.st.dir / "upstream.hosts"
+            hosts.write_text(f"{self.t.external_ip} external.{UPSTREAM_ZONE}\n")
+            argv = [
+                "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                f"--addn-hosts={hosts}", f"--listen-address={self.t.external_ip}",
+                "--bind-interfaces", "--pid-file=", "--user=root", "--group=root",
+                f"--local=/{UPSTREAM_ZONE}/", "--log-facility=-",
+            ]  # fmt: skip
+            self.st.add_process(
+                spawn(self.st.external, argv, self.st.dir / "dnsmasq.log"), "dnsmasq"
+            )
+            upstream = ["--upstream", self.t.external_ip]
+        node = self.t.nodes[0]
+        pod = Pod(
+            "kube-dns",
+            "kube-system",
+            node,
+            {"k8s-app": "kube-dns"},
+            "bridge",
+            (tuple(py("flatnet", "dns", "--store", self.agent_url, *upstream)),),
+            {"dns": [53, "UDP"], "dns-tcp": [53, "TCP"], "metrics": [53, "TCP"]},
+        )
+        svc = Service(
+            "kube-dns",
+            "kube-system",
+            cluster_ip=dns_ip(self.t.network),
+            selector={"k8s-app": "kube-dns"},
+            ports=(
+                ServicePort(53, "UDP", "dns", "dns"),
+                ServicePort(53, "TCP", "dns-tcp", "dns-tcp"),
+            ),
+        )
+        services.apply(store, load_config(store), [svc])
+        pods_.add_pods(self.st, [pod], store)
+
+
+class Lab:
+    """One lab, by its state file: build it, change it, take it down."""
+
+    def __init__(self, st: LabState) -> None:
+        self.st = st
+
+    @classmethod
+    def load(cls, name: str) -> Lab:
+        return cls(LabState.load(name))
+
+    @property
+    def name(self) -> str:
+        return self.st.name
+
+    def store(self) -> Store:
+        """The lab's datastore, opened for this machine's CLI."""
+        return open_store(self.st.store_url)
+
+    def check_new_pods(self, new: list[Pod], path: str) -> None:
+        pods_.check_new_pods(self.st, new, path)
+
+    def add_pods(self, new: list[Pod], store: Store, progress: Progress | None = None) -> None:
+        pods_.add_pods(self.st, new, store, progress)
+
+    def delete_pod(self, name: str, store: Store) -> bool:
+        return pods_.delete_pod(self.st, name, store)
+
+    def down(self) -> list[str]:
+        """Stop the lab's processes and delete its namespaces; the names deleted."""
+        return self.st.destroy()
+
+    @classmethod
+    def build(cls, topo: LabTopo, progress: Progress) -> Lab:
+        """Build the lab; on any failure everything made so far is removed."""
+        if (LABS_DIR / topo.name / "state.json").exists():
+            raise ConfigError(
+                f"lab '{topo.name}' exists already; remove it with 'flatnet lab down {topo.name}'"
+            )
+        st = LabState(topo.name, file=os.path.abspath(topo.path), datastore=topo.datastore)
+        st.segments = topo.segments()
+        b = _Builder(topo, st, progress)
+        b.st.save()
+        try:
+            Underlay(topo, st, progress).build()
+            agent_url, cli_url = b.datastore()
+            b.agent_url = agent_url
+            store = open_store(cli_url)
+            try:
+                save_config(store, topo.network)
+                b.agents(agent_url, store)
+                b.pods(store)
+            finally:
+                store.close()
+            return cls(b.st)
+        except BaseException:
+            b.st.destroy()
+            raise
+
+    def restart_agent(self, node: str) -> int:
+        """Stop the node's agent (if it still runs) and start it again; returns its PID."""
+        what = f"agent:{node}"
+        self.st.kill(what, exact=True)
+        info = self.st.nodes[node]
+        pid = spawn(info.ns, info.agent_argv, self.st.dir / "nodes" / node / "agent.log")
+        self.st.add_process(pid, what)
+        wait_agent(node, info)
+        return pid
+
+    def restart_etcd(self, down: float = 0.0, timeout: float = 30) -> None:
+        """Stop the lab's etcd, keep it down ``down`` seconds, start it again on the
+        same data: what agents see when their datastore goes away and comes back."""
+        if not self.st.etcd_argv:
+            raise ConfigError(f"lab '{self.st.name}' runs no etcd (datastore: {self.st.datastore})")
+        self.st.kill("etcd", exact=True)
+        time.sleep(down)
+        d = self.st.dir / "etcd"  # its cwd: the unix socket is relative to it
+        with open(d / "etcd.log", "ab") as log:
+            p = subprocess.Popen(
+                self.st.etcd_argv,
+                cwd=d,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self.st.add_process(p.pid, "etcd")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                s = open_store(self.st.store_url)
+                try:
+                    s.revision()
+                    return
+                finally:
+                    s.close()
+            except FlatnetError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def set_backend(self, backend: str, progress: Progress, fast_path: bool | None = None) -> bool:
+        """Switch a running lab's backend (and the fast path, unless None): new
+        config in the store, every agent restarted (each removes the old backend's
+        objects and programs the new). Returns whether the fast path is on."""
+        store = open_store(self.st.store_url)
+        try:
+            cfg = load_config(store)
+            opts = cfg.backend_options if backend == cfg.backend else {}
+            fast = cfg.fast_path if fast_path is None else fast_path
+            new = replace(cfg, backend=backend, backend_options=opts, fast_path=fast)
+            store.put(keys.CONFIG, new.to_json())
+            for i, node in enumerate(self.st.nodes):
+                self.restart_agent(node)
+                progress("agents restarted", i + 1, len(self.st.nodes))
+            wait_peers(store, set(self.st.nodes), progress)
+        finally:
+            store.close()
+        return fast

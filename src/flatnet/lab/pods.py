@@ -1,0 +1,210 @@
+"""How it works — a lab pod, made as a runtime makes one.
+
+Per pod, in this order (each recorded in the state file first): a namespace
+``fl-<lab>-p-<pod>`` (host mode: the node's own; ``container:<pod>``: the
+other pod's); for bridge pods ``/etc/netns/<ns>/resolv.conf`` as kubelet
+writes it (dnsPolicy ClusterFirst); the ``loopback`` plugin, then the node's
+conflist (flatnet, portmap) through the CNI binaries, driven as libcni
+drives them; one process per container in the namespace (agnhost netexec
+when the pod names no command); the pod's record in the store, marked ready
+once the pod answers on its first TCP port. Deleting a pod goes the other
+way, and first takes it out of every service's endpoints and waits until
+every node's proxy has programmed that.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from flatnet import keys
+from flatnet.cni.runtime import Chain, load_conflist
+from flatnet.errors import ConfigError
+from flatnet.ipam import load_config
+from flatnet.kernel import netns
+from flatnet.lab.procs import ETC_NETNS, py, spawn, wait_port
+from flatnet.lab.state import LabState, NodeState, PodState
+from flatnet.lab.waits import wait_proxies
+from flatnet.manifest import Pod
+from flatnet.model import PodRecord
+from flatnet.services import dns_ip
+from flatnet.store import Store
+
+__all__ = ["LOOPBACK", "add_pods", "check_new_pods", "delete_pod"]
+
+Progress = Callable[[str, int, int], None]
+LOOPBACK = {"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}
+_lock = threading.Lock()
+
+
+def check_new_pods(st: LabState, pods: list[Pod], path: str) -> None:
+    """Pods from a manifest, checked against the running lab before anything is made."""
+    for p in pods:
+        if p.name in st.pods:
+            raise ConfigError(f"{path}: pod '{p.name}' exists already in lab '{st.name}'")
+        if p.node not in st.nodes:
+            raise ConfigError(
+                f"{path}: pod '{p.name}': spec.nodeName: '{p.node}' is not one of the lab's "
+                f"nodes ({', '.join(st.nodes)})"
+            )
+        other = p.shares_with
+        if other is not None and other not in st.pods and other not in [q.name for q in pods]:
+            raise ConfigError(f"{path}: pod '{p.name}': no pod '{other}' to share a network with")
+
+
+def add_pods(st: LabState, pods: list[Pod], store: Store, progress: Progress | None = None) -> None:
+    """Create pods as a runtime does (in parallel), then mark each ready once it
+    serves: endpoints only ever point at pods that answer."""
+    first = [p for p in pods if p.shares_with is None]
+    later = [p for p in pods if p.shares_with is not None]
+    done = [0]
+
+    def one(p: Pod) -> None:
+        _create_pod(st, p, store)
+        with _lock:
+            done[0] += 1
+            if progress:
+                progress("pods running", done[0], len(pods))
+
+    for batch in (first, later):
+        with ThreadPoolExecutor(max_workers=6) as ex:
+            list(ex.map(one, batch))
+    with ThreadPoolExecutor(max_workers=6) as ex:
+        list(ex.map(lambda p: _ready(st, p, store), pods))
+
+
+def _record(st: LabState, p: Pod, ready: bool) -> PodRecord:
+    info = st.pods[p.name]
+    return PodRecord(
+        p.name,
+        p.namespace,
+        p.node,
+        info.ip,
+        netns.path_of(info.ns),
+        p.mode,
+        p.labels,
+        info.container_id,
+        "Running",
+        ready,
+        dict(p.ports),
+    )
+
+
+def _create_pod(st: LabState, p: Pod, store: Store) -> None:
+    node = st.nodes[p.node]
+    cid = uuid.uuid4().hex
+    rec = PodState(p.node, p.namespace, p.mode, cid, "", "", dict(p.labels))
+    if p.mode == "host":
+        ns, ip = node.ns, node.underlay_ip
+    elif p.shares_with:
+        other = st.pods[p.shares_with]
+        ns, ip = other.ns, other.ip
+    else:
+        ns = f"fl-{st.name}-p-{p.name}"
+        with _lock:
+            st.pods[p.name] = replace(rec, ns=ns)
+            st.add_ns(ns)
+        if p.mode == "bridge":
+            _resolv_conf(st, p, ns, store)
+        ip = _attach(st, p, ns, cid, node)
+    with _lock:
+        st.pods[p.name] = replace(rec, ns=ns, ip=ip)
+        st.save()
+    for i, cmd in enumerate(p.commands or ((),)):
+        argv = list(cmd) or py("flatnet.agnhost", "netexec", "--http-port", "8080")
+        log = st.dir / "pods" / f"{p.name}.{i}.log"
+        log.parent.mkdir(exist_ok=True)
+        pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name})
+        with _lock:
+            st.add_process(pid, f"pod:{p.name}")
+    store.put(keys.pod(p.namespace, p.name), _record(st, p, False).to_json())
+
+
+def _resolv_conf(st: LabState, p: Pod, ns: str, store: Store) -> None:
+    """What kubelet gives a pod with dnsPolicy ClusterFirst."""
+    cfg = load_config(store)
+    d = ETC_NETNS / ns
+    with _lock:
+        st.etc_dirs.append(str(d))
+        st.save()
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "resolv.conf").write_text(
+        f"search {p.namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
+        f"nameserver {dns_ip(cfg)}\n"
+        "options ndots:5\n"
+    )
+
+
+def _attach(st: LabState, p: Pod, ns: str, cid: str, node: NodeState) -> str:
+    path = netns.path_of(ns)
+    lo = Chain(LOOPBACK, [node.bin_dir], ns=node.ns)
+    lo.add(cid, path, "lo", pod=(p.namespace, p.name))
+    if p.mode == "none":
+        return ""
+    chain = Chain(
+        load_conflist(node.conf_dir),
+        [node.bin_dir],
+        ns=node.ns,
+        cache_dir=str(st.dir / "cni-cache"),
+    )
+    result = chain.add(cid, path, "eth0", pod=(p.namespace, p.name))
+    return str(result["ips"][0]["address"].split("/")[0])
+
+
+def _ready(st: LabState, p: Pod, store: Store) -> None:
+    """A pod is ready when it serves: agnhost on 8080, else its first TCP port."""
+    ns = st.pods[p.name].ns
+    tcp = [int(v[0]) for v in p.ports.values() if v[1] == "TCP"]
+    if not any(p.commands):
+        wait_port(ns, 8080)
+    elif tcp and p.mode != "none":
+        wait_port(ns, tcp[0])
+    store.put(keys.pod(p.namespace, p.name), _record(st, p, True).to_json())
+
+
+def delete_pod(st: LabState, name: str, store: Store) -> bool:
+    """Delete a pod gracefully: out of every service's endpoints first (and wait
+    until every node's proxy has programmed that), then stop it and tear down its
+    network with CNI DEL. Returns False if there is no such pod."""
+    info = st.pods.get(name)
+    if info is None:
+        return False
+    sharing = [n for n, o in st.pods.items() if n != name and o.ns == info.ns]
+    if info.mode != "host" and sharing and not info.mode.startswith("container:"):
+        raise ConfigError(
+            f"pod '{name}': pods {', '.join(sharing)} share its network; delete them first"
+        )
+    key = keys.pod(info.namespace, name)
+    kv = store.get(key)
+    if kv is not None:
+        rec = PodRecord.from_json(kv.value)
+        rev = store.put(key, replace(rec, phase="Terminating", ready=False).to_json())
+        wait_proxies(store, st, rev)  # every proxy publishes its revision after each batch
+    st.kill(f"pod:{name}", exact=True)
+    if info.mode in ("bridge", "none"):
+        node = st.nodes[info.node]
+        path = netns.path_of(info.ns)
+        pod = (info.namespace, name)
+        if info.mode == "bridge":
+            chain = Chain(
+                load_conflist(node.conf_dir),
+                [node.bin_dir],
+                ns=node.ns,
+                cache_dir=str(st.dir / "cni-cache"),
+            )
+            chain.delete(info.container_id, path, "eth0", pod=pod)
+        Chain(LOOPBACK, [node.bin_dir], ns=node.ns).delete(info.container_id, path, "lo", pod=pod)
+        netns.delete(info.ns)
+        st.namespaces.remove(info.ns)
+        d = ETC_NETNS / info.ns
+        if str(d) in st.etc_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+            st.etc_dirs.remove(str(d))
+    store.delete(key)
+    del st.pods[name]
+    st.save()
+    return True

@@ -1,0 +1,76 @@
+"""Processes inside lab namespaces: start them detached, run tools, wait for ports.
+
+A pod with its own ``/etc/netns/<ns>`` (a resolv.conf) is entered through
+``ip netns exec`` so its files are bind-mounted as a runtime would; anything
+else by ``setns`` in the child before exec. Every process started here gets
+its own session, so the lab stops it (and its children) by process group.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flatnet.errors import KernelError, LabTimeout
+from flatnet.kernel import netns
+
+__all__ = ["ETC_NETNS", "in_ns", "py", "spawn", "tool", "wait_port"]
+
+ETC_NETNS = Path("/etc/netns")
+
+
+def in_ns(ns: str, argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``argv`` and a ``preexec_fn`` that run it inside ``ns``: through ``ip netns
+    exec`` when the pod has its own /etc files (resolv.conf), else by setns."""
+    if (ETC_NETNS / ns).is_dir():
+        return ["ip", "netns", "exec", ns, *argv], None
+    return argv, netns.preexec(ns)
+
+
+def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Start ``argv`` detached (own session) inside namespace ``ns``; returns its PID."""
+    argv, enter = in_ns(ns, argv)
+    with open(log, "ab") as out:
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=enter,
+            env=dict(os.environ, **(env or {})),
+        )
+    return p.pid
+
+
+def tool(ns: str, *argv: str) -> None:
+    """Run a configuration tool (tc, iptables) in ``ns``; its complaint becomes a KernelError."""
+    r = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise KernelError(f"{' '.join(argv)} in '{ns}' failed: {r.stderr.strip()}")
+
+
+def wait_port(ns: str, port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    def probe() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if netns.run_in(netns.path_of(ns), probe):
+            return
+        time.sleep(0.05)
+    raise LabTimeout(f"nothing listens on {host}:{port} in '{ns}' after {timeout}s")
+
+
+def py(*args: str) -> list[str]:
+    """``python -m <args>`` with this interpreter."""
+    return [sys.executable, "-m", *args]

@@ -1,0 +1,74 @@
+"""Waiting for a lab to reach a state: an agent ready, peers programmed,
+service proxies caught up. Each gives up with :class:`~flatnet.errors.LabTimeout`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flatnet import keys
+from flatnet.cni.runtime import Chain, load_conflist
+from flatnet.errors import LabTimeout
+from flatnet.lab.state import LabState, NodeState
+from flatnet.model import PeerStatus, ProxyStatus
+from flatnet.store import Store
+
+__all__ = ["wait_agent", "wait_peers", "wait_proxies"]
+
+Progress = Callable[[str, int, int], None]
+
+
+def wait_proxies(store: Store, st: LabState, rev: int, timeout: float = 10) -> None:
+    """Until every node's service proxy has programmed the store up to ``rev``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {
+            s.node: s.revision
+            for s in (ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY))
+        }
+        late = [n for n in st.nodes if seen.get(n, 0) < rev]
+        if not late:
+            return
+        if time.monotonic() > deadline:
+            raise LabTimeout(
+                f"the service proxies of {', '.join(late)} did not reach revision {rev} "
+                f"within {timeout}s"
+            )
+        time.sleep(0.02)
+
+
+def wait_agent(node: str, info: NodeState, timeout: float = 30) -> None:
+    """Until the node's agent answers CNI STATUS."""
+    chain = Chain(load_conflist(info.conf_dir), [info.bin_dir], ns=info.ns)
+    plugin = {"type": "flatnet", "agentSocket": info.socket}
+    chain.conf = dict(chain.conf, cniVersion="1.1.0")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = chain.exec_plugin(plugin, "STATUS", {})
+        if r.code == 0:
+            return
+        time.sleep(0.1)
+    log = Path(info.conf_dir).parent / "agent.log"
+    tail = log.read_text()[-800:] if log.exists() else ""
+    raise LabTimeout(f"agent on node '{node}' not ready after {timeout}s:\n{tail}")
+
+
+def wait_peers(store: Store, nodes: set[str], progress: Progress, timeout: float = 30) -> None:
+    """Until every agent has programmed (or refused) every other node."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = set()
+        for kv in store.range(keys.STATUS):
+            s = PeerStatus.from_json(kv.value)
+            if s.node in nodes and set(s.programmed) | set(s.refused) | {s.node} == nodes:
+                done.add(s.node)
+        progress("peers programmed", len(done), len(nodes))
+        if done == nodes:
+            return
+        if time.monotonic() > deadline:
+            raise LabTimeout(
+                f"nodes {', '.join(sorted(nodes - done))} did not program their peers "
+                f"within {timeout}s"
+            )
+        time.sleep(0.05)

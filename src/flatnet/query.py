@@ -1,0 +1,141 @@
+"""What ``flatnet get`` shows, read from the store as typed rows (no rendering).
+
+Each function takes an open store and returns rows whose ``to_dict()`` is the
+JSON object ``-o json`` prints for it (the same keys kubectl users see:
+``underlayIP``, ``clusterIP``...). :mod:`flatnet.cli` only parses and renders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flatnet import keys
+from flatnet.model import NodeRecord, PeerStatus, PodRecord, ProxyStatus, ServicePort
+from flatnet.store import Store
+from flatnet.view import ClusterView
+
+__all__ = ["NodeRow", "PodRow", "ServiceRow", "nodes", "pods", "services"]
+
+
+@dataclass(frozen=True)
+class PodRow:
+    name: str
+    namespace: str
+    node: str
+    ip: str
+    netns: str
+    mode: str
+    labels: dict[str, str]
+    phase: str
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """A node and what its peer watcher reports (``ready``: it reports at all)."""
+
+    name: str
+    underlay_ip: str
+    pod_subnet: str
+    backend: str = ""
+    peers: list[str] = field(default_factory=list)  # programmed
+    refused: dict[str, str] = field(default_factory=dict)  # peer -> why
+    ready: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        d = dict(self.__dict__)
+        d["underlayIP"], d["podSubnet"] = d.pop("underlay_ip"), d.pop("pod_subnet")
+        return d
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    """A service with its ready endpoints and the nodes whose proxies have
+    programmed its latest version (``proxies``: how many publish at all)."""
+
+    namespace: str
+    name: str
+    type: str
+    cluster_ip: str
+    external_name: str
+    ports: list[str]
+    selector: dict[str, str]
+    session_affinity: str
+    endpoints: list[str]
+    endpoint_pods: list[str]
+    programmed_on: list[str]
+    proxies: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "type": self.type,
+            "clusterIP": self.cluster_ip,
+            "externalName": self.external_name,
+            "ports": self.ports,
+            "selector": self.selector,
+            "sessionAffinity": self.session_affinity,
+            "endpoints": self.endpoints,
+            "endpointPods": self.endpoint_pods,
+            "programmedOn": self.programmed_on,
+        }
+
+
+def pods(store: Store) -> list[PodRow]:
+    out = []
+    for kv in store.range(keys.PODS):
+        p = PodRecord.from_json(kv.value)
+        out.append(PodRow(p.name, p.namespace, p.node, p.ip, p.netns, p.mode, p.labels, p.phase))
+    return out
+
+
+def nodes(store: Store) -> list[NodeRow]:
+    status = {keys.last(kv.key): PeerStatus.from_json(kv.value) for kv in store.range(keys.STATUS)}
+    out = []
+    for kv in store.range(keys.NODES):
+        rec = NodeRecord.from_json(kv.value)
+        st = status.get(rec.name)
+        if st is None:
+            out.append(NodeRow(rec.name, rec.underlay_ip, rec.pod_subnet))
+            continue
+        row = NodeRow(
+            rec.name, rec.underlay_ip, rec.pod_subnet, st.backend, st.programmed, st.refused, True
+        )
+        out.append(row)
+    return out
+
+
+def _port(p: ServicePort) -> str:
+    """``name:port[:nodePort]/PROTO``, as ``get services`` lists them."""
+    named = f"{p.name}:" if p.name else ""
+    return f"{named}{p.port}" + (f":{p.node_port}" if p.node_port else "") + f"/{p.protocol}"
+
+
+def services(store: Store) -> list[ServiceRow]:
+    kvs = store.range(keys.SERVICES)
+    view = ClusterView(kvs + store.range(keys.PODS))
+    proxies = [ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY)]
+    out = []
+    for kv in kvs:
+        svc = view.services[kv.key]
+        eps = [e for es in view.endpoints(svc).values() for e in es]
+        out.append(
+            ServiceRow(
+                svc.namespace,
+                svc.name,
+                svc.type,
+                svc.cluster_ip or "-",
+                svc.external_name,
+                [_port(p) for p in svc.ports],
+                svc.selector,
+                svc.session_affinity,
+                sorted({f"{e.ip}:{e.port}" for e in eps}),
+                sorted({e.pod for e in eps}),
+                sorted(p.node for p in proxies if p.revision >= kv.mod_revision),
+                len(proxies),
+            )
+        )
+    return out
