@@ -58,81 +58,84 @@ def _route_of(r: Any, names: dict[int, str]) -> Route:
 
 def converge(ns: str | None, want: Desired, devices: tuple[str, ...] = ()) -> Changes:
     """Make the kernel in ``ns`` hold exactly ``want`` (for what flatnet owns)."""
-    added = removed = 0
     try:
         with netns.iproute(ns) as ipr:
             idx: dict[str, int] = {}
-            names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
-            stale_n: set[Neigh] = set()
-            stale_f: set[Fdb] = set()
-            # 1. neighbours and FDB entries on our devices
-            for dev in devices:
-                have_n = {
-                    Neigh(n.get("NDA_DST"), n.get("NDA_LLADDR"), dev)
-                    for n in ipr.get_neighbours(ifindex=_index(ipr, dev, idx), family=2)
-                    if n["state"] & NUD_PERMANENT
-                }
-                have_f = {
-                    Fdb(f.get("NDA_LLADDR"), f.get("NDA_DST"), dev)
-                    for f in ipr.get_neighbours(
-                        ifindex=_index(ipr, dev, idx), family=socket.AF_BRIDGE
-                    )
-                    if f.get("NDA_DST") and f["state"] & NUD_PERMANENT
-                }
-                want_n = {n for n in want.neigh if n.dev == dev}
-                want_f = {f for f in want.fdb if f.dev == dev}
-                for n in want_n - have_n:
-                    ipr.neigh(
-                        "replace",
-                        dst=n.ip,
-                        lladdr=n.mac,
-                        ifindex=_index(ipr, dev, idx),
-                        state=NUD_PERMANENT,
-                    )
-                    added += 1
-                for f in want_f - have_f:
-                    ipr.fdb(
-                        "append",
-                        ifindex=_index(ipr, dev, idx),
-                        lladdr=f.mac,
-                        dst=f.dst,
-                        state=NUD_PERMANENT,
-                    )
-                    added += 1
-                stale_n |= have_n - want_n
-                stale_f |= have_f - want_f
-            # 2. routes
-            have_r = owned_routes(ipr)
-            want_r = {r.dst: r for r in want.routes}
-            for dst, msg in have_r.items():
-                if dst not in want_r or _route_of(msg, names) != want_r[dst]:
-                    ipr.route("del", dst=dst, table=254, proto=RTPROT_FLATNET)
-                    removed += dst not in want_r
-            for dst, r in want_r.items():
-                if dst in have_r and _route_of(have_r[dst], names) == r:
-                    continue
-                via = {"gateway": r.gateway} if r.gateway else {}
-                ipr.route(
-                    "replace",
-                    dst=dst,
-                    oif=_index(ipr, r.dev, idx),
-                    flags=RTNH_F_ONLINK if r.onlink else 0,
-                    proto=RTPROT_FLATNET,
-                    table=254,
-                    **via,
-                )
-                added += 1
-            # 3. entries nothing routes through any more
-            if stale_n or stale_f:
-                for n in stale_n:
-                    ipr.neigh("del", dst=n.ip, lladdr=n.mac, ifindex=_index(ipr, n.dev, idx))
-                    removed += 1
-                for f in stale_f:
-                    ipr.fdb("del", ifindex=_index(ipr, f.dev, idx), lladdr=f.mac, dst=f.dst)
-                    removed += 1
+            added, stale_n, stale_f = _entries(ipr, want, devices, idx)  # 1.
+            more, removed = _routes(ipr, want, idx)  # 2.
+            removed += _sweep(ipr, stale_n, stale_f, idx)  # 3.
     except NetlinkError as e:
         raise KernelError(f"failed to program peer routes in '{ns or 'this host'}': {e}") from e
-    return Changes(added, removed)
+    return Changes(added + more, removed)
+
+
+def _entries(
+    ipr: IPRoute, want: Desired, devices: tuple[str, ...], idx: dict[str, int]
+) -> tuple[int, set[Neigh], set[Fdb]]:
+    """1. Add the wanted permanent neighbours and FDB entries on our devices;
+    returns how many, and the entries there that are no longer wanted."""
+    added = 0
+    stale_n: set[Neigh] = set()
+    stale_f: set[Fdb] = set()
+    for dev in devices:
+        i = _index(ipr, dev, idx)
+        have_n = {
+            Neigh(n.get("NDA_DST"), n.get("NDA_LLADDR"), dev)
+            for n in ipr.get_neighbours(ifindex=i, family=2)
+            if n["state"] & NUD_PERMANENT
+        }
+        have_f = {
+            Fdb(f.get("NDA_LLADDR"), f.get("NDA_DST"), dev)
+            for f in ipr.get_neighbours(ifindex=i, family=socket.AF_BRIDGE)
+            if f.get("NDA_DST") and f["state"] & NUD_PERMANENT
+        }
+        want_n = {n for n in want.neigh if n.dev == dev}
+        want_f = {f for f in want.fdb if f.dev == dev}
+        for n in want_n - have_n:
+            ipr.neigh("replace", dst=n.ip, lladdr=n.mac, ifindex=i, state=NUD_PERMANENT)
+        for f in want_f - have_f:
+            ipr.fdb("append", ifindex=i, lladdr=f.mac, dst=f.dst, state=NUD_PERMANENT)
+        added += len(want_n - have_n) + len(want_f - have_f)
+        stale_n |= have_n - want_n
+        stale_f |= have_f - want_f
+    return added, stale_n, stale_f
+
+
+def _routes(ipr: IPRoute, want: Desired, idx: dict[str, int]) -> tuple[int, int]:
+    """2. Replace what differs, delete what is no longer wanted, among the
+    routes we own; returns (added or replaced, removed)."""
+    added = removed = 0
+    names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
+    have_r = owned_routes(ipr)
+    want_r = {r.dst: r for r in want.routes}
+    for dst, msg in have_r.items():
+        if dst not in want_r or _route_of(msg, names) != want_r[dst]:
+            ipr.route("del", dst=dst, table=254, proto=RTPROT_FLATNET)
+            removed += dst not in want_r
+    for dst, r in want_r.items():
+        if dst in have_r and _route_of(have_r[dst], names) == r:
+            continue
+        via = {"gateway": r.gateway} if r.gateway else {}
+        ipr.route(
+            "replace",
+            dst=dst,
+            oif=_index(ipr, r.dev, idx),
+            flags=RTNH_F_ONLINK if r.onlink else 0,
+            proto=RTPROT_FLATNET,
+            table=254,
+            **via,
+        )
+        added += 1
+    return added, removed
+
+
+def _sweep(ipr: IPRoute, stale_n: set[Neigh], stale_f: set[Fdb], idx: dict[str, int]) -> int:
+    """3. The entries nothing routes through any more."""
+    for n in stale_n:
+        ipr.neigh("del", dst=n.ip, lladdr=n.mac, ifindex=_index(ipr, n.dev, idx))
+    for f in stale_f:
+        ipr.fdb("del", ifindex=_index(ipr, f.dev, idx), lladdr=f.mac, dst=f.dst)
+    return len(stale_n) + len(stale_f)
 
 
 class Routes:
