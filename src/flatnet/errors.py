@@ -13,7 +13,8 @@ Foreign errors (netlink, sqlite, gRPC, OS) are translated at the seam with
     ├── IPAMError                     address management                   (CNI 100)
     │   └── SubnetExhausted           no address or subnet left            (CNI 101)
     ├── KernelError                   a netlink/nftables/namespace operation failed (CNI 5)
-    │   └── NamespaceNotFound         a network namespace does not exist   (CNI 5)
+    │   ├── NamespaceNotFound         a network namespace does not exist   (CNI 5)
+    │   └── SyscallError              the kernel refused a request; also an OSError (errno)
     ├── AgentUnavailable              the node agent cannot be reached     (CNI 11)
     └── LabTimeout                    a lab waited longer than it allows for a state
 
@@ -39,6 +40,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "SubnetExhausted",
+    "SyscallError",
 ]
 
 
@@ -109,6 +111,11 @@ class KernelError(FlatnetError):
 
 class NamespaceNotFound(KernelError):
     pass
+
+
+class SyscallError(KernelError, OSError):
+    """A netlink or bpf(2) request the kernel refused: ``errno`` is the
+    kernel's, so callers can tell EEXIST from ENODEV (it is an OSError too)."""
 
 
 class AgentUnavailable(FlatnetError):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flatnet.errors import KernelError
-from flatnet.fastpath.program import Tunnel, program
+from flatnet.fastpath.program import Program, Tunnel, program
 from flatnet.kernel.bpf import Asm, Reg, btf_lookup
 
 
@@ -130,3 +130,44 @@ def test_program_bytes_are_pinned() -> None:
         377,
         "f01f18359de1f61697136e3da81e043164adc41134a960e609a912daa6ed5ae5",
     )
+
+
+def stage(name: str, *args: object) -> list[tuple[int, int, int, int, int]]:
+    """The instructions one stage emits, on a fresh program (labels it jumps to
+    are defined so the code assembles)."""
+    p = Program("10.244.0.0/16", "0a:58:0a:f4:00:01", 9, {"bpf_skb_ct_lookup": 11,
+                "bpf_ct_release": 12}, 128)  # fmt: skip
+    getattr(p, name)(*args)
+    for label in ("pass", "plain", "host", "fib", "neigh", "drop", "out"):
+        if label not in p.a.labels:
+            p.a.label(label)
+    p.a.exit()
+    return insns(p.a.code())
+
+
+def test_stage_ttl_decrements_and_patches_the_checksum() -> None:
+    code = stage("ttl")
+    assert code[:3] == [(0x71, 5, 2, 22, 0), (0x17, 5, 0, 0, 1), (0x73, 2, 5, 22, 0)]  # TTL - 1
+    assert (0x07, 5, 0, 0, 1) in code[3:] and code[-2][:4] == (0x6B, 2, 5, 24)  # sum + 0x0100
+
+
+def test_stage_header_ok_refuses_fragments_handshakes_and_foreign_addresses() -> None:
+    code = stage("header_ok", 14)
+    assert (0x45, 5, 0, code[code.index((0x69, 5, 2, 20, 0)) + 1][3], 0xFF3F) in code  # MF|off
+    assert any(c[0] == 0x45 and c[4] == 0x07 for c in code)  # TCP FIN|SYN|RST
+    assert sum(1 for c in code if c[0] == 0x54 and c[4] == 0xFFFF) == 2  # saddr and daddr
+
+
+def test_stage_established_wants_assured_and_never_nat() -> None:
+    code = stage("established", 14)
+    kcalls = [c[4] for c in code if c[0] == 0x85 and c[2] == 2]
+    assert kcalls == [11, 12]  # lookup, then release: no reference leaks
+    assert (0x57, 8, 0, 0, 0x34) in code  # ASSURED | SRC_NAT | DST_NAT
+    assert any(c[0] == 0x55 and c[1] == 8 and c[4] == 0x04 for c in code)  # == ASSURED only
+
+
+def test_stage_outer_headers_take_a_source_port_from_the_hash() -> None:
+    t = Tunnel(7, 4789, 5, 2, "192.168.50.11", 10, 11)
+    code = stage("outer_headers", t)
+    assert (0x54, 9, 0, 0, 0x3FFF) in code and (0x44, 9, 0, 0, 0xC000) in code  # 49152-65535
+    assert any(c[0] == 0x62 and c[4] == 0x0007_0000 for c in code)  # VNI 7, network order

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from flatnet.errors import KernelError
+from flatnet.errors import KernelError, SyscallError
 
 __all__ = [
     "Asm",
@@ -156,7 +156,7 @@ def _call(cmd: int, buf: ctypes.Array[ctypes.c_char]) -> int:
     r = _libc.syscall(_SYS_BPF, cmd, buf, len(buf))
     if r < 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise SyscallError(err, os.strerror(err))
     return int(r)
 
 

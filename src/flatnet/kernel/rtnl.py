@@ -26,6 +26,8 @@ import struct
 import threading
 from collections.abc import Iterable
 
+from flatnet.errors import SyscallError
+
 __all__ = ["NLMSGHDR", "Rtnl", "RtnlError", "mac_bytes", "nla"]
 
 NETLINK_ROUTE = 0
@@ -47,8 +49,8 @@ _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 
 
-class RtnlError(OSError):
-    """A request the kernel refused; ``errno`` is the kernel's."""
+class RtnlError(SyscallError):
+    """A NETLINK_ROUTE request the kernel refused; ``errno`` is the kernel's."""
 
 
 def mac_bytes(mac: str) -> bytes:
