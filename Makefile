@@ -47,7 +47,7 @@ demo: deps
 	exit $$status
 
 lint: deps
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench tools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
