@@ -34,7 +34,8 @@ from flatnet.kernel.api import FastPathMaps
 from flatnet.kernel.conntrack import Conntrack
 from flatnet.kernel.nft import Nft
 from flatnet.kernel.routes import Routes
-from flatnet.model import Lease, NetworkConfig
+from flatnet.kernel.veths import NodeVeths
+from flatnet.model import Allocation, Lease, NetworkConfig
 from flatnet.proxy.sync import ServiceProxy
 from flatnet.store import Store, open_store
 
@@ -98,10 +99,12 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         tunnel_port = None if port is None else int(port)
         setup_node(o.ns, o.bridge, lease.subnet, cfg.pod_cidr, mtu, nft, ip, tunnel_port)
         ipam = PodIPAM(store, lease.subnet, o.node)
-        fast = _fast_path(o.ns, cfg, lease, backend, ctx, ipam)
+        veths = NodeVeths(o.ns)
+        undo.callback(veths.close)
+        fast = _fast_path(o.ns, cfg, backend, ctx, ipam, attached(veths, ipam))
         if fast is not None:
             undo.callback(fast.close)
-        pods = PodNetwork(o.ns, o.bridge, ipam, mtu, o.reap_delay, fast)
+        pods = PodNetwork(o.ns, o.bridge, ipam, mtu, o.reap_delay, fast, veths)
         ttl = keeper.ttl_lease
         peers = PeerWatcher(
             store,
@@ -127,10 +130,10 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
 def _fast_path(
     ns: str | None,
     cfg: NetworkConfig,
-    lease: Lease,
     backend: Backend,
     ctx: Context,
     ipam: PodIPAM,
+    present: list[Allocation],
 ) -> FastPathMaps | None:
     """Install the eBPF fast path, or take an earlier one away when it is off.
     A kernel without what it needs (tcx, conntrack kfuncs, BTF) gets a
@@ -142,7 +145,7 @@ def _fast_path(
     devices = [ctx.underlay_dev, *backend.devices(ctx)]
     gateway_mac = links.ip_mac(str(ipam.gateway))
     fast = FastPath(ns, cfg.pod_cidr, gateway_mac, ipam.subnet.num_addresses, backend.tunnel(ctx))
-    pods = [(a.ip, links.host_veth_name(a.container_id, a.ifname)) for a in attached(ns, ipam)]
+    pods = [(a.ip, links.host_veth_name(a.container_id, a.ifname)) for a in present]
     try:
         fast.install(devices, pods)
     except (KernelError, OSError) as e:

@@ -34,15 +34,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
 import threading
 from dataclasses import dataclass
 
-from flatnet.errors import CNIError, Code, KernelError, NamespaceNotFound
+from flatnet.errors import CNIError, Code, KernelError, NamespaceNotFound, SyscallError
 from flatnet.ipam import PodIPAM
-from flatnet.kernel import links, netns
-from flatnet.kernel.api import FastPathMaps
-from flatnet.kernel.rtnl import Rtnl, RtnlError
+from flatnet.kernel import links
+from flatnet.kernel.api import FastPathMaps, PodLinks
 from flatnet.model import Allocation
 
 DOOMED = 0x666C6E74  # link group of host veths waiting to be destroyed ("flnt")
@@ -74,12 +72,18 @@ class PodNetwork:
         mtu: int,
         reap_delay: float = 0.5,
         fast: FastPathMaps | None = None,
+        kernel: PodLinks | None = None,
     ) -> None:
-        """``fast``: the fast path's maps, when it runs (pods enter and leave them)."""
+        """``fast``: the fast path's maps, when it runs (pods enter and leave
+        them); ``kernel``: the node's veths (default: the real ones in ``node_ns``)."""
         self.node_ns, self.bridge, self.ipam, self.mtu = node_ns, bridge, ipam, mtu
         self.reap_delay = reap_delay
         self.plen = ipam.subnet.prefixlen
-        self.rtnl = Rtnl(netns.socket_in(node_ns, socket.AF_NETLINK, socket.SOCK_RAW))
+        if kernel is None:
+            from flatnet.kernel.veths import NodeVeths
+
+            kernel = NodeVeths(node_ns)
+        self.kernel = kernel
         self._bridge_index = 0
         self._doomed = threading.Event()
         self._stopping = threading.Event()
@@ -88,7 +92,7 @@ class PodNetwork:
 
     def close(self) -> None:
         self.stop_reaper()
-        self.rtnl.close()
+        self.kernel.close()
         if self.fast is not None:
             self.fast.close()
 
@@ -101,8 +105,9 @@ class PodNetwork:
             undo.callback(self.ipam.release, cid, ifname)
             host_mac, pod_mac = _random_mac(), links.ip_mac(alloc.ip)
             self._make_veth(host, host_mac, pod_ns, ifname, pod_mac)
-            undo.callback(self.rtnl.delete, host)
-            self._configure_pod(pod_ns, ifname, alloc.ip)
+            undo.callback(self.kernel.delete, host)
+            gw = str(self.ipam.gateway)
+            self.kernel.configure(pod_ns, ifname, alloc.ip, self.plen, gw)
             if self.fast is not None:
                 self.fast.add(alloc.ip, host)
                 undo.callback(self._unmap, [alloc.ip])
@@ -121,94 +126,53 @@ class PodNetwork:
 
     def _master(self, fresh: bool = False) -> int:
         if fresh or not self._bridge_index:
-            idx = self.rtnl.index(self.bridge)
+            idx = self.kernel.index(self.bridge)
             if idx is None:
                 raise KernelError(f"bridge '{self.bridge}' is missing; is the agent set up?")
             self._bridge_index = idx
         return self._bridge_index
 
     def _make_veth(self, host: str, mac: str, pod_ns: str, ifname: str, pod_mac: str) -> None:
-        fd = os.open(pod_ns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            for attempt in range(3):
-                try:
-                    master = self._master(fresh=attempt > 0)
-                    self.rtnl.add_veth(host, mac, master, self.mtu, ifname, pod_mac, fd)
-                    return
-                except RtnlError as e:
-                    if e.errno == errno.EEXIST and attempt == 0:
-                        self.reap()  # a doomed link of the same name, from a recent DEL
-                        continue
-                    if e.errno == errno.ENODEV and attempt < 2:
-                        continue  # the bridge was re-made: look its index up again
-                    what = "exists already" if e.errno == errno.EEXIST else e.strerror
-                    raise KernelError(
-                        f"failed to create veth '{host}' <-> '{ifname}' in '{pod_ns}' "
-                        f"on bridge '{self.bridge}': {what}"
-                    ) from e
-        finally:
-            os.close(fd)
-
-    def _configure_pod(self, pod_ns: str, ifname: str, ip: str) -> None:
-        def configure() -> None:
-            with Rtnl() as r:
-                idx = r.index(ifname)
-                if idx is None:
-                    raise KernelError(f"interface '{ifname}' vanished from '{pod_ns}'")
-                r.up_with_default(idx, ip, self.plen, str(self.ipam.gateway))
-
-        try:
-            netns.run_in(pod_ns, configure)
-        except RtnlError as e:
-            raise KernelError(
-                f"failed to configure '{ifname}' with {ip}/{self.plen} in '{pod_ns}': {e.strerror}"
-            ) from e
+        for attempt in range(3):
+            try:
+                master = self._master(fresh=attempt > 0)
+                self.kernel.add_veth(host, mac, master, self.mtu, ifname, pod_mac, pod_ns)
+                return
+            except SyscallError as e:
+                if e.errno == errno.EEXIST and attempt == 0:
+                    self.reap()  # a doomed link of the same name, from a recent DEL
+                    continue
+                if e.errno == errno.ENODEV and attempt < 2:
+                    continue  # the bridge was re-made: look its index up again
+                what = "exists already" if e.errno == errno.EEXIST else e.strerror
+                raise KernelError(
+                    f"failed to create veth '{host}' <-> '{ifname}' in '{pod_ns}' "
+                    f"on bridge '{self.bridge}': {what}"
+                ) from e
 
     def delete(self, cid: str, ifname: str, pod_ns: str = "") -> None:
         """CNI DEL: the pod's side off the network, then its IP freed (see the
         module doc); idempotent."""
         alloc = self.ipam.find(cid, ifname)
         host = links.host_veth_name(cid, ifname)
-        if alloc is not None and not self._unconfigure_pod(pod_ns, ifname, alloc.ip):
-            self.rtnl.delete(host)  # the pod side goes with it, now
+        if alloc is not None and not self.kernel.unconfigure(pod_ns, ifname, alloc.ip, self.plen):
+            self.kernel.delete(host)  # the pod side goes with it, now
         self.ipam.release(cid, ifname)
         self._unmap([alloc.ip] if alloc is not None else [])
         self._doom({host})
-
-    def _unconfigure_pod(self, pod_ns: str, ifname: str, ip: str) -> bool:
-        """``ifname`` in ``pod_ns`` down and without ``ip``; False when the
-        namespace cannot be entered (then only destroying the veth is sure)."""
-
-        def clear() -> None:
-            with Rtnl() as r:
-                idx = r.index(ifname)
-                if idx is not None:
-                    r.down_without_address(idx, ip, self.plen)
-
-        if not pod_ns:
-            return False
-        try:
-            netns.run_in(pod_ns, clear)
-        except NamespaceNotFound:
-            return False
-        except RtnlError as e:
-            raise KernelError(
-                f"failed to take {ip}/{self.plen} off '{ifname}' in '{pod_ns}': {e.strerror}"
-            ) from e
-        return True
 
     # -- destroying doomed host veths ----------------------------------------
     def _doom(self, names: set[str]) -> None:
         """Take these host veths down into :data:`DOOMED` (their pods lose carrier
         now) and have them destroyed in the reaper's next batch."""
-        if any([self.rtnl.set_link(n, up=False, group=DOOMED) for n in names]):
+        if self.kernel.doom(names, DOOMED):
             self._doomed.set()
             if self._reaper is None:
                 self.reap()  # no reaper thread running: destroy them now
 
     def reap(self) -> None:
         """Destroy every doomed host veth now (one kernel operation)."""
-        self.rtnl.delete_group(DOOMED)
+        self.kernel.reap(DOOMED)
 
     def start_reaper(self) -> None:
         self.reap()  # left over from before a restart
@@ -242,9 +206,7 @@ class PodNetwork:
         host = links.host_veth_name(cid, ifname)
         cidr, gw = f"{alloc.ip}/{self.plen}", str(self.ipam.gateway)
         try:
-            bad = links.attachment_problem(
-                self.node_ns, host, self.bridge, pod_ns, ifname, cidr, gw
-            )
+            bad = self.kernel.problem(host, self.bridge, pod_ns, ifname, cidr, gw)
         except NamespaceNotFound as e:
             raise CNIError(Code.INVALID_ENVIRONMENT, f"CNI_NETNS '{pod_ns}' does not exist") from e
         if bad is not None:
@@ -252,7 +214,7 @@ class PodNetwork:
 
     def host_veths(self) -> set[str]:
         """Names of the flatnet host veths on this node (not counting doomed ones)."""
-        return host_veths(self.node_ns)
+        return host_veths(self.kernel)
 
     def gc(self, valid: set[tuple[str, str]], older_than: float = 0.0) -> int:
         """Free IPs and host veths of attachments not in ``valid``; returns IPs freed."""
@@ -273,7 +235,7 @@ class PodNetwork:
 
     def attached(self) -> list[Allocation]:
         """The allocations whose host veth is on this node now."""
-        return attached(self.node_ns, self.ipam)
+        return attached(self.kernel, self.ipam)
 
     def orphans(self, grace: float) -> list[str]:
         """Reclaim IPs whose host veth vanished (the pod's namespace was deleted
@@ -284,15 +246,14 @@ class PodNetwork:
         return freed
 
 
-def host_veths(node_ns: str | None) -> set[str]:
-    """Names of the flatnet host veths in ``node_ns`` (not counting doomed ones)."""
-    veths = links.links_of_kind(node_ns, "veth", prefix="fl")
-    return {name for name, group in veths.items() if group != DOOMED}
+def host_veths(kernel: PodLinks) -> set[str]:
+    """Names of the flatnet host veths on the node (not counting doomed ones)."""
+    return {name for name, group in kernel.veths("fl").items() if group != DOOMED}
 
 
-def attached(node_ns: str | None, ipam: PodIPAM) -> list[Allocation]:
-    """The allocations whose host veth is in ``node_ns`` now."""
-    present = host_veths(node_ns)
+def attached(kernel: PodLinks, ipam: PodIPAM) -> list[Allocation]:
+    """The allocations whose host veth is on the node now."""
+    present = host_veths(kernel)
     return [
         a for a in ipam.allocations() if links.host_veth_name(a.container_id, a.ifname) in present
     ]

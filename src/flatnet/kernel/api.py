@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from flatnet.kernel.objects import Changes, Desired
 
-__all__ = ["ConntrackTable", "FastPathMaps", "Firewall", "RouteTable"]
+__all__ = ["ConntrackTable", "FastPathMaps", "Firewall", "PodLinks", "RouteTable"]
 
 
 class RouteTable(Protocol):
@@ -66,5 +66,41 @@ class FastPathMaps(Protocol):
     def set_peers(self, peers: list[tuple[str, str]]) -> None:
         """The programmed peers as (underlay IP, pod subnet)."""
         ...
+
+    def close(self) -> None: ...
+
+
+class PodLinks(Protocol):
+    """The kernel side of bridge-mode pod attachments in one node namespace
+    (real: :class:`flatnet.kernel.veths.NodeVeths`). Refusals of ``add_veth``
+    raise :class:`~flatnet.errors.SyscallError` with the kernel's errno."""
+
+    def index(self, name: str) -> int | None: ...
+
+    def add_veth(
+        self, host: str, mac: str, master: int, mtu: int, peer: str, peer_mac: str, pod_ns: str
+    ) -> None: ...
+
+    def configure(self, pod_ns: str, ifname: str, ip: str, plen: int, gateway: str) -> None: ...
+
+    def unconfigure(self, pod_ns: str, ifname: str, ip: str, plen: int) -> bool:
+        """False when ``pod_ns`` cannot be entered."""
+        ...
+
+    def delete(self, name: str) -> bool: ...
+
+    def doom(self, names: set[str], group: int) -> bool:
+        """Down and into ``group`` (destroyed later by :meth:`reap`)."""
+        ...
+
+    def reap(self, group: int) -> None: ...
+
+    def veths(self, prefix: str) -> dict[str, int]:
+        """name -> link group, of the veths named ``prefix``..."""
+        ...
+
+    def problem(
+        self, host: str, bridge: str, pod_ns: str, ifname: str, cidr: str, gateway: str
+    ) -> str | None: ...
 
     def close(self) -> None: ...

@@ -13,6 +13,7 @@ resolve it in the calling thread's network namespace: callers run them through
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -234,7 +235,9 @@ def map_delete(fd: int, key: bytes) -> bool:
     """Delete ``key``; False when it was not there."""
     try:
         _elem(MAP_DELETE, fd, key, None)
-    except FileNotFoundError:
+    except SyscallError as e:
+        if e.errno != errno.ENOENT:
+            raise
         return False
     return True
 
@@ -247,7 +250,9 @@ def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
         attr = _attr("<IIQQ", fd, 0, 0 if first else ctypes.addressof(cur), ctypes.addressof(nxt))
         try:
             _bpf(MAP_NEXT_KEY, attr)
-        except FileNotFoundError:
+        except SyscallError as e:
+            if e.errno != errno.ENOENT:
+                raise
             return
         yield nxt.raw
         ctypes.memmove(cur, nxt, key_size)
@@ -259,7 +264,9 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     v = ctypes.create_string_buffer(value_size)
     try:
         _bpf(MAP_LOOKUP, _attr("<IIQQ", fd, 0, ctypes.addressof(k), ctypes.addressof(v)))
-    except FileNotFoundError:
+    except SyscallError as e:
+        if e.errno != errno.ENOENT:
+            raise
         return None
     return v.raw
 

@@ -5,13 +5,22 @@ and tests/lab; these only let the control logic be tested without root."""
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from flatnet.errors import KernelError
+from flatnet.errors import KernelError, SyscallError
 from flatnet.kernel.objects import Changes, Desired, Fdb, Neigh, Route
 
-__all__ = ["FakeConntrack", "FakeFastPath", "FakeFirewall", "FakeRoutes"]
+__all__ = [
+    "FakeConntrack",
+    "FakeFastPath",
+    "FakeFirewall",
+    "FakePodLinks",
+    "FakeRoutes",
+    "FakeVeth",
+]
 
 T = TypeVar("T", Neigh, Fdb)
 
@@ -102,3 +111,96 @@ class FakeFastPath:
 
     def close(self) -> None:
         self.closed = True
+
+
+@dataclass
+class FakeVeth:
+    host: str
+    mac: str
+    master: int
+    peer: str
+    peer_mac: str
+    pod_ns: str
+    group: int = 0
+    up: bool = True
+    address: str = ""  # the pod side's, once configured ("ip/plen")
+    gateway: str = ""
+
+
+@dataclass
+class FakePodLinks:
+    """A node namespace's pod veths. ``gone`` holds pod namespaces that cannot be
+    entered; ``refuse`` maps a veth name to the errno its next add fails with.
+    ``log`` records every call in order."""
+
+    bridges: dict[str, int] = field(default_factory=lambda: {"fl0": 7})
+    veths_: dict[str, FakeVeth] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+    refuse: dict[str, int] = field(default_factory=dict)
+    log: list[tuple[str, ...]] = field(default_factory=list)
+
+    def index(self, name: str) -> int | None:
+        return self.bridges.get(name)
+
+    def add_veth(
+        self, host: str, mac: str, master: int, mtu: int, peer: str, peer_mac: str, pod_ns: str
+    ) -> None:
+        self.log.append(("add_veth", host))
+        if host in self.refuse:
+            code = self.refuse.pop(host)
+            raise SyscallError(code, os.strerror(code))
+        if host in self.veths_:
+            raise SyscallError(errno.EEXIST, os.strerror(errno.EEXIST))
+        self.veths_[host] = FakeVeth(host, mac, master, peer, peer_mac, pod_ns)
+
+    def _peer(self, pod_ns: str, ifname: str) -> FakeVeth | None:
+        return next(
+            (v for v in self.veths_.values() if v.pod_ns == pod_ns and v.peer == ifname), None
+        )
+
+    def configure(self, pod_ns: str, ifname: str, ip: str, plen: int, gateway: str) -> None:
+        self.log.append(("configure", pod_ns, ifname))
+        v = self._peer(pod_ns, ifname)
+        if v is None:
+            raise KernelError(f"interface '{ifname}' vanished from '{pod_ns}'")
+        v.address, v.gateway = f"{ip}/{plen}", gateway
+
+    def unconfigure(self, pod_ns: str, ifname: str, ip: str, plen: int) -> bool:
+        self.log.append(("unconfigure", pod_ns, ifname))
+        if not pod_ns or pod_ns in self.gone:
+            return False
+        v = self._peer(pod_ns, ifname)
+        if v is not None:
+            v.address, v.gateway = "", ""
+        return True
+
+    def delete(self, name: str) -> bool:
+        self.log.append(("delete", name))
+        return self.veths_.pop(name, None) is not None
+
+    def doom(self, names: set[str], group: int) -> bool:
+        self.log.append(("doom", *sorted(names)))
+        hit = [self.veths_[n] for n in names if n in self.veths_]
+        for v in hit:
+            v.up, v.group = False, group
+        return bool(hit)
+
+    def reap(self, group: int) -> None:
+        self.log.append(("reap",))
+        self.veths_ = {n: v for n, v in self.veths_.items() if v.group != group}
+
+    def veths(self, prefix: str) -> dict[str, int]:
+        return {n: v.group for n, v in self.veths_.items() if n.startswith(prefix)}
+
+    def problem(
+        self, host: str, bridge: str, pod_ns: str, ifname: str, cidr: str, gateway: str
+    ) -> str | None:
+        v = self.veths_.get(host)
+        if v is None or v.master != self.bridges.get(bridge):
+            return f"host veth '{host}' is missing or not on '{bridge}'"
+        if v.address != cidr:
+            return f"'{ifname}' in '{pod_ns}' lacks {cidr}"
+        return None
+
+    def close(self) -> None:
+        self.log.append(("close",))
