@@ -45,9 +45,15 @@ class NodeRow:
     ready: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        d = dict(self.__dict__)
-        d["underlayIP"], d["podSubnet"] = d.pop("underlay_ip"), d.pop("pod_subnet")
-        return d
+        return {
+            "name": self.name,
+            "podSubnet": self.pod_subnet,
+            "underlayIP": self.underlay_ip,
+            "backend": self.backend,
+            "peers": self.peers,
+            "refused": self.refused,
+            "ready": self.ready,
+        }
 
 
 @dataclass(frozen=True)
