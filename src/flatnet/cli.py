@@ -453,25 +453,46 @@ def _cell(col: str, item: dict[str, Any]) -> str:
     return str(v)
 
 
+def _say(msg: str) -> None:
+    """One error line on stderr, printed verbatim (never read as rich markup)."""
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+def _usage(e: Exception) -> tuple[str, int] | None:
+    """A command-line usage error as one line and its exit code, or None. Typer
+    raises the exceptions of the click it bundles, not of an installed click:
+    they are recognised by what they offer (``format_message``, ``exit_code``)."""
+    if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+        return None
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "flatnet"
+    line = " ".join(str(e.format_message()).split())
+    if not line:  # a group called bare: its help was shown, as kubectl shows it
+        return "", 0
+    return f"{where}: {line} (see '{where} --help')", int(e.exit_code)
+
+
 def main() -> None:
     try:
-        rv = app(standalone_mode=False)  # returns typer.Exit's code in this mode
+        rv = app(standalone_mode=False, prog_name="flatnet")  # returns typer.Exit's code
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except FlatnetError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        _say(str(e))
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except Exception as e:
+        usage = _usage(e)
+        if usage is None:
+            raise
+        if usage[0]:
+            _say(usage[0])
+        sys.exit(usage[1])
 
 
 if __name__ == "__main__":

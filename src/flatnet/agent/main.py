@@ -12,10 +12,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A usage error as one line, as every flatnet command reports it."""
+        self.exit(2, f"error: {self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="flatnet agent",
         description="Run the node agent (in this host's or lab node's own network namespace).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
