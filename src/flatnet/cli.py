@@ -464,14 +464,15 @@ def _usage(e: Exception) -> tuple[str, int] | None:
     """A command-line usage error as one line and its exit code, or None. Typer
     raises the exceptions of the click it bundles, not of an installed click:
     they are recognised by what they offer (``format_message``, ``exit_code``)."""
-    if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+    code = getattr(e, "exit_code", None)
+    if not (hasattr(e, "format_message") and isinstance(code, int)):
         return None
     ctx = getattr(e, "ctx", None)
     where = ctx.command_path if ctx is not None else "flatnet"
     line = " ".join(str(e.format_message()).split())
     if not line:  # a group called bare: its help was shown, as kubectl shows it
         return "", 0
-    return f"{where}: {line} (see '{where} --help')", int(e.exit_code)
+    return f"{where}: {line} (see '{where} --help')", code
 
 
 def main() -> None:

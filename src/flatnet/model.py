@@ -66,7 +66,12 @@ class NetworkConfig(_Json):
 
     def __post_init__(self) -> None:
         pod = _net(self.pod_cidr, "network.podCIDR")
-        _net(self.service_cidr, "network.serviceCIDR")
+        svc = _net(self.service_cidr, "network.serviceCIDR")
+        if pod.overlaps(svc):
+            raise ConfigError(
+                f"network.serviceCIDR: {svc} overlaps network.podCIDR {pod}: a pod could be "
+                "given a service's cluster IP; choose ranges that do not overlap"
+            )
         if not pod.prefixlen < self.node_subnet_length <= 30:
             raise ConfigError(
                 f"network.nodeSubnetLength: {self.node_subnet_length} must be longer than "

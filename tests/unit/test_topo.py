@@ -56,6 +56,34 @@ def test_good_file() -> None:
         (GOOD + "---\napiVersion: apps/v1\nkind: Deployment\n", 18, "'Deployment'"),
         (GOOD.replace("name: t1", "name: t1\nnetwork: {podCIDR: 10.244.0.0/33}"), 3, "podCIDR"),
         (GOOD.replace("external: true", "external: [true"), 5, "not valid YAML"),
+        # ranges that overlap break the cluster quietly: refused, naming both
+        (
+            GOOD.replace("name: t1", "name: t1\nunderlayCIDR: 10.244.7.0/24"),
+            3,
+            "segment 10.244.7.0/24 overlaps network.podCIDR 10.244.0.0/16",
+        ),
+        (
+            GOOD.replace("name: t1", "name: t1\nnetwork: {podCIDR: 192.168.0.0/16}"),
+            3,
+            "segment 192.168.50.0/24 overlaps network.podCIDR 192.168.0.0/16",
+        ),
+        (
+            GOOD.replace("name: t1", "name: t1\nnetwork: {serviceCIDR: 10.244.0.0/20}"),
+            3,
+            "network.serviceCIDR: 10.244.0.0/20 overlaps network.podCIDR 10.244.0.0/16",
+        ),
+        (
+            GOOD.replace("name: t1", "name: t1\nunderlay: routed\nunderlayCIDR: 10.96.0.0/24"),
+            4,
+            "segment 10.96.0.0/24 overlaps network.serviceCIDR 10.96.0.0/12",
+        ),
+        (
+            GOOD.replace("name: t1", "name: t1\nunderlayCIDR: 192.168.50.0/28").replace(
+                "[node1, node2]", "[node1, node2, node3, node4]"
+            ),
+            3,
+            "/28 segments hold 3 node(s) each (from .11), the lab puts 4 on one",
+        ),
         (
             GOOD.replace(
                 "spec: {nodeName: node1, containers: [{name: main}]}",

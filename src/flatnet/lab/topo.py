@@ -129,6 +129,31 @@ class LabTopo:
         return str(ipaddress.IPv4Network(self.underlay_cidr).network_address + 2)
 
 
+def _underlay_problem(lab: _Lab, net: NetworkConfig) -> str:
+    """What is wrong with the underlay's addresses ("" when nothing): its
+    segments may not overlap the pod or service ranges (a pod CIDR inside the
+    underlay cuts nodes off each other), and must hold every node's address
+    (``.11`` on) below the external host's (the last but one)."""
+    first = ipaddress.IPv4Network(lab.underlayCIDR, strict=False)
+    segs = [first]
+    if lab.underlay == "routed":
+        segs.append(ipaddress.IPv4Network(f"{first.broadcast_address + 1}/{first.prefixlen}"))
+    for seg in segs:
+        for what, cidr in (("podCIDR", net.pod_cidr), ("serviceCIDR", net.service_cidr)):
+            if seg.overlaps(ipaddress.IPv4Network(cidr)):
+                return (
+                    f"underlayCIDR: segment {seg} overlaps network.{what} {cidr}: nodes and "
+                    f"{'pods' if what == 'podCIDR' else 'services'} would share addresses"
+                )
+    per_segment = -(-len(lab.nodes) // len(segs))
+    if 11 + per_segment > seg.num_addresses - 2:
+        return (
+            f"underlayCIDR: /{seg.prefixlen} segments hold {max(0, seg.num_addresses - 13)} "
+            f"node(s) each (from .11), the lab puts {per_segment} on one"
+        )
+    return ""
+
+
 def parse(text: str, path: str = "<lab>") -> LabTopo:
     docs = manifest.docs(text, path)
     if not docs or not isinstance(docs[0][1], dict) or docs[0][1].get("kind") != "Lab":
@@ -148,6 +173,10 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         ipaddress.IPv4Network(lab.underlayCIDR)
     except (ConfigError, ValueError) as e:
         raise LabFileError(path, manifest.line_of(docs[0][0], ("network",)), str(e)) from None
+    problem = _underlay_problem(lab, net)
+    if problem:
+        where = ("underlayCIDR",) if "underlayCIDR" in docs[0][1] else ("network",)
+        raise LabFileError(path, manifest.line_of(docs[0][0], where), problem)
     pods, services = manifest.objects(docs[1:], path, lab.nodes)
     _check_pods(pods, path, [d for d in docs[1:] if d[1].get("kind") == "Pod"])
     return LabTopo(
