@@ -52,6 +52,15 @@ REF_CNI = "/usr/lib/cni"
 UPSTREAM_ZONE = "flatnet.test"
 
 
+def _revision_of(store: Store, keys_: list[str]) -> int:
+    """The revision at which the last of ``keys_`` was written: what the proxies
+    must have programmed. Not ``store.revision()``: the proxies' own status
+    writes come after it, are no event they see, and so could name a revision
+    none of them ever reports (an etcd lab with Services failed to come up on it)."""
+    found = [kv.mod_revision for k in keys_ if (kv := store.get(k)) is not None]
+    return max(found, default=0)
+
+
 class _Builder:
     """The steps of :meth:`Lab.build` after the underlay, over one state."""
 
@@ -134,8 +143,8 @@ class _Builder:
             self.dns(store)
         pods_.add_pods(self.st, list(self.t.pods), store, self.progress)
         if self.t.services:
-            services.apply(store, load_config(store), self.t.services)
-            wait_proxies(store, self.st, store.revision())
+            done = services.apply(store, load_config(store), self.t.services)
+            wait_proxies(store, self.st, _revision_of(store, [s.key for s in done]))
 
     def dns(self, store: Store) -> None:
         """The cluster DNS: a kube-dns pod in kube-system running ``flatnet dns``

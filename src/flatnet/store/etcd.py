@@ -10,16 +10,23 @@ restart neither loses nor repeats an event.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, TypeVar
 
-import grpc
-from aetcd import rpc
+# The lab CLI and the agents fork children (subprocess: ip, CNI plugins, pods)
+# while a gRPC channel is live; each child execs at once, so gRPC's fork
+# handlers are of no use, and with them on every fork logged "Other threads
+# are currently calling into gRPC, skipping fork() handlers" into user output.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from flatnet.errors import CompactedError, StoreError, StoreUnavailable
-from flatnet.store.base import KV, Event
+import grpc  # noqa: E402
+from aetcd import rpc  # noqa: E402
+
+from flatnet.errors import CompactedError, StoreError, StoreUnavailable  # noqa: E402
+from flatnet.store.base import KV, Event  # noqa: E402
 
 __all__ = ["EtcdStore"]
 
