@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,9 +28,20 @@ app = typer.Typer(
 )
 lab_app = typer.Typer(no_args_is_help=True, help="Multi-node clusters on one machine.")
 app.add_typer(lab_app, name="lab")
-# not a terminal (make demo, CI logs): wide enough that tables do not wrap
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 130)
-err = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 130)
+# not a terminal (make demo, CI logs, a pipe): as wide as the table needs, so no
+# cell is ever wrapped or cut; on a terminal, cells wrap (see _table)
+_WIDTH = 1000
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else _WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else _WIDTH)
+
+
+def _table(*headers: str, title: str | None = None) -> Table:
+    """A table whose cells wrap instead of being cut: an IP or an endpoint list
+    is never shown as "10.…" (narrow terminals get taller rows)."""
+    t = Table(title=title)
+    for h in headers:
+        t.add_column(h, overflow="fold")
+    return t
 
 
 @app.command(
@@ -269,7 +281,7 @@ def lab_fast_path(lab: Annotated[str | None, typer.Option()] = None) -> None:
         if p.ip:
             owner[p.ip] = f"{owner[p.ip]},{name}" if p.ip in owner else name
     peer_of = {info.underlay_ip: node for node, info in st.nodes.items()}
-    t = Table("NODE", "PROGRAM", "ATTACHED TO (tcx ingress)", "PODS IN ITS MAP", "VXLAN FROM")
+    t = _table("NODE", "PROGRAM", "ATTACHED TO (tcx ingress)", "PODS IN ITS MAP", "VXLAN FROM")
     for node, info in st.nodes.items():
         s = fastpath.status(info.ns)
         ids = sorted({i for v in s.devices.values() for i in v})
@@ -288,7 +300,7 @@ def lab_ls() -> None:
     """List the labs on this machine."""
     from flatnet.lab.state import list_labs
 
-    t = Table("NAME", "NODES", "PODS", "DATASTORE", "FILE")
+    t = _table("NAME", "NODES", "PODS", "DATASTORE", "FILE")
     for s in list_labs():
         t.add_row(s.name, str(len(s.nodes)), str(len(s.pods)), s.datastore, s.file)
     out.print(t)
@@ -348,7 +360,7 @@ def lab_check(lab: Annotated[str | None, typer.Option()] = None) -> None:
     results = probe.matrix(st)
     eps = probe.endpoints(st)
     nodes = {n: st.pods[n].node for n in st.pods}
-    t = Table(
+    t = _table(
         "FROM",
         "FROM IP",
         "TO",
@@ -387,11 +399,42 @@ def lab_check(lab: Annotated[str | None, typer.Option()] = None) -> None:
 
 
 # -- get ---------------------------------------------------------------------
+class Output(StrEnum):
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+    name = "name"
+
+
+KINDS = {k: kind for kind, names in {
+    "pod": ("pods", "pod", "po"),
+    "node": ("nodes", "node", "no"),
+    "service": ("services", "service", "svc"),
+    "endpoints": ("endpoints", "endpoint", "ep"),
+}.items() for k in names}  # fmt: skip
+
+
+def _print_items(output: Output, kind: str, items: list[dict[str, Any]]) -> None:
+    """``-o json|yaml|name`` as kubectl prints them."""
+    if output == Output.json:
+        print(json.dumps({"items": items}, indent=2))
+    elif output == Output.yaml:
+        import yaml
+
+        print(yaml.safe_dump({"items": items}, sort_keys=False, default_flow_style=False), end="")
+    else:
+        for it in items:
+            print(f"{kind}/{it['name']}")
+
+
 def _store_for(lab: str | None, store: str | None) -> Any:
     from flatnet.lab.state import LabState
     from flatnet.store import open_store
 
     if store:
+        path = store.removeprefix("sqlite://")
+        if "://" not in path and not os.path.exists(path):
+            raise ConfigError(f"datastore '{store}' does not exist (a path or sqlite://PATH)")
         return open_store(store), None
     st = LabState.load(_one_lab(lab))
     return open_store(st.store_url), st
@@ -402,20 +445,24 @@ def get(
     kind: str,
     lab: Annotated[str | None, typer.Option()] = None,
     store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
-    output: Annotated[str, typer.Option("-o", "--output", help="json|wide")] = "wide",
+    output: Annotated[
+        Output, typer.Option("-o", "--output", help="wide|json|yaml|name")
+    ] = Output.wide,
 ) -> None:
-    """Show what the cluster holds: get pods|nodes|services|endpoints [-o json|wide]."""
+    """Show what the cluster holds: get pods|nodes|services|endpoints [-o wide|json|yaml|name]."""
     from flatnet import query
 
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind '{kind}': use pods, nodes, services or endpoints")
     s, _ = _store_for(lab, store)
     try:
-        if kind in ("pods", "pod", "po"):
+        if KINDS.get(kind) == "pod":
             items = [r.to_dict() for r in query.pods(s)]
             cols = ["namespace", "name", "node", "ip", "mode", "phase", "netns"]
-        elif kind in ("nodes", "node", "no"):
+        elif KINDS.get(kind) == "node":
             items = [r.to_dict() for r in query.nodes(s)]
             cols = ["name", "underlayIP", "podSubnet", "backend", "peers", "refused"]
-        elif kind in ("services", "service", "svc", "endpoints", "endpoint", "ep"):
+        elif KINDS.get(kind) in ("service", "endpoints"):
             rows = query.services(s)
             items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
             cols = ["namespace", "name", "endpoints"] if kind.startswith("e") else [
@@ -426,12 +473,12 @@ def get(
             raise ConfigError(f"unknown kind '{kind}': use pods, nodes, services or endpoints")
     finally:
         s.close()
-    if output == "json":
+    if output != Output.wide:
         for it in items:
             it.pop("proxies", None)  # only the wide table's PROGRAMMED n/N uses it
-        print(json.dumps({"items": items}, indent=2))
+        _print_items(output, KINDS[kind], items)
         return
-    t = Table(*[c.upper() for c in cols])
+    t = _table(*[c.upper() for c in cols])
     for it in items:
         t.add_row(*[_cell(c, it) for c in cols])
     out.print(t)
@@ -445,11 +492,15 @@ def _cell(col: str, item: dict[str, Any]) -> str:
     if col == "selector":
         return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "-"
     if col == "endpoints":
-        return ",".join(v) or "<none>"
+        return ", ".join(v) or "<none>"
     if col == "programmed":
         return f"{len(item['programmedOn'])}/{item['proxies']}"
+    if col == "ports":
+        from flatnet.query import port_text
+
+        return ", ".join(port_text(p) for p in v) or "-"
     if isinstance(v, list):
-        return ",".join(v) or "-"
+        return ", ".join(v) or "-"
     return str(v)
 
 

@@ -14,7 +14,7 @@ from flatnet.model import NodeRecord, PeerStatus, PodRecord, ProxyStatus, Servic
 from flatnet.store import Store
 from flatnet.view import ClusterView
 
-__all__ = ["NodeRow", "PodRow", "ServiceRow", "nodes", "pods", "services"]
+__all__ = ["NodeRow", "PodRow", "ServiceRow", "nodes", "pods", "port_text", "services"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class ServiceRow:
     type: str
     cluster_ip: str
     external_name: str
-    ports: list[str]
+    ports: list[dict[str, object]]  # as kubectl shows spec.ports: numbers as numbers
     selector: dict[str, str]
     session_affinity: str
     endpoints: list[str]
@@ -114,10 +114,21 @@ def nodes(store: Store) -> list[NodeRow]:
     return out
 
 
-def _port(p: ServicePort) -> str:
-    """``name:port[:nodePort]/PROTO``, as ``get services`` lists them."""
-    named = f"{p.name}:" if p.name else ""
-    return f"{named}{p.port}" + (f":{p.node_port}" if p.node_port else "") + f"/{p.protocol}"
+def _port(p: ServicePort) -> dict[str, object]:
+    """One port as kubectl's ``spec.ports[]``: name, port, protocol, targetPort
+    (a number or a container port's name), nodePort (when it has one)."""
+    out: dict[str, object] = {"name": p.name, "port": p.port, "protocol": p.protocol}
+    out["targetPort"] = p.target_port or p.port
+    if p.node_port:
+        out["nodePort"] = p.node_port
+    return out
+
+
+def port_text(p: dict[str, object]) -> str:
+    """``name:port[:nodePort]/PROTO``, as the table lists a port."""
+    named = f"{p['name']}:" if p["name"] else ""
+    node = f":{p['nodePort']}" if "nodePort" in p else ""
+    return f"{named}{p['port']}{node}/{p['protocol']}"
 
 
 def services(store: Store) -> list[ServiceRow]:

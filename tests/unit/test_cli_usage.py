@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 FLATNET = [sys.executable, "-m", "flatnet"]
 
@@ -15,6 +17,7 @@ MISTAKES = {
     "get": "Missing argument 'kind'",
     "get pods --bogus": "No such option: --bogus",
     "get pods -w": "No such option: -w",
+    "get pods -o jsn": "'jsn' is not one of 'wide', 'json', 'yaml', 'name'",
     "apply": "Missing option '-f'",
     "apply -f": "requires an argument",
     "delete --bogus": "No such option: --bogus",
@@ -65,3 +68,25 @@ def test_messages_are_printed_verbatim() -> None:
     assert r.stderr.strip() == (
         "error: no lab named 'x[a-z0-9]' (no /nonexistent/flatnet-labs/x[a-z0-9]/state.json)"
     )
+
+
+def test_get_output_formats_and_a_store_that_does_not_exist(tmp_path: Path) -> None:
+    from flatnet.model import PodRecord
+    from flatnet.store.sqlite import SqliteStore
+
+    db = tmp_path / "store.db"
+    s = SqliteStore(str(db))
+    p = PodRecord("web-1", "default", "n1", "10.244.0.2", phase="Running")
+    s.put(p.key, p.to_json())
+    s.close()
+    url = f"sqlite://{db}"
+    assert flatnet(f"get pods --store {url} -o name").stdout == "pod/web-1\n"
+    got = yaml.safe_load(flatnet(f"get pods --store {url} -o yaml").stdout)
+    assert got["items"][0]["ip"] == "10.244.0.2"
+    table = flatnet(f"get pods --store {url}").stdout
+    assert "10.244.0.2" in table and "…" not in table  # never cut
+    gone = tmp_path / "typo.db"
+    r = flatnet(f"get pods --store sqlite://{gone}")
+    assert r.returncode == 1 and "does not exist" in r.stderr and not gone.exists()
+    r = flatnet(f"get pdos --store {url}")
+    assert r.returncode == 1 and "unknown kind 'pdos'" in r.stderr

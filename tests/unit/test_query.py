@@ -29,7 +29,11 @@ def test_rows_carry_what_kubectl_users_see(tmp_path: Path) -> None:
         ]  # fmt: skip
         assert n1.ready and n1.refused == st.refused and not n2.ready and n2.backend == ""
         (row,) = query.services(s)
-        assert row.ports == ["http:80:30080/TCP"] and row.endpoints == ["10.244.0.2:8080"]
+        assert row.ports == [
+            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080}
+        ]
+        assert query.port_text(row.ports[0]) == "http:80:30080/TCP"
+        assert row.endpoints == ["10.244.0.2:8080"]
         assert row.programmed_on == ["n1"] and row.proxies == 2  # n2 is one revision behind
         assert row.to_dict()["clusterIP"] == "10.96.0.11"
         (pod,) = query.pods(s)
