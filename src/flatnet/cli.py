@@ -182,7 +182,13 @@ def _one_lab(name: str | None) -> str:
 
 
 @lab_app.command("up")
-def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> None:
+def lab_up(
+    file: str,
+    backend: Annotated[str | None, typer.Option()] = None,
+    keep_on_failure: Annotated[
+        bool, typer.Option(help="leave a lab that failed to come up as it is, to debug")
+    ] = False,
+) -> None:
     """Build the lab described in FILE."""
     from dataclasses import replace
 
@@ -211,7 +217,7 @@ def lab_up(file: str, backend: Annotated[str | None, typer.Option()] = None) -> 
                 tasks[step] = bar.add_task(step, total=total)
             bar.update(tasks[step], completed=done)
 
-        st = Lab.build(t, progress).st
+        st = Lab.build(t, progress, keep_on_failure).st
     out.print(
         f"lab [bold]{st.name}[/]: {len(st.nodes)} node(s), {len(st.pods)} pod(s) ready "
         f"in {time.monotonic() - start:.1f}s"
@@ -306,27 +312,17 @@ def lab_ls() -> None:
     out.print(t)
 
 
-def _target_ns(st: Any, target: str) -> str:
-    if target in st.pods:
-        return st.pods[target].ns
-    if target in st.nodes:
-        return st.nodes[target].ns
-    if target == "external" and st.external:
-        return str(st.external)
-    raise ConfigError(f"lab '{st.name}' has no pod, node or external host named '{target}'")
-
-
 @lab_app.command(
     "exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
 def lab_exec(
     ctx: typer.Context, target: str, lab: Annotated[str | None, typer.Option()] = None
 ) -> None:
-    """Run a command in a pod, node or the external host: exec TARGET -- CMD..."""
-    from flatnet.lab.state import LabState
+    """Run a command in a pod, a node, or the external, router or switch host:
+    exec TARGET -- CMD..."""
+    from flatnet.lab.lab import Lab
 
-    st = LabState.load(_one_lab(lab))
-    ns = _target_ns(st, target)
+    ns = Lab.load(_one_lab(lab)).namespace_of(target)
     if not ctx.args:
         raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
 
@@ -335,6 +331,38 @@ def lab_exec(
     env = dict(os.environ, FLATNET_POD_NAME=target)
     argv, enter = in_ns(ns, ctx.args)
     raise typer.Exit(subprocess.call(argv, preexec_fn=enter, env=env))
+
+
+TailOpt = Annotated[int, typer.Option(help="only the last N lines (-1: all)")]
+
+
+@lab_app.command("logs")
+def lab_logs(target: str, lab: LabOpt = None, tail: TailOpt = -1) -> None:
+    """Show the log of a node's agent, or of a pod's containers: logs NODE|POD."""
+    from flatnet.lab.lab import Lab
+
+    _show_logs(Lab.load(_one_lab(lab)).logs(target), tail)
+
+
+@app.command("logs")
+def logs(pod: str, lab: LabOpt = None, tail: TailOpt = -1) -> None:
+    """Show what a lab pod's containers printed: logs POD (one file per container)."""
+    from flatnet.lab.lab import Lab
+
+    the = Lab.load(_one_lab(lab))
+    if pod not in the.st.pods:
+        raise ConfigError(f"lab '{the.name}' has no pod '{pod}' ({', '.join(the.st.pods)})")
+    _show_logs(the.logs(pod), tail)
+
+
+def _show_logs(files: list[Path], tail: int) -> None:
+    for f in files:
+        lines = f.read_text(errors="replace").splitlines() if f.exists() else []
+        if len(files) > 1:
+            print(f"==> {f.name} <==")
+        shown = lines if tail < 0 else lines[len(lines) - tail :] if tail else []
+        if shown:
+            print("\n".join(shown))
 
 
 @lab_app.command("cni")
@@ -533,6 +561,8 @@ def main() -> None:
             sys.exit(rv)
     except FlatnetError as e:
         _say(str(e))
+        for note in getattr(e, "__notes__", []):
+            err.print(note, markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)

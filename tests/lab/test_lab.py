@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -173,9 +174,24 @@ def test_failure_during_build_removes_everything(uniq: str, tmp_path: Path) -> N
     bad = text.replace("command: [sleep, infinity]}]}\n---", "command: [/nonexistent]}]}\n---", 1)
     assert bad != text
     f.write_text(bad)
+    kept = LABS_DIR / f"{uniq}.failed"
     try:
         r = flatnet("lab", "up", str(f), check=False)
         assert r.returncode == 1 and "/nonexistent" in r.stderr
         assert lab_namespaces(uniq) == [] and not (LABS_DIR / uniq).exists()
+        # ... but not the logs: the user is told where they are
+        assert f"the lab was removed; its logs are in {kept}" in r.stderr
+        assert "node node1 ready" in (kept / "nodes" / "node1" / "agent.log").read_text()
+        # or the lab is kept as it failed, to look inside
+        r = flatnet("lab", "up", str(f), "--keep-on-failure", check=False)
+        assert r.returncode == 1 and "is kept as it failed" in r.stderr
+        assert lab_namespaces(uniq) != []
+        agent = flatnet("lab", "logs", "--lab", uniq, "node1", "--tail", "3").stdout
+        assert 0 < len(agent.splitlines()) <= 3
+        assert ": br0:" in run(uniq, "switch", "ip", "-o", "link").stdout  # the switch itself
+        gone = run(uniq, "nosuch", "true")
+        assert gone.returncode == 1 and "hosts: external, switch" in gone.stderr
     finally:
         flatnet("lab", "down", uniq, check=False)
+        shutil.rmtree(kept, ignore_errors=True)
+    assert lab_namespaces(uniq) == []

@@ -142,7 +142,7 @@ print(json.dumps({"hosts": hosts, "seen": sorted(seen), "failed": failed}))
 """
 
 
-@pytest.fixture(scope="module", params=["host-gw", "vxlan", "udp", "vxlan-etcd"])
+@pytest.fixture(scope="module", params=["host-gw", "vxlan", "udp", "vxlan+etcd"])
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The lab with its services; on etcd the Services sit in the lab file itself
     (such labs failed to come up: the wait named a revision no proxy reports)."""
@@ -150,7 +150,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
     name = "s" + uuid.uuid4().hex[:6]
     d = tmp_path_factory.mktemp(name)
-    backend, _, etcd = request.param.partition("-")
+    backend, _, etcd = request.param.partition("+")
     text = LAB.replace("NAME", name).replace("BACKEND", backend)
     if etcd:
         text = (

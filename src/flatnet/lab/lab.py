@@ -215,13 +215,43 @@ class Lab:
     def delete_pod(self, name: str, store: Store) -> bool:
         return pods_.delete_pod(self.st, name, store)
 
+    def namespace_of(self, target: str) -> str:
+        """The namespace of a pod, a node, ``external``, ``router`` or ``switch``."""
+        st = self.st
+        if target in st.pods:
+            return st.pods[target].ns
+        if target in st.nodes:
+            return st.nodes[target].ns
+        named = {"external": st.external, "router": st.router, "switch": f"fl-{st.name}-sw"}
+        if named.get(target) and named[target] in st.namespaces:
+            return named[target]
+        have = [n for n in ("external", "router", "switch") if named[n] in st.namespaces]
+        raise ConfigError(
+            f"lab '{st.name}' has no pod, node or host named '{target}' "
+            f"(pods: {', '.join(st.pods) or 'none'}; nodes: {', '.join(st.nodes)}; "
+            f"hosts: {', '.join(have)})"
+        )
+
+    def logs(self, target: str) -> list[Path]:
+        """The log files of a pod (one per container) or of a node's agent."""
+        st = self.st
+        if target in st.pods:
+            return sorted((st.dir / "pods").glob(f"{target}.*.log"))
+        if target in st.nodes:
+            return [st.dir / "nodes" / target / "agent.log"]
+        raise ConfigError(
+            f"lab '{st.name}' has no pod or node named '{target}' "
+            f"(pods: {', '.join(st.pods) or 'none'}; nodes: {', '.join(st.nodes)})"
+        )
+
     def down(self) -> list[str]:
         """Stop the lab's processes and delete its namespaces; the names deleted."""
         return self.st.destroy()
 
     @classmethod
-    def build(cls, topo: LabTopo, progress: Progress) -> Lab:
-        """Build the lab; on any failure everything made so far is removed."""
+    def build(cls, topo: LabTopo, progress: Progress, keep_on_failure: bool = False) -> Lab:
+        """Build the lab; on any failure everything made so far is removed (unless
+        ``keep_on_failure``), its logs kept in ``<labs dir>/<name>.failed/``."""
         if (LABS_DIR / topo.name / "state.json").exists():
             raise ConfigError(
                 f"lab '{topo.name}' exists already; remove it with 'flatnet lab down {topo.name}'"
@@ -242,8 +272,14 @@ class Lab:
             finally:
                 store.close()
             return cls(b.st)
-        except BaseException:
-            b.st.destroy()
+        except BaseException as e:
+            if keep_on_failure:
+                e.add_note(f"the lab is kept as it failed: see {st.dir}; 'flatnet lab down "
+                           f"{topo.name}' removes it")  # fmt: skip
+                raise
+            kept = LABS_DIR / f"{topo.name}.failed"
+            b.st.destroy(keep_logs=kept)
+            e.add_note(f"the lab was removed; its logs are in {kept}")
             raise
 
     def restart_agent(self, node: str) -> int:

@@ -166,12 +166,19 @@ class LabState:
         self.processes = [p for p in self.processes if p not in mine]
         self.save()
 
-    def destroy(self) -> list[str]:
-        """Kill the lab's processes, delete its namespaces, remove its directory."""
+    def destroy(self, keep_logs: Path | None = None) -> list[str]:
+        """Kill the lab's processes, delete its namespaces, remove its directory
+        (first copying every ``*.log`` under it to ``keep_logs``, when given)."""
         self.kill()
         removed = [ns for ns in reversed(self.namespaces) if netns.delete(ns)]
         for d in self.etc_dirs:
             shutil.rmtree(d, ignore_errors=True)
+        if keep_logs is not None:
+            shutil.rmtree(keep_logs, ignore_errors=True)
+            for log in self.dir.rglob("*.log"):
+                dst = keep_logs / log.relative_to(self.dir)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(log, dst)
         shutil.rmtree(self.dir, ignore_errors=True)
         return removed
 
