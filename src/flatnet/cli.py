@@ -322,14 +322,17 @@ def lab_exec(
     exec TARGET -- CMD..."""
     from flatnet.lab.lab import Lab
 
-    ns = Lab.load(_one_lab(lab)).namespace_of(target)
+    the = Lab.load(_one_lab(lab))
+    ns = the.namespace_of(target)
+    pod = the.st.pods.get(target)
     if not ctx.args:
         raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
 
-    from flatnet.lab.procs import in_ns
+    from flatnet.lab.procs import in_ns, pod_hostname
 
     env = dict(os.environ, FLATNET_POD_NAME=target)
-    argv, enter = in_ns(ns, ctx.args)
+    host = pod_hostname(target, pod.mode, pod.node) if pod is not None else ""
+    argv, enter = in_ns(ns, ctx.args, host)
     raise typer.Exit(subprocess.call(argv, preexec_fn=enter, env=env))
 
 

@@ -146,6 +146,20 @@ def test_single_node_lab(lab: str) -> None:
         ).returncode
         == 0
     )  # a's server, on the shared loopback
+    # each pod has its own hostname (a UTS namespace), as kubelet gives it
+    name = "/proc/sys/kernel/hostname"
+    assert [run(lab, t, "cat", name).stdout for t in ("a", "side", "hostpod")] == [
+        "a\n", "a\n", "node1\n",
+    ]  # fmt: skip
+    from flatnet.lab.state import LabState
+
+    pid = next(p.pid for p in LabState.load(lab).processes if p.what == "pod:a")
+    assert (
+        subprocess.run(
+            ["nsenter", "--uts", "--target", str(pid), "cat", name], capture_output=True, text=True
+        ).stdout
+        == "a\n"
+    )  # the pod's own process too
     # the check command agrees
     check = flatnet("lab", "check", "--lab", lab)
     assert "probes passed" in check.stdout and "FAIL" not in check.stdout

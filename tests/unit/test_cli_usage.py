@@ -36,6 +36,9 @@ MISTAKES = {
     "lab restart-etcd --down": "requires an argument",
     "lab restart-etcd --down soon": "Invalid value for '--down'",
     "lab ls --bogus": "No such option: --bogus",
+    "logs": "Missing argument 'pod'",
+    "lab logs": "Missing argument 'target'",
+    "lab logs node1 --tail many": "Invalid value for '--tail'",
 }
 
 

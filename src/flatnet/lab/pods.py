@@ -26,7 +26,7 @@ from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import ConfigError
 from flatnet.ipam import load_config
 from flatnet.kernel import netns
-from flatnet.lab.procs import ETC_NETNS, py, spawn, wait_port
+from flatnet.lab.procs import ETC_NETNS, pod_hostname, py, spawn, wait_port
 from flatnet.lab.state import LabState, NodeState, PodState
 from flatnet.lab.waits import wait_proxies
 from flatnet.manifest import Pod
@@ -118,7 +118,8 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
         argv = list(cmd) or py("flatnet.agnhost", "netexec", "--http-port", "8080")
         log = st.dir / "pods" / f"{p.name}.{i}.log"
         log.parent.mkdir(exist_ok=True)
-        pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name})
+        host = pod_hostname(p.name, p.mode, p.node)
+        pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name}, hostname=host)
         with _lock:
             st.add_process(pid, f"pod:{p.name}")
     store.put(keys.pod(p.namespace, p.name), _record(st, p, False).to_json())

@@ -19,22 +19,45 @@ from pathlib import Path
 from flatnet.errors import KernelError, LabTimeout
 from flatnet.kernel import netns
 
-__all__ = ["ETC_NETNS", "in_ns", "py", "spawn", "tool", "wait_port"]
+__all__ = ["ETC_NETNS", "in_ns", "pod_hostname", "py", "spawn", "tool", "wait_port"]
+
+# sh -c SCRIPT NAME ARGV...: $0 is the name; no hostname(1) needed
+_SET_HOSTNAME = 'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"'
+
+
+def pod_hostname(name: str, mode: str, node: str) -> str:
+    """What ``hostname`` says in a pod: its name; a hostNetwork pod's node's
+    name (as Kubernetes has it); with ``container:<pod>``, that pod's (as Docker)."""
+    if mode == "host":
+        return node
+    if mode.startswith("container:"):
+        return mode.split(":", 1)[1]
+    return name
+
 
 ETC_NETNS = Path("/etc/netns")
 
 
-def in_ns(ns: str, argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+def in_ns(
+    ns: str, argv: list[str], hostname: str = ""
+) -> tuple[list[str], Callable[[], None] | None]:
     """``argv`` and a ``preexec_fn`` that run it inside ``ns``: through ``ip netns
-    exec`` when the pod has its own /etc files (resolv.conf), else by setns."""
+    exec`` when the pod has its own /etc files (resolv.conf), else by setns. With
+    ``hostname``, in a UTS namespace of its own that has that name (what a pod's
+    ``hostname`` says); the process keeps its PID (unshare and sh exec in place)."""
+    if hostname:
+        argv = ["unshare", "--uts", "--", "sh", "-c", _SET_HOSTNAME, hostname, *argv]
     if (ETC_NETNS / ns).is_dir():
         return ["ip", "netns", "exec", ns, *argv], None
     return argv, netns.preexec(ns)
 
 
-def spawn(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
-    """Start ``argv`` detached (own session) inside namespace ``ns``; returns its PID."""
-    argv, enter = in_ns(ns, argv)
+def spawn(
+    ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None, hostname: str = ""
+) -> int:
+    """Start ``argv`` detached (own session) inside namespace ``ns`` (and, with
+    ``hostname``, its own UTS namespace of that name); returns its PID."""
+    argv, enter = in_ns(ns, argv, hostname)
     with open(log, "ab") as out:
         p = subprocess.Popen(
             argv,
