@@ -96,7 +96,8 @@ def _manifests(file: str) -> tuple[list[Any], list[Any]]:
 
 @app.command()
 def apply(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
-    """Create or update the Services (and, on a lab, the Pods) of a manifest file."""
+    """Create what is new, change what differs, leave what is equal (as kubectl
+    apply): the Services and (on a lab) the Pods of a manifest file."""
     from flatnet import services
     from flatnet.ipam import load_config
 
@@ -105,41 +106,77 @@ def apply(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
     try:
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be applied to a lab (give --lab)")
+        the = None
         if pods:
             from flatnet.lab.lab import Lab
 
-            Lab(st).check_new_pods(pods, file)
-        done = services.apply(s, load_config(s), svcs)
-        for svc in done:
-            out.print(f"service/{svc.name} configured (clusterIP {svc.cluster_ip or '-'})")
-        if pods:
-            Lab(st).add_pods(pods, s)
-            for p in pods:
-                out.print(f"pod/{p.name} created on {p.node}")
+            the = Lab(st)
+            plan = the.plan_pods(pods, file)  # checked before anything is made
+        before = services.load_all(s)
+        for svc in services.apply(s, load_config(s), svcs):
+            old = before.get(svc.key)
+            verdict = "created" if old is None else "unchanged" if old == svc else "configured"
+            out.print(f"service/{svc.name} {verdict} (clusterIP {svc.cluster_ip or '-'})")
+        if the is not None:
+            the.add_pods(plan.created, s)
+            the.relabel(plan.configured, s)
+            for verdict, group in (
+                ("created", plan.created),
+                ("configured", plan.configured),
+                ("unchanged", plan.unchanged),
+            ):
+                for p in group:
+                    out.print(
+                        f"pod/{p.name} {verdict}"
+                        + (f" on {p.node}" if verdict == "created" else "")
+                    )
     finally:
         s.close()
 
 
+IgnoreOpt = Annotated[
+    bool, typer.Option("--ignore-not-found", help="what is already gone is no error")
+]
+
+
 @app.command()
-def delete(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
-    """Delete the Services (and, on a lab, the Pods) named in a manifest file."""
+def delete(
+    file: FileOpt, lab: LabOpt = None, store: StoreOpt = None, ignore_not_found: IgnoreOpt = False
+) -> None:
+    """Delete the Services (and, on a lab, the Pods) named in a manifest file;
+    each is reported deleted or not found (exit 1, unless --ignore-not-found)."""
     from flatnet import services
 
     pods, svcs = _manifests(file)
     s, st = _store_for(lab, store)
+    missing = []
     try:
-        for name in services.delete(s, [(x.namespace, x.name) for x in svcs]):
-            out.print(f"service/{name.split('/')[1]} deleted")
+        if pods and st is None:
+            raise ConfigError(f"{file}: Pods can only be deleted from a lab (give --lab)")
+        gone = set(services.delete(s, [(x.namespace, x.name) for x in svcs]))
+        for x in svcs:
+            if f"{x.namespace}/{x.name}" in gone:
+                out.print(f"service/{x.name} deleted")
+            else:
+                missing.append(f"service/{x.name}")
         if pods:
-            if st is None:
-                raise ConfigError(f"{file}: Pods can only be deleted from a lab (give --lab)")
             from flatnet.lab.lab import Lab
 
+            the = Lab(st)
             for p in pods:
-                if Lab(st).delete_pod(p.name, s):
+                if the.delete_pod(p.name, s):
                     out.print(f"pod/{p.name} deleted")
+                else:
+                    missing.append(f"pod/{p.name}")
     finally:
         s.close()
+    for what in missing:
+        if ignore_not_found:
+            out.print(f"{what} not found (ignored)")
+        else:
+            _say(f"{what} not found")
+    if missing and not ignore_not_found:
+        raise typer.Exit(1)
 
 
 @app.command("install-cni")
@@ -331,7 +368,7 @@ def lab_exec(
     from flatnet.lab.procs import in_ns, pod_hostname
 
     env = dict(os.environ, FLATNET_POD_NAME=target)
-    host = pod_hostname(target, pod.mode, pod.node) if pod is not None else ""
+    host = pod_hostname(target, pod.mode) if pod is not None else ""
     argv, enter = in_ns(ns, ctx.args, host)
     raise typer.Exit(subprocess.call(argv, preexec_fn=enter, env=env))
 

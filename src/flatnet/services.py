@@ -137,6 +137,8 @@ def apply(store: Store, cfg: NetworkConfig, services: Iterable[Service]) -> list
     claimed: list[str] = []
     try:
         for new in plans:
+            if current.get(new.key) == new:
+                continue  # unchanged: no write, so no event for the proxies
             _claim(store, new, current.get(new.key), held, claimed)
             store.put(new.key, new.to_json())
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -149,8 +150,9 @@ def test_single_node_lab(lab: str) -> None:
     # each pod has its own hostname (a UTS namespace), as kubelet gives it
     name = "/proc/sys/kernel/hostname"
     assert [run(lab, t, "cat", name).stdout for t in ("a", "side", "hostpod")] == [
-        "a\n", "a\n", "node1\n",
+        "a\n", "a\n", socket.gethostname() + "\n",
     ]  # fmt: skip
+    assert run(lab, "a", "getent", "hosts", "a").stdout.split() == [ps["a"]["ip"], "a"]
     from flatnet.lab.state import LabState
 
     pid = next(p.pid for p in LabState.load(lab).processes if p.what == "pod:a")
@@ -209,3 +211,51 @@ def test_failure_during_build_removes_everything(uniq: str, tmp_path: Path) -> N
         flatnet("lab", "down", uniq, check=False)
         shutil.rmtree(kept, ignore_errors=True)
     assert lab_namespaces(uniq) == []
+
+
+APPLY = """\
+apiVersion: v1
+kind: Pod
+metadata: {{name: b, labels: {labels}}}
+spec: {{nodeName: node1, containers: [{{name: main{command}}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}
+"""
+
+
+def test_apply_and_delete_say_what_they_did_like_kubectl(lab: str, tmp_path: Path) -> None:
+    f = tmp_path / "m.yaml"
+
+    def apply(labels: str, command: str = "") -> subprocess.CompletedProcess[str]:
+        f.write_text(APPLY.format(labels=labels, command=command))
+        return flatnet("apply", "-f", str(f), "--lab", lab, check=False)
+
+    def endpoint_pods() -> list[str]:
+        got = json.loads(flatnet("get", "endpoints", "--lab", lab, "-o", "json").stdout)
+        return next(s["endpointPods"] for s in got["items"] if s["name"] == "web")
+
+    ip = pods(lab)["b"]["ip"]
+    r = apply("{}")
+    assert r.returncode == 0 and "service/web created" in r.stdout and "pod/b unchanged" in r.stdout
+    assert "service/web unchanged" in apply("{}").stdout
+    # relabel in place: the pod keeps running and keeps its IP; the service follows
+    r = apply("{app: web}")
+    assert "pod/b configured" in r.stdout and "service/web unchanged" in r.stdout, r.stdout
+    assert pods(lab)["b"]["labels"] == {"app": "web"} and pods(lab)["b"]["ip"] == ip
+    assert endpoint_pods() == ["default/a", "default/b"]
+    assert "pod/b configured" in apply("{}").stdout and endpoint_pods() == ["default/a"]
+    # what cannot change in place is refused, naming it, and nothing is changed
+    r = apply("{app: web}", ", command: [sleep, '60']")
+    assert r.returncode == 1 and "spec.containers[].command cannot change in place" in r.stderr
+    assert pods(lab)["b"]["labels"] == {} and endpoint_pods() == ["default/a"]
+    # delete says deleted, then not found (an error unless --ignore-not-found)
+    r = flatnet("delete", "-f", str(f), "--lab", lab, check=False)
+    assert r.returncode == 0 and "service/web deleted" in r.stdout and "pod/b deleted" in r.stdout
+    r = flatnet("delete", "-f", str(f), "--lab", lab, check=False)
+    assert r.returncode == 1 and "service/web not found" in r.stderr
+    assert "pod/b not found" in r.stderr
+    r = flatnet("delete", "-f", str(f), "--lab", lab, "--ignore-not-found", check=False)
+    assert r.returncode == 0 and "not found (ignored)" in r.stdout

@@ -209,6 +209,12 @@ class Lab:
     def check_new_pods(self, new: list[Pod], path: str) -> None:
         pods_.check_new_pods(self.st, new, path)
 
+    def plan_pods(self, pods: list[Pod], path: str) -> pods_.PodPlan:
+        return pods_.plan_pods(self.st, pods, path)
+
+    def relabel(self, pods: list[Pod], store: Store) -> None:
+        pods_.relabel(self.st, pods, store)
+
     def add_pods(self, new: list[Pod], store: Store, progress: Progress | None = None) -> None:
         pods_.add_pods(self.st, new, store, progress)
 

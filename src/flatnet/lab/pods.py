@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from flatnet import keys
 from flatnet.cni.runtime import Chain, load_conflist
@@ -34,16 +34,82 @@ from flatnet.model import PodRecord
 from flatnet.services import dns_ip
 from flatnet.store import Store
 
-__all__ = ["LOOPBACK", "add_pods", "check_new_pods", "delete_pod"]
+__all__ = [
+    "LOOPBACK",
+    "PodPlan",
+    "add_pods",
+    "check_new_pods",
+    "delete_pod",
+    "plan_pods",
+    "relabel",
+]
 
 Progress = Callable[[str, int, int], None]
 LOOPBACK = {"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}
 _lock = threading.Lock()
 
 
-def check_new_pods(st: LabState, pods: list[Pod], path: str) -> None:
-    """Pods from a manifest, checked against the running lab before anything is made."""
+@dataclass(frozen=True)
+class PodPlan:
+    """What applying a file's pods to a running lab does, as kubectl says it."""
+
+    created: list[Pod] = field(default_factory=list)
+    configured: list[Pod] = field(default_factory=list)  # relabelled in place
+    unchanged: list[Pod] = field(default_factory=list)
+
+
+def _commands(p: Pod) -> list[list[str]]:
+    return [list(c) for c in p.commands]
+
+
+def plan_pods(st: LabState, pods: list[Pod], path: str) -> PodPlan:
+    """Check a file's pods against the running lab before anything is made: new
+    ones must fit; existing ones may change their labels only (in place: the pod
+    keeps running and keeps its IP); any other change is refused, naming it."""
+    plan = PodPlan()
     for p in pods:
+        have = st.pods.get(p.name)
+        if have is None:
+            check_new_pods(st, [q for q in pods if q.name not in st.pods], path, [p])
+            plan.created.append(p)
+            continue
+        for what, old, new in (
+            ("metadata.namespace", have.namespace, p.namespace),
+            ("spec.nodeName", have.node, p.node),
+            ("its network mode", have.mode, p.mode),
+            ("spec.containers[].command", have.commands, _commands(p)),
+            ("spec.containers[].ports", have.ports, dict(p.ports)),
+        ):
+            if old != new:
+                raise ConfigError(
+                    f"{path}: pod '{p.name}': {what} cannot change in place ({old} -> {new}); "
+                    f"delete the pod, then apply"
+                )
+        (plan.configured if have.labels != p.labels else plan.unchanged).append(p)
+    return plan
+
+
+def relabel(st: LabState, pods: list[Pod], store: Store) -> None:
+    """New labels for running pods: in the state and the store (services and DNS
+    follow them), waiting until every node's proxy has programmed that."""
+    rev = 0
+    for p in pods:
+        info = st.pods[p.name]
+        info.labels = dict(p.labels)
+        key = keys.pod(p.namespace, p.name)
+        kv = store.get(key)
+        if kv is not None:
+            rec = replace(PodRecord.from_json(kv.value), labels=dict(p.labels))
+            rev = store.put(key, rec.to_json())
+    st.save()
+    if rev:
+        wait_proxies(store, st, rev)
+
+
+def check_new_pods(st: LabState, pods: list[Pod], path: str, only: list[Pod] | None = None) -> None:
+    """Pods from a manifest (``only`` of them, when given; the rest are what else
+    the file brings), checked against the running lab before anything is made."""
+    for p in only if only is not None else pods:
         if p.name in st.pods:
             raise ConfigError(f"{path}: pod '{p.name}' exists already in lab '{st.name}'")
         if p.node not in st.nodes:
@@ -95,9 +161,16 @@ def _record(st: LabState, p: Pod, ready: bool) -> PodRecord:
 
 
 def _create_pod(st: LabState, p: Pod, store: Store) -> None:
+    for i, cmd in enumerate(p.commands):  # before anything is made for it
+        if cmd and shutil.which(cmd[0]) is None:
+            raise ConfigError(
+                f"pod '{p.name}': container {i}: command '{cmd[0]}' is not found on this machine"
+            )
     node = st.nodes[p.node]
     cid = uuid.uuid4().hex
-    rec = PodState(p.node, p.namespace, p.mode, cid, "", "", dict(p.labels))
+    rec = PodState(
+        p.node, p.namespace, p.mode, cid, "", "", dict(p.labels), _commands(p), dict(p.ports)
+    )
     if p.mode == "host":
         ns, ip = node.ns, node.underlay_ip
     elif p.shares_with:
@@ -111,6 +184,8 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
         if p.mode == "bridge":
             _resolv_conf(st, p, ns, store)
         ip = _attach(st, p, ns, cid, node)
+        if p.mode == "bridge":
+            _hosts(ns, p.name, ip)
     with _lock:
         st.pods[p.name] = replace(rec, ns=ns, ip=ip)
         st.save()
@@ -118,7 +193,7 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
         argv = list(cmd) or py("flatnet.agnhost", "netexec", "--http-port", "8080")
         log = st.dir / "pods" / f"{p.name}.{i}.log"
         log.parent.mkdir(exist_ok=True)
-        host = pod_hostname(p.name, p.mode, p.node)
+        host = pod_hostname(p.name, p.mode)
         pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name}, hostname=host)
         with _lock:
             st.add_process(pid, f"pod:{p.name}")
@@ -137,6 +212,14 @@ def _resolv_conf(st: LabState, p: Pod, ns: str, store: Store) -> None:
         f"search {p.namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
         f"nameserver {dns_ip(cfg)}\n"
         "options ndots:5\n"
+    )
+
+
+def _hosts(ns: str, hostname: str, ip: str) -> None:
+    """The pod's /etc/hosts, as kubelet writes it: its hostname resolves to its
+    own IP without asking DNS (Python's HTTP server, for one, looks it up)."""
+    (ETC_NETNS / ns / "hosts").write_text(
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
     )
 
 

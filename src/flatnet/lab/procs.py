@@ -25,14 +25,14 @@ __all__ = ["ETC_NETNS", "in_ns", "pod_hostname", "py", "spawn", "tool", "wait_po
 _SET_HOSTNAME = 'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"'
 
 
-def pod_hostname(name: str, mode: str, node: str) -> str:
-    """What ``hostname`` says in a pod: its name; a hostNetwork pod's node's
-    name (as Kubernetes has it); with ``container:<pod>``, that pod's (as Docker)."""
-    if mode == "host":
-        return node
+def pod_hostname(name: str, mode: str) -> str:
+    """What ``hostname`` says in a pod: its name for a bridge pod (whose
+    /etc/hosts resolves it); with ``container:<pod>``, that pod's (as Docker);
+    "" (the machine's, unchanged) for host and none pods, which have no /etc of
+    their own where the name would resolve."""
     if mode.startswith("container:"):
         return mode.split(":", 1)[1]
-    return name
+    return name if mode == "bridge" else ""
 
 
 ETC_NETNS = Path("/etc/netns")

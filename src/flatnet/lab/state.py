@@ -78,6 +78,8 @@ class PodState(_Json):
     ns: str
     ip: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    commands: list[list[str]] = field(default_factory=list)  # per container, as applied
+    ports: dict[str, list[Any]] = field(default_factory=dict)  # named container ports
 
 
 @dataclass(frozen=True)
