@@ -35,6 +35,15 @@ out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 
 err = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else _WIDTH)
 
 
+class Output(StrEnum):
+    """``-o``: what a command prints (kubectl's names)."""
+
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+    name = "name"
+
+
 def _table(*headers: str, title: str | None = None) -> Table:
     """A table whose cells wrap instead of being cut: an IP or an endpoint list
     is never shown as "10.…" (narrow terminals get taller rows)."""
@@ -419,26 +428,56 @@ def lab_cni(node: str, lab: Annotated[str | None, typer.Option()] = None) -> Non
 
 
 @lab_app.command("check")
-def lab_check(lab: Annotated[str | None, typer.Option()] = None) -> None:
-    """Probe every pod from every pod (and the external host): reach + source IP seen."""
+def lab_check(
+    lab: Annotated[str | None, typer.Option()] = None,
+    output: Annotated[
+        Output, typer.Option("-o", "--output", help="wide (a table) or json")
+    ] = Output.wide,
+) -> None:
+    """Probe every pod from every pod (and the external host): reach + source IP
+    seen; says which pods it skipped and why; fails when a probe fails or none ran."""
+    from dataclasses import asdict
+
     from flatnet.lab import probe
     from flatnet.lab.state import LabState
 
+    if output not in (Output.wide, Output.json):
+        raise ConfigError(f"lab check: -o {output} is not supported (wide or json)")
     st = LabState.load(_one_lab(lab))
     results = probe.matrix(st)
     eps = probe.endpoints(st)
+    skipped = probe.skipped(st)
     nodes = {n: st.pods[n].node for n in st.pods}
+
+    def path(r: probe.Probe) -> str:
+        if r.server == "external":
+            return "leaves"
+        return "same node" if nodes.get(r.client) == nodes.get(r.server) else "cross node"
+
+    def good(r: probe.Probe) -> bool:
+        own = eps[r.client][1]
+        return r.ok and r.icmp and (r.server == "external" or r.seen_ip == own)
+
+    passed = sum(good(r) for r in results)
+    if output == Output.json:
+        rows = [dict(asdict(r), path=path(r), passed=good(r)) for r in results]
+        print(json.dumps({"probes": rows, "skipped": skipped, "passed": passed,
+                          "total": len(results)}, indent=2))  # fmt: skip
+    else:
+        _check_table(results, eps, path)
+        for name, why in sorted(skipped.items()):
+            out.print(f"skipped {name}: {why}", markup=False)
+        out.print(f"{passed}/{len(results)} probes passed")
+    if not results:
+        _say("no probes ran: the lab has no pod with a test server (agnhost) and an IP")
+    raise typer.Exit(0 if results and passed == len(results) else 1)
+
+
+def _check_table(results: list[Any], eps: dict[str, tuple[str, str]], path: Any) -> None:
     t = _table(
-        "FROM",
-        "FROM IP",
-        "TO",
-        "TARGET",
-        "PATH",
-        "ICMP",
-        "TCP",
-        "SOURCE IP SEEN",
+        "FROM", "FROM IP", "TO", "TARGET", "PATH", "ICMP", "TCP", "SOURCE IP SEEN",
         title="connectivity",
-    )
+    )  # fmt: skip
     for r in results:
         own = eps[r.client][1]
         if not r.ok:
@@ -447,33 +486,12 @@ def lab_check(lab: Annotated[str | None, typer.Option()] = None) -> None:
             verdict = "[green]ok[/] masqueraded"
         else:
             verdict = "[green]ok[/] no NAT" if r.seen_ip == own else "[red]NATed[/]"
-        path = (
-            "leaves"
-            if r.server == "external"
-            else "same node"
-            if nodes.get(r.client) == nodes.get(r.server)
-            else "cross node"
-        )
         icmp = "[green]ok[/]" if r.icmp else "[red]FAIL[/]"
-        t.add_row(r.client, own, r.server, r.target, path, icmp, verdict, r.seen_ip)
+        t.add_row(r.client, own, r.server, r.target, path(r), icmp, verdict, r.seen_ip)
     out.print(t)
-    bad = [
-        r
-        for r in results
-        if not r.ok or not r.icmp or (r.server != "external" and r.seen_ip != eps[r.client][1])
-    ]
-    out.print(f"{len(results) - len(bad)}/{len(results)} probes passed")
-    raise typer.Exit(1 if bad else 0)
 
 
 # -- get ---------------------------------------------------------------------
-class Output(StrEnum):
-    wide = "wide"
-    json = "json"
-    yaml = "yaml"
-    name = "name"
-
-
 KINDS = {k: kind for kind, names in {
     "pod": ("pods", "pod", "po"),
     "node": ("nodes", "node", "no"),

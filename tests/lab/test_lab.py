@@ -162,9 +162,14 @@ def test_single_node_lab(lab: str) -> None:
         ).stdout
         == "a\n"
     )  # the pod's own process too
-    # the check command agrees
+    # the check command agrees, and says what it skipped and why
     check = flatnet("lab", "check", "--lab", lab)
     assert "probes passed" in check.stdout and "FAIL" not in check.stdout
+    assert "skipped hostpod: hostNetwork" in check.stdout
+    report = json.loads(flatnet("lab", "check", "--lab", lab, "-o", "json").stdout)
+    assert report["passed"] == report["total"] == len(report["probes"]) > 0
+    assert set(report["skipped"]) == {"hostpod", "isolated", "side", "kube-dns"}
+    assert "shares a's network" in report["skipped"]["side"]
     # an outside harness can drive the node's CNI
     cni = json.loads(flatnet("lab", "cni", "--lab", lab, "node1").stdout)
     assert os.path.exists(cni["netns"]) and os.access(cni["binDir"] + "/flatnet", os.X_OK)
@@ -259,3 +264,18 @@ def test_apply_and_delete_say_what_they_did_like_kubectl(lab: str, tmp_path: Pat
     assert "pod/b not found" in r.stderr
     r = flatnet("delete", "-f", str(f), "--lab", lab, "--ignore-not-found", check=False)
     assert r.returncode == 0 and "not found (ignored)" in r.stdout
+
+
+def test_check_with_nothing_to_probe_fails(uniq: str, tmp_path: Path) -> None:
+    f = tmp_path / "empty.yaml"
+    f.write_text(f"kind: Lab\nname: {uniq}\nnodes: [node1]\ndns: false\n")
+    try:
+        flatnet("lab", "up", str(f))
+        r = flatnet("lab", "check", "--lab", uniq, check=False)
+        assert r.returncode == 1 and "0/0 probes passed" in r.stdout
+        assert "no probes ran" in r.stderr
+        r = flatnet("lab", "check", "--lab", uniq, "-o", "yaml", check=False)
+        assert r.returncode == 1 and "not supported (wide or json)" in r.stderr
+    finally:
+        flatnet("lab", "down", uniq, check=False)
+    assert lab_namespaces(uniq) == []

@@ -61,6 +61,26 @@ def endpoints(st: LabState) -> dict[str, tuple[str, str]]:
     return out
 
 
+def skipped(st: LabState) -> dict[str, str]:
+    """The pods :func:`matrix` does not probe, and why."""
+    eps = endpoints(st)
+    out = {}
+    for n, p in st.pods.items():
+        if n in eps:
+            continue
+        if p.namespace == "kube-system":
+            out[n] = "a system pod: runs no test server"
+        elif p.mode == "host":
+            out[n] = "hostNetwork: its node's own network"
+        elif p.mode == "none":
+            out[n] = "network mode none: no network to probe"
+        elif p.mode.startswith("container:"):
+            out[n] = f"shares {p.mode.split(':', 1)[1]}'s network (probed as that pod)"
+        else:
+            out[n] = "no IP"
+    return out
+
+
 def _first_ip(ns: str) -> str:
     return links.first_address(ns, "eth0")
 
