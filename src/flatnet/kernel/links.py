@@ -13,8 +13,6 @@ import errno
 import hashlib
 import ipaddress
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -49,18 +47,6 @@ def ip_mac(ip: str) -> str:
     """A locally administered MAC derived from an IPv4 address (0a:58:<ip>), for
     the bridge (its gateway IP) and pod interfaces: a reused IP keeps its MAC."""
     return "0a:58:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
-
-
-@contextmanager
-def _in(ns: str | None, action: str) -> Iterator[IPRoute]:
-    """A netlink socket in ``ns`` for one call; netlink's refusals (and a
-    device that is not there) become ``failed to <action> in '<ns>'``."""
-    try:
-        with netns.iproute(ns) as ipr:
-            yield ipr
-    except (NetlinkError, IndexError) as e:
-        what = e.args[1] if isinstance(e, NetlinkError) and len(e.args) > 1 else e
-        raise KernelError(f"failed to {action} in '{ns or 'this host'}': {what}") from e
 
 
 def _index(ipr: IPRoute, name: str) -> int:
@@ -99,13 +85,13 @@ def up_with_address(
 ) -> int:
     """Link ``name`` up with ``mtu`` (and ``mac``), holding ``ip/plen`` once;
     idempotent. Returns its index."""
-    with _in(ns, f"set up '{name}' with {ip}/{plen}") as ipr:
+    with netns.netlink(ns, f"set up '{name}' with {ip}/{plen}") as ipr:
         return _up_with_address(ipr, name, ip, plen, mtu, mac)
 
 
 def delete(ns: str | None, name: str) -> bool:
     """Delete link ``name``; False when it was already gone."""
-    with _in(ns, f"delete link '{name}'") as ipr:
+    with netns.netlink(ns, f"delete link '{name}'") as ipr:
         try:
             ipr.link("del", ifname=name)
             return True
@@ -119,7 +105,7 @@ def ensure_bridge(ns: str | None, name: str, gateway_cidr: str, mtu: int) -> int
     """Create (or adopt) the node bridge holding the gateway address, its MAC
     pinned to the gateway IP's; returns its index."""
     gw, plen = gateway_cidr.split("/")
-    with _in(ns, f"set up bridge '{name}' with {gateway_cidr}") as ipr:
+    with netns.netlink(ns, f"set up bridge '{name}' with {gateway_cidr}") as ipr:
         if _get(ipr, name) is None:
             ipr.link("add", ifname=name, kind="bridge", address=ip_mac(gw), mtu=mtu)
         return _up_with_address(ipr, name, gw, int(plen), mtu, ip_mac(gw))
@@ -127,7 +113,7 @@ def ensure_bridge(ns: str | None, name: str, gateway_cidr: str, mtu: int) -> int
 
 def bridge(ns: str | None, name: str) -> None:
     """A plain bridge, up (a lab switch's segment)."""
-    with _in(ns, f"create bridge '{name}'") as ipr:
+    with netns.netlink(ns, f"create bridge '{name}'") as ipr:
         ipr.link("add", ifname=name, kind="bridge")
         ipr.link("set", index=_index(ipr, name), state="up")
 
@@ -137,7 +123,7 @@ def plug(ns: str | None, port: str, master: str, peer_ns: str, peer: str) -> Non
     ``peer_ns`` (down: :func:`add_address` brings it up)."""
     fd = os.open(netns.path_of(peer_ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with _in(ns, f"plug '{port}' on '{master}' to '{peer}' in '{peer_ns}'") as ipr:
+        with netns.netlink(ns, f"plug '{port}' on '{master}' to '{peer}' in '{peer_ns}'") as ipr:
             ipr.link("add", ifname=port, kind="veth", peer={"ifname": peer, "net_ns_fd": fd})
             ipr.link("set", index=_index(ipr, port), state="up", master=_index(ipr, master))
     finally:
@@ -149,7 +135,7 @@ def add_address(
 ) -> None:
     """``lo`` and ``dev`` up, ``dev`` holding ``ip/plen``, and ``routes``
     (destination CIDR -> gateway) out of ``dev``."""
-    with _in(ns, f"address '{dev}' with {ip}/{plen}") as ipr:
+    with netns.netlink(ns, f"address '{dev}' with {ip}/{plen}") as ipr:
         ipr.link("set", index=_index(ipr, "lo"), state="up")
         idx = _index(ipr, dev)
         if (ip, plen) not in _addrs(ipr, idx):
@@ -160,13 +146,13 @@ def add_address(
 
 
 def add_route(ns: str | None, dst: str, gateway: str, dev: str) -> None:
-    with _in(ns, f"add route {dst} via {gateway} dev {dev}") as ipr:
+    with netns.netlink(ns, f"add route {dst} via {gateway} dev {dev}") as ipr:
         ipr.route("add", dst=dst, gateway=gateway, oif=_index(ipr, dev))
 
 
 def first_address(ns: str | None, dev: str) -> str:
     """The first IPv4 address ``dev`` holds ("" when none)."""
-    with _in(ns, f"read the addresses of '{dev}'") as ipr:
+    with netns.netlink(ns, f"read the addresses of '{dev}'") as ipr:
         found = _addrs(ipr, _index(ipr, dev))
     return found[0][0] if found else ""
 
@@ -174,7 +160,7 @@ def first_address(ns: str | None, dev: str) -> str:
 def links_of_kind(ns: str | None, kind: str, prefix: str = "") -> dict[str, int]:
     """Links of ``kind`` (veth, vxlan...) whose name starts with ``prefix``:
     name -> link group."""
-    with _in(ns, f"list {kind} links") as ipr:
+    with netns.netlink(ns, f"list {kind} links") as ipr:
         return {
             n: int(link.get("IFLA_GROUP") or 0)
             for link in ipr.get_links()
@@ -186,7 +172,7 @@ def links_of_kind(ns: str | None, kind: str, prefix: str = "") -> dict[str, int]
 def ensure_vxlan(ns: str | None, name: str, vni: int, local: str, underlay: str, port: int) -> None:
     """The VXLAN device ``name`` (learning off), bound to ``underlay`` and
     ``local``; one made with other settings is made again."""
-    with _in(ns, f"set up VXLAN device '{name}' (VNI {vni})") as ipr:
+    with netns.netlink(ns, f"set up VXLAN device '{name}' (VNI {vni})") as ipr:
         under = _index(ipr, underlay)
         old = _get(ipr, name)
         if old is not None and not _vxlan_matches(old, vni, port, local, under):
@@ -225,12 +211,12 @@ def attachment_problem(
     ``cidr`` with a default route via ``gateway``. A missing ``pod_ns`` raises
     :class:`~flatnet.errors.NamespaceNotFound`."""
     iface = ipaddress.IPv4Interface(cidr)
-    with _in(ns, f"check host veth '{host}'") as ipr:
+    with netns.netlink(ns, f"check host veth '{host}'") as ipr:
         link = _get(ipr, host)
         br = ipr.link_lookup(ifname=bridge_name)
         if link is None or not br or link.get("IFLA_MASTER") != br[0]:
             return f"host veth '{host}' is missing or not on '{bridge_name}'"
-    with _in(pod_ns, f"check '{ifname}'") as ipr:
+    with netns.netlink(pod_ns, f"check '{ifname}'") as ipr:
         link = _get(ipr, ifname)
         if link is None:
             return f"interface '{ifname}' is missing in '{pod_ns}'"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from flatnet.errors import KernelError, NamespaceNotFound
 
@@ -30,6 +31,7 @@ __all__ = [
     "delete",
     "exists",
     "iproute",
+    "netlink",
     "path_of",
     "preexec",
     "run_in",
@@ -146,6 +148,18 @@ def iproute(path: str | None = None) -> IPRoute:
         return IPRoute()
     sock = socket_in(path, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
     return IPRoute(fileno=sock.detach())
+
+
+@contextmanager
+def netlink(path: str | None, action: str) -> Iterator[IPRoute]:
+    """:func:`iproute` for one call, with netlink's refusals (and a device that
+    is not there) translated into ``KernelError: failed to <action> in '<ns>'``."""
+    try:
+        with iproute(path) as ipr:
+            yield ipr
+    except (NetlinkError, IndexError) as e:
+        what = e.args[1] if isinstance(e, NetlinkError) and len(e.args) > 1 else e
+        raise KernelError(f"failed to {action} in '{path or 'this host'}': {what}") from e
 
 
 def sysctl(path: str | None, key: str, value: str) -> None:

@@ -17,7 +17,6 @@ import socket
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from flatnet.errors import KernelError
 from flatnet.kernel import netns
@@ -58,14 +57,11 @@ def _route_of(r: Any, names: dict[int, str]) -> Route:
 
 def converge(ns: str | None, want: Desired, devices: tuple[str, ...] = ()) -> Changes:
     """Make the kernel in ``ns`` hold exactly ``want`` (for what flatnet owns)."""
-    try:
-        with netns.iproute(ns) as ipr:
-            idx: dict[str, int] = {}
-            added, stale_n, stale_f = _entries(ipr, want, devices, idx)  # 1.
-            more, removed = _routes(ipr, want, idx)  # 2.
-            removed += _sweep(ipr, stale_n, stale_f, idx)  # 3.
-    except NetlinkError as e:
-        raise KernelError(f"failed to program peer routes in '{ns or 'this host'}': {e}") from e
+    with netns.netlink(ns, "program peer routes") as ipr:
+        idx: dict[str, int] = {}
+        added, stale_n, stale_f = _entries(ipr, want, devices, idx)  # 1.
+        more, removed = _routes(ipr, want, idx)  # 2.
+        removed += _sweep(ipr, stale_n, stale_f, idx)  # 3.
     return Changes(added + more, removed)
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-from flatnet.errors import ConfigError, KernelError
+from flatnet.errors import ConfigError
 from flatnet.kernel import netns
 
 __all__ = ["Underlay", "address", "device"]
@@ -25,14 +23,7 @@ class Underlay:
 
 def device(ns: str | None, ip: str) -> Underlay:
     """The device holding the underlay ``ip`` in ``ns``."""
-    try:
-        return _device(ns, ip)
-    except NetlinkError as e:
-        raise KernelError(f"failed to read the addresses in '{ns or 'this host'}': {e}") from e
-
-
-def _device(ns: str | None, ip: str) -> Underlay:
-    with netns.iproute(ns) as ipr:
+    with netns.netlink(ns, "read the addresses") as ipr:
         for a in ipr.get_addr(family=2):
             if a.get("IFA_ADDRESS") == ip:
                 link = ipr.get_links(a["index"])[0]
@@ -49,14 +40,7 @@ def _device(ns: str | None, ip: str) -> Underlay:
 def address(ns: str | None) -> str:
     """The node's underlay IP: the source address of its default route, else the
     first global IPv4 address."""
-    try:
-        return _address(ns)
-    except NetlinkError as e:
-        raise KernelError(f"failed to read the routes in '{ns or 'this host'}': {e}") from e
-
-
-def _address(ns: str | None) -> str:
-    with netns.iproute(ns) as ipr:
+    with netns.netlink(ns, "read the routes") as ipr:
         for r in ipr.get_default_routes(family=2):
             oif = r.get("RTA_OIF")
             for a in ipr.get_addr(index=oif, family=2):
