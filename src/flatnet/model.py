@@ -13,6 +13,7 @@ from flatnet.errors import ConfigError
 
 __all__ = [
     "Allocation",
+    "Camel",
     "Lease",
     "NetworkConfig",
     "NodeRecord",
@@ -109,8 +110,10 @@ class Lease(_Json):
     backend_data: dict[str, Any] = field(default_factory=dict)
 
 
-class _Camel:
-    """JSON with the camelCase field names users see (``flatnet get -o json``)."""
+class Camel:
+    """A dataclass kept as JSON with the camelCase names users see (``flatnet
+    get -o json``, the lab's state file); ``_wire`` maps the Python names that
+    differ to theirs."""
 
     _wire: dict[str, str] = {}  # python name -> JSON name, where they differ
 
@@ -121,13 +124,17 @@ class _Camel:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Self:
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         back = {v: k for k, v in cls._wire.items()}
-        return cls(**{back.get(k, k): v for k, v in json.loads(text).items()})
+        return cls(**{back.get(k, k): v for k, v in d.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True)
-class NodeRecord(_Camel):
+class NodeRecord(Camel):
     """A node as the cluster knows it (``nodes/<node>``): kept after its lease
     expires, so a returning node asks for the subnet it had first."""
 
@@ -138,7 +145,7 @@ class NodeRecord(_Camel):
 
 
 @dataclass(frozen=True)
-class PeerStatus(_Camel):
+class PeerStatus(Camel):
     """What a node's peer watcher has programmed (``status/<node>``, tied to
     the node's TTL lease): peers programmed, pending, and refused with why."""
 
@@ -150,7 +157,7 @@ class PeerStatus(_Camel):
 
 
 @dataclass(frozen=True)
-class ProxyStatus(_Camel):
+class ProxyStatus(Camel):
     """What a node's service proxy has programmed (``proxy/<node>``): the store
     revision it reflects, the counts, and how long the last sync took."""
 

@@ -16,10 +16,11 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from flatnet.errors import ConfigError
 from flatnet.kernel import netns
+from flatnet.model import Camel
 
 __all__ = ["LABS_DIR", "LabState", "NodeState", "PodState", "Process", "list_labs"]
 
@@ -33,22 +34,8 @@ def _start_time(pid: int) -> str:
         return ""
 
 
-class _Json:
-    """The state file's camelCase keys (``underlayIP``, ``containerID``...)."""
-
-    _wire: dict[str, str] = {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {self._wire.get(k, k): v for k, v in asdict(self).items()}  # type: ignore[call-overload]
-
-    @classmethod
-    def of(cls, d: dict[str, Any]) -> Self:
-        back = {v: k for k, v in cls._wire.items()}
-        return cls(**{back.get(k, k): v for k, v in d.items()})
-
-
 @dataclass
-class NodeState(_Json):
+class NodeState(Camel):
     """A lab node: its namespace, underlay IP, CNI dirs and the agent's command."""
 
     _wire = {
@@ -66,7 +53,7 @@ class NodeState(_Json):
 
 
 @dataclass
-class PodState(_Json):
+class PodState(Camel):
     """A lab pod: where it runs, its namespace (its own, its node's, or the one
     it shares), its IP ("" without one) and the container ID CNI knows it by."""
 
@@ -83,7 +70,7 @@ class PodState(_Json):
 
 
 @dataclass(frozen=True)
-class Process(_Json):
+class Process(Camel):
     """A process the lab started: PID, kernel start time (so a recycled PID is
     never taken for it) and what it is (``agent:node1``, ``pod:web``...)."""
 
@@ -130,9 +117,9 @@ class LabState:
             d = json.loads(p.read_text())
         except FileNotFoundError:
             raise ConfigError(f"no lab named '{name}' (no {p})") from None
-        d["processes"] = [Process.of(x) for x in d.get("processes", [])]
-        d["nodes"] = {k: NodeState.of(v) for k, v in d.get("nodes", {}).items()}
-        d["pods"] = {k: PodState.of(v) for k, v in d.get("pods", {}).items()}
+        d["processes"] = [Process.from_dict(x) for x in d.get("processes", [])]
+        d["nodes"] = {k: NodeState.from_dict(v) for k, v in d.get("nodes", {}).items()}
+        d["pods"] = {k: PodState.from_dict(v) for k, v in d.get("pods", {}).items()}
         return cls(**d)
 
     def add_ns(self, name: str) -> str:
