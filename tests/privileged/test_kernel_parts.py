@@ -56,11 +56,11 @@ def test_conntrack_deletes_udp_entries_over_netlink_and_keeps_the_rest(ns: str) 
     mine = [f for f in ct.flows() if f.proto == socket.IPPROTO_UDP]
     assert sorted(f.dport for f in mine) == [5353, 5353, 5353, 5454]
     assert {f.reply_src for f in mine} == {"127.0.0.1"}
-    assert ct.delete_udp(5353, "127.0.0.2") == 0  # another endpoint: nothing
-    assert ct.delete_udp(5353, "127.0.0.1", dst="127.0.0.9") == 0  # another address
-    assert ct.delete_udp(5353, "127.0.0.1") == 3
+    assert ct.delete_udp([("", 5353, "127.0.0.2")]) == 0  # another endpoint: nothing
+    assert ct.delete_udp([("127.0.0.9", 5353, "127.0.0.1")]) == 0  # another address
+    assert ct.delete_udp([("", 5353, "127.0.0.1"), ("", 9, "127.0.0.1")]) == 3
     assert [f.dport for f in ct.flows() if f.proto == socket.IPPROTO_UDP] == [5454]
-    assert ct.delete_udp(5353, "127.0.0.1") == 0  # idempotent
+    assert ct.delete_udp([("", 5353, "127.0.0.1")]) == 0  # idempotent
 
 
 def test_links_by_namespace(ns: str, uniq: str) -> None:

@@ -5,6 +5,7 @@ and tests/lab)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_proxy_flushes_udp_conntrack_of_a_gone_endpoint_only(store: SqliteStore)
 
 def test_proxy_keeps_serving_when_a_flush_fails(store: SqliteStore) -> None:
     class Broken(FakeConntrack):
-        def delete_udp(self, dport: int, reply_src: str, dst: str = "") -> int:
+        def delete_udp(self, targets: Iterable[tuple[str, int, str]]) -> int:
             raise KernelError("failed to delete conntrack entries in 'n1': EPERM")
 
     svc, pod = udp_service()

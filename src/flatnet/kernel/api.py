@@ -13,6 +13,7 @@ unit-tested without root. Contracts, for real and fake alike:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from flatnet.kernel.objects import Changes, Desired
@@ -45,9 +46,9 @@ class Firewall(Protocol):
 class ConntrackTable(Protocol):
     """The conntrack table of one namespace (real: :class:`flatnet.kernel.conntrack.Conntrack`)."""
 
-    def delete_udp(self, dport: int, reply_src: str, dst: str = "") -> int:
-        """Delete UDP entries to ``dport`` (at ``dst``; "" any) answered by
-        ``reply_src``; returns how many went."""
+    def delete_udp(self, targets: Iterable[tuple[str, int, str]]) -> int:
+        """Delete the UDP entries each ``(dst, dport, reply_src)`` names (dst ""
+        any address); returns how many went."""
         ...
 
 

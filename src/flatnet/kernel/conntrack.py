@@ -5,7 +5,8 @@ One request dumps the namespace's IPv4 entries (``IPCTNL_MSG_CT_GET`` with
 original tuple as the dump gave it (``IPCTNL_MSG_CT_DELETE``), all acked before
 it returns. An entry gone
 meanwhile (ENOENT) is success. The service proxy uses it to drop UDP flows
-still pointing at an endpoint that went away (kube-proxy #48370).
+still pointing at endpoints that went away (kube-proxy #48370), one dump for
+all the endpoints a change removed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from flatnet.errors import KernelError
@@ -143,18 +144,19 @@ class Conntrack:
             finally:
                 sock.close()
 
-    def delete_udp(self, dport: int, reply_src: str, dst: str = "") -> int:
-        """Delete UDP entries to port ``dport`` (at ``dst``, or any address when
-        "") whose replies come from ``reply_src`` (the endpoint they were
-        DNATed to). Returns how many were deleted."""
+    def delete_udp(self, targets: Iterable[tuple[str, int, str]]) -> int:
+        """Delete the UDP entries each ``(dst, dport, reply_src)`` names: to port
+        ``dport`` (at ``dst``, or any address when "") whose replies come from
+        ``reply_src`` (the endpoint they were DNATed to). One dump serves them
+        all. Returns how many were deleted."""
+        exact = set(targets)
+        anywhere = {(port, src) for dst, port, src in exact if not dst}
         gone = [
             raw
             for f, raw in self._dump()
             if f.proto == socket.IPPROTO_UDP
-            and f.dport == dport
-            and f.reply_src == reply_src
-            and (not dst or f.dst == dst)
-        ]
+            and ((f.dst, f.dport, f.reply_src) in exact or (f.dport, f.reply_src) in anywhere)
+        ] if exact else []  # fmt: skip
         if not gone:
             return 0
         with self._lock:

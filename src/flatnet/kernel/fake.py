@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -85,9 +86,13 @@ class FakeConntrack:
     flows: list[tuple[str, int, str]] = field(default_factory=list)
     deleted: list[tuple[str, int, str]] = field(default_factory=list)
 
-    def delete_udp(self, dport: int, reply_src: str, dst: str = "") -> int:
-        self.deleted.append((dst, dport, reply_src))
-        gone = [f for f in self.flows if f[1:] == (dport, reply_src) and (not dst or f[0] == dst)]
+    def delete_udp(self, targets: Iterable[tuple[str, int, str]]) -> int:
+        asked = list(targets)
+        self.deleted += asked
+        gone = [
+            f for f in self.flows for dst, port, src in asked
+            if f[1:] == (port, src) and (not dst or f[0] == dst)
+        ]  # fmt: skip
         self.flows = [f for f in self.flows if f not in gone]
         return len(gone)
 

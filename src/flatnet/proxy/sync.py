@@ -108,22 +108,22 @@ class ServiceProxy:
         script = render.diff(pairs)
         if script:
             self.nft.apply(script, what=f"service changes in table ip {render.TABLE}")
-            gone = set().union(*(o.udp - n.udp for o, n in pairs))
-            for dst, port, ep in sorted(gone):
-                self._flush_udp(dst, port, ep)
+            self._flush_udp(set().union(*(o.udp - n.udp for o, n in pairs)))
         self.last_sync = {"partial": time.monotonic() - t0}
         self._publish()
 
-    def _flush_udp(self, dst: str, port: int, endpoint: str) -> None:
-        """Delete UDP conntrack entries to ``dst:port`` (any local address when dst
-        is "": a node port) that were DNATed to ``endpoint``."""
+    def _flush_udp(self, gone: set[tuple[str, int, str]]) -> None:
+        """Delete the UDP conntrack entries of endpoints that went: each
+        (service IP, or "" for a node port; port; endpoint) in one dump."""
+        if not gone:
+            return
         try:
-            n = self.conntrack.delete_udp(port, endpoint, dst)
+            n = self.conntrack.delete_udp(gone)
         except KernelError as e:
-            log.warning("conntrack flush for %s:%d -> %s failed: %s", dst, port, endpoint, e)
+            log.warning("conntrack flush of %d endpoint(s) failed: %s", len(gone), e)
             return
         if n:
-            log.info("flushed %d UDP conntrack entries %s:%d -> %s", n, dst or "*", port, endpoint)
+            log.info("flushed %d UDP conntrack entries of %s", n, sorted(gone))
 
     def _publish(self) -> None:
         status = ProxyStatus(
