@@ -518,10 +518,7 @@ def _store_for(lab: str | None, store: str | None) -> Any:
     from flatnet.store import open_store
 
     if store:
-        path = store.removeprefix("sqlite://")
-        if "://" not in path and not os.path.exists(path):
-            raise ConfigError(f"datastore '{store}' does not exist (a path or sqlite://PATH)")
-        return open_store(store), None
+        return open_store(store, create=False), None
     st = LabState.load(_one_lab(lab))
     return open_store(st.store_url), st
 
