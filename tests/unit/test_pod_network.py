@@ -22,7 +22,7 @@ from flatnet.store.sqlite import SqliteStore
 def parts(tmp_path: Path) -> Iterator[tuple[PodNetwork, FakePodLinks, FakeFastPath, Path]]:
     store = SqliteStore(str(tmp_path / "store.db"))
     kernel, fast = FakePodLinks(), FakeFastPath()
-    net = PodNetwork(None, "fl0", PodIPAM(store, "10.244.0.0/24", "n1"), 1450, 0.5, fast, kernel)
+    net = PodNetwork(kernel, "fl0", PodIPAM(store, "10.244.0.0/24", "n1"), 1450, 0.5, fast)
     pods = tmp_path / "netns"
     pods.mkdir()
     yield net, kernel, fast, pods

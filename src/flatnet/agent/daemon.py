@@ -65,7 +65,6 @@ class Parts:
     """A running node's parts, made by :func:`assemble`."""
 
     store: Store
-    config: NetworkConfig
     keeper: LeaseKeeper
     backend: Backend
     pods: PodNetwork
@@ -104,7 +103,7 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         fast = _fast_path(o.ns, cfg, backend, ctx, ipam, attached(veths, ipam))
         if fast is not None:
             undo.callback(fast.close)
-        pods = PodNetwork(o.ns, o.bridge, ipam, mtu, o.reap_delay, fast, veths)
+        pods = PodNetwork(veths, o.bridge, ipam, mtu, o.reap_delay, fast)
         ttl = keeper.ttl_lease
         peers = PeerWatcher(
             store,
@@ -124,7 +123,7 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         "node %s: subnet %s, underlay %s on %s (MTU %d), backend %s, pod MTU %d",
         o.node, lease.subnet, ip, under.dev, under.mtu, cfg.backend, mtu,
     )  # fmt: skip
-    return Parts(store, cfg, keeper, backend, pods, peers, proxy, cni)
+    return Parts(store, keeper, backend, pods, peers, proxy, cni)
 
 
 def _fast_path(

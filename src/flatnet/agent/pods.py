@@ -66,24 +66,19 @@ class PodNetwork:
 
     def __init__(
         self,
-        node_ns: str | None,
+        kernel: PodLinks,
         bridge: str,
         ipam: PodIPAM,
         mtu: int,
         reap_delay: float = 0.5,
         fast: FastPathMaps | None = None,
-        kernel: PodLinks | None = None,
     ) -> None:
-        """``fast``: the fast path's maps, when it runs (pods enter and leave
-        them); ``kernel``: the node's veths (default: the real ones in ``node_ns``)."""
-        self.node_ns, self.bridge, self.ipam, self.mtu = node_ns, bridge, ipam, mtu
+        """``kernel``: the node's pod links (:class:`flatnet.kernel.veths.NodeVeths`,
+        or a fake); ``fast``: the fast path's maps, when it runs (pods enter and
+        leave them)."""
+        self.kernel, self.bridge, self.ipam, self.mtu = kernel, bridge, ipam, mtu
         self.reap_delay = reap_delay
         self.plen = ipam.subnet.prefixlen
-        if kernel is None:
-            from flatnet.kernel.veths import NodeVeths
-
-            kernel = NodeVeths(node_ns)
-        self.kernel = kernel
         self._bridge_index = 0
         self._doomed = threading.Event()
         self._stopping = threading.Event()
