@@ -244,6 +244,7 @@ def lab_up(
     from flatnet.lab.lab import Lab
 
     t = topo.load(file)
+    Lab.ensure_absent(t.name)
     if backend:
         opts = t.network.backend_options if backend == t.network.backend else {}
         t = replace(t, network=replace(t.network, backend=backend, backend_options=opts))
@@ -272,10 +273,18 @@ def lab_up(
 
 @lab_app.command("down")
 def lab_down(name: str) -> None:
-    """Remove everything lab NAME made (also after a crash)."""
-    from flatnet.lab.lab import Lab
+    """Remove everything lab NAME made (also after a crash), and the logs a
+    failed lab up of NAME kept."""
+    from flatnet.lab.lab import Lab, failed_logs, remove_failed_logs
 
-    removed = Lab.load(name).down()
+    logs = remove_failed_logs(name)
+    try:
+        removed = Lab.load(name).down()
+    except ConfigError:
+        if not logs:
+            raise
+        out.print(f"the logs of the failed lab {name} removed ({failed_logs(name)})")
+        return
     out.print(f"lab {name} removed ({len(removed)} namespaces)")
 
 

@@ -212,10 +212,18 @@ def test_failure_during_build_removes_everything(uniq: str, tmp_path: Path) -> N
         assert ": br0:" in run(uniq, "switch", "ip", "-o", "link").stdout  # the switch itself
         gone = run(uniq, "nosuch", "true")
         assert gone.returncode == 1 and "hosts: external, switch" in gone.stderr
+        typo = run(uniq, "switch", "brigde", "link")
+        assert typo.returncode == 1 and typo.stderr.count("\n") == 1
+        assert "command 'brigde' is not found" in typo.stderr
     finally:
-        flatnet("lab", "down", uniq, check=False)
+        flatnet("lab", "down", uniq, check=False)  # the lab, and the logs kept before
         shutil.rmtree(kept, ignore_errors=True)
-    assert lab_namespaces(uniq) == []
+    assert lab_namespaces(uniq) == [] and not kept.exists()
+    # the logs alone: lab down removes them too, and says so
+    r = flatnet("lab", "up", str(f), check=False)
+    assert r.returncode == 1 and kept.exists()
+    assert "the logs of the failed lab" in flatnet("lab", "down", uniq).stdout
+    assert not kept.exists()
 
 
 APPLY = """\

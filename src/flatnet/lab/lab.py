@@ -23,6 +23,7 @@ backend. :meth:`Lab.down` stops its processes and deletes its namespaces.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from flatnet.model import Service, ServicePort
 from flatnet.services import dns_ip
 from flatnet.store import Store, open_store
 
-__all__ = ["Lab", "Progress"]
+__all__ = ["Lab", "Progress", "failed_logs", "remove_failed_logs"]
 
 Progress = Callable[[str, int, int], None]
 REF_CNI = "/usr/lib/cni"
@@ -188,6 +189,20 @@ class _Builder:
         pods_.add_pods(self.st, [pod], store)
 
 
+def failed_logs(name: str) -> Path:
+    """Where the logs of lab ``name`` are kept when it failed to come up."""
+    return LABS_DIR / f"{name}.failed"
+
+
+def remove_failed_logs(name: str) -> bool:
+    """Remove the kept logs of a failed ``lab up`` of ``name``; False: none."""
+    d = failed_logs(name)
+    if not d.is_dir():
+        return False
+    shutil.rmtree(d)
+    return True
+
+
 class Lab:
     """One lab, by its state file: build it, change it, take it down."""
 
@@ -254,14 +269,19 @@ class Lab:
         """Stop the lab's processes and delete its namespaces; the names deleted."""
         return self.st.destroy()
 
+    @staticmethod
+    def ensure_absent(name: str) -> None:
+        """Refuse a name a lab holds already (before any progress is shown)."""
+        if (LABS_DIR / name / "state.json").exists():
+            raise ConfigError(
+                f"lab '{name}' exists already; remove it with 'flatnet lab down {name}'"
+            )
+
     @classmethod
     def build(cls, topo: LabTopo, progress: Progress, keep_on_failure: bool = False) -> Lab:
         """Build the lab; on any failure everything made so far is removed (unless
         ``keep_on_failure``), its logs kept in ``<labs dir>/<name>.failed/``."""
-        if (LABS_DIR / topo.name / "state.json").exists():
-            raise ConfigError(
-                f"lab '{topo.name}' exists already; remove it with 'flatnet lab down {topo.name}'"
-            )
+        cls.ensure_absent(topo.name)
         st = LabState(topo.name, file=os.path.abspath(topo.path), datastore=topo.datastore)
         st.segments = topo.segments()
         b = _Builder(topo, st, progress)
@@ -283,7 +303,7 @@ class Lab:
                 e.add_note(f"the lab is kept as it failed: see {st.dir}; 'flatnet lab down "
                            f"{topo.name}' removes it")  # fmt: skip
                 raise
-            kept = LABS_DIR / f"{topo.name}.failed"
+            kept = failed_logs(topo.name)
             b.st.destroy(keep_logs=kept)
             e.add_note(f"the lab was removed; its logs are in {kept}")
             raise

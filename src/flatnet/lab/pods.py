@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 
 from flatnet import keys
 from flatnet.cni.runtime import Chain, load_conflist
-from flatnet.errors import ConfigError
+from flatnet.errors import ConfigError, KernelError
 from flatnet.ipam import load_config
 from flatnet.kernel import netns
-from flatnet.lab.procs import ETC_NETNS, pod_hostname, py, spawn, wait_port
+from flatnet.lab.procs import ETC_NETNS, pod_hostname, py, spawn, wait_port, which
 from flatnet.lab.state import LabState, NodeState, PodState
 from flatnet.lab.waits import wait_proxies
 from flatnet.manifest import Pod
@@ -162,10 +162,11 @@ def _record(st: LabState, p: Pod, ready: bool) -> PodRecord:
 
 def _create_pod(st: LabState, p: Pod, store: Store) -> None:
     for i, cmd in enumerate(p.commands):  # before anything is made for it
-        if cmd and shutil.which(cmd[0]) is None:
-            raise ConfigError(
-                f"pod '{p.name}': container {i}: command '{cmd[0]}' is not found on this machine"
-            )
+        try:
+            if cmd:
+                which(cmd[0])
+        except KernelError as e:
+            raise ConfigError(f"pod '{p.name}': container {i}: {e}") from None
     node = st.nodes[p.node]
     cid = uuid.uuid4().hex
     rec = PodState(

@@ -9,6 +9,7 @@ its own session, so the lab stops it (and its children) by process group.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from pathlib import Path
 from flatnet.errors import KernelError, LabTimeout
 from flatnet.kernel import netns
 
-__all__ = ["ETC_NETNS", "in_ns", "pod_hostname", "py", "spawn", "tool", "wait_port"]
+__all__ = ["ETC_NETNS", "in_ns", "pod_hostname", "py", "spawn", "tool", "wait_port", "which"]
 
+_SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 # sh -c SCRIPT NAME ARGV...: $0 is the name; no hostname(1) needed
 _SET_HOSTNAME = 'printf %s "$0" > /proc/sys/kernel/hostname && exec "$@"'
 
@@ -45,11 +47,23 @@ def in_ns(
     exec`` when the pod has its own /etc files (resolv.conf), else by setns. With
     ``hostname``, in a UTS namespace of its own that has that name (what a pod's
     ``hostname`` says); the process keeps its PID (unshare and sh exec in place)."""
+    argv = [which(argv[0]), *argv[1:]]
     if hostname:
-        argv = ["unshare", "--uts", "--", "sh", "-c", _SET_HOSTNAME, hostname, *argv]
+        argv = [which("unshare"), "--uts", "--", "sh", "-c", _SET_HOSTNAME, hostname, *argv]
     if (ETC_NETNS / ns).is_dir():
-        return ["ip", "netns", "exec", ns, *argv], None
+        return [which("ip"), "netns", "exec", ns, *argv], None
     return argv, netns.preexec(ns)
+
+
+def which(cmd: str) -> str:
+    """``cmd``'s path: on PATH, or in the sbin directories a root shell has (a
+    PATH without them, as sudo or a service may give, must not lose dnsmasq,
+    tc or iptables). Not found: a KernelError naming it."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
+    found = shutil.which(cmd, path=path)
+    if found is None:
+        raise KernelError(f"command '{cmd}' is not found (PATH, {', '.join(_SBIN)})")
+    return found
 
 
 def spawn(
@@ -73,7 +87,8 @@ def spawn(
 
 def tool(ns: str, *argv: str) -> None:
     """Run a configuration tool (tc, iptables) in ``ns``; its complaint becomes a KernelError."""
-    r = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+    cmd = [which("ip"), "netns", "exec", ns, which(argv[0]), *argv[1:]]
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise KernelError(f"{' '.join(argv)} in '{ns}' failed: {r.stderr.strip()}")
 
