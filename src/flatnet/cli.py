@@ -103,10 +103,18 @@ def _manifests(file: str) -> tuple[list[Any], list[Any]]:
     return objects(docs(text, file), file, None)
 
 
+TimeoutOpt = Annotated[
+    float, typer.Option(help="seconds to wait for new pods to get ready (then warn)")
+]
+
+
 @app.command()
-def apply(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
+def apply(
+    file: FileOpt, lab: LabOpt = None, store: StoreOpt = None, timeout: TimeoutOpt = 20.0
+) -> None:
     """Create what is new, change what differs, leave what is equal (as kubectl
-    apply): the Services and (on a lab) the Pods of a manifest file."""
+    apply): the Services and (on a lab) the Pods of a manifest file. New pods
+    are waited for until ready (or failed); those that are not are named."""
     from flatnet import services
     from flatnet.ipam import load_config
 
@@ -126,8 +134,9 @@ def apply(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
             old = before.get(svc.key)
             verdict = "created" if old is None else "unchanged" if old == svc else "configured"
             out.print(f"service/{svc.name} {verdict} (clusterIP {svc.cluster_ip or '-'})")
+        not_ready = []
         if the is not None:
-            the.add_pods(plan.created, s)
+            not_ready = the.add_pods(plan.created, s, timeout=timeout)
             the.relabel(plan.configured, s)
             for verdict, group in (
                 ("created", plan.created),
@@ -139,6 +148,7 @@ def apply(file: FileOpt, lab: LabOpt = None, store: StoreOpt = None) -> None:
                         f"pod/{p.name} {verdict}"
                         + (f" on {p.node}" if verdict == "created" else "")
                     )
+            _not_ready(not_ready, the.name)
     finally:
         s.close()
 
@@ -244,7 +254,7 @@ def lab_up(
     from flatnet.lab.lab import Lab
 
     t = topo.load(file)
-    Lab.ensure_absent(t.name)
+    Lab.precheck(t)
     if backend:
         opts = t.network.backend_options if backend == t.network.backend else {}
         t = replace(t, network=replace(t.network, backend=backend, backend_options=opts))
@@ -264,11 +274,14 @@ def lab_up(
                 tasks[step] = bar.add_task(step, total=total)
             bar.update(tasks[step], completed=done)
 
-        st = Lab.build(t, progress, keep_on_failure).st
+        the = Lab.build(t, progress, keep_on_failure)
+    st = the.st
+    bad = the.not_ready()
     out.print(
-        f"lab [bold]{st.name}[/]: {len(st.nodes)} node(s), {len(st.pods)} pod(s) ready "
-        f"in {time.monotonic() - start:.1f}s"
+        f"lab [bold]{st.name}[/]: {len(st.nodes)} node(s), {len(st.pods) - len(bad)}/"
+        f"{len(st.pods)} pod(s) ready in {time.monotonic() - start:.1f}s"
     )
+    _not_ready(bad, st.name)
 
 
 @lab_app.command("down")
@@ -550,10 +563,10 @@ def get(
     try:
         if KINDS.get(kind) == "pod":
             items = [r.to_dict() for r in query.pods(s)]
-            cols = ["namespace", "name", "node", "ip", "mode", "phase", "netns"]
+            cols = ["namespace", "name", "ready", "status", "restarts", "age", "ip", "node", "mode"]
         elif KINDS.get(kind) == "node":
             items = [r.to_dict() for r in query.nodes(s)]
-            cols = ["name", "underlayIP", "podSubnet", "backend", "peers", "refused"]
+            cols = ["name", "status", "underlayIP", "podSubnet", "backend", "peers", "refused"]
         elif KINDS.get(kind) in ("service", "endpoints"):
             rows = query.services(s)
             items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
@@ -579,6 +592,8 @@ def get(
 def _cell(col: str, item: dict[str, Any]) -> str:
     """One table cell of ``get -o wide``: lists joined, empty ones marked."""
     v = item.get(col, "")
+    if col == "age":
+        return _age(time.time() - item["created"]) if item.get("created") else "-"
     if col == "refused":
         return "; ".join(v.values()) or "-"
     if col == "selector":
@@ -594,6 +609,31 @@ def _cell(col: str, item: dict[str, Any]) -> str:
     if isinstance(v, list):
         return ", ".join(v) or "-"
     return str(v)
+
+
+def _age(seconds: float) -> str:
+    """kubectl's AGE: 45s, 3m12s, 2h5m, 3d4h."""
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s" if s < 600 else f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def _not_ready(pods: list[Any], lab: str) -> None:
+    """A warning line per pod that did not get ready, saying where to look."""
+    for r in pods:
+        why = f"{r.status}" + (f": {r.message}" if r.message else "")
+        err.print(
+            f"warning: pod/{r.name} is not ready ({why}); see 'flatnet logs --lab {lab} "
+            f"{r.name}' and 'flatnet get pods --lab {lab}'",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _say(msg: str) -> None:

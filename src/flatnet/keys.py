@@ -12,6 +12,7 @@ All keys live under ``/flatnet/``::
     nodeports/tcp/30080            the claim of a node port by one service
     status/<node>                  what the node's peer watcher programmed (PeerStatus)
     proxy/<node>                   what the node's service proxy programmed (ProxyStatus)
+    heartbeats/<node>              the agent is alive (Heartbeat), tied to a TTL lease of seconds
 
 The prefixes end in ``/`` so a range over one never meets another's keys.
 """
@@ -22,6 +23,7 @@ import ipaddress
 
 __all__ = [
     "CONFIG",
+    "HEARTBEATS",
     "IPAM",
     "NODES",
     "NODE_PORTS",
@@ -32,6 +34,7 @@ __all__ = [
     "SERVICE_IPS",
     "STATUS",
     "SUBNETS",
+    "heartbeat",
     "ipam_prefix",
     "last",
     "node",
@@ -56,6 +59,7 @@ SERVICE_IPS = PREFIX + "serviceips/"
 NODE_PORTS = PREFIX + "nodeports/"
 STATUS = PREFIX + "status/"
 PROXY = PREFIX + "proxy/"
+HEARTBEATS = PREFIX + "heartbeats/"
 
 
 def _net_part(net: ipaddress.IPv4Network | str) -> str:
@@ -103,6 +107,10 @@ def peer_status(node_name: str) -> str:
 
 def proxy_status(node_name: str) -> str:
     return PROXY + node_name
+
+
+def heartbeat(node_name: str) -> str:
+    return HEARTBEATS + node_name
 
 
 def last(key: str) -> str:

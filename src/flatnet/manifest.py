@@ -31,7 +31,16 @@ from pydantic import (
 from flatnet.errors import LabFileError
 from flatnet.model import Service, ServicePort
 
-__all__ = ["MODE_ANNOTATION", "Pod", "check", "docs", "line_of", "objects", "service"]
+__all__ = [
+    "AGNHOST_PORT",
+    "MODE_ANNOTATION",
+    "Pod",
+    "check",
+    "docs",
+    "line_of",
+    "objects",
+    "service",
+]
 
 _LABEL = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 _SVC_NAME = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"  # DNS-1035 label
@@ -235,12 +244,23 @@ class _ContainerPort(BaseModel):
     protocol: Literal["TCP", "UDP"] = "TCP"
 
 
+class _TCPSocket(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    port: StrictInt | StrictStr
+
+
+class _Probe(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tcpSocket: _TCPSocket  # noqa: N815
+
+
 class _Container(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     ports: list[_ContainerPort] = []
     command: list[str] | None = None
     args: list[str] | None = None
+    readinessProbe: _Probe | None = None  # noqa: N815
 
 
 class _PodSpec(BaseModel):
@@ -248,6 +268,24 @@ class _PodSpec(BaseModel):
     nodeName: str  # noqa: N815
     containers: list[_Container] = Field(min_length=1)
     hostNetwork: bool = False  # noqa: N815
+    restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"  # noqa: N815
+
+    @model_validator(mode="after")
+    def _probe_ports(self) -> _PodSpec:
+        named = {p.name for c in self.containers for p in c.ports if p.name}
+        for i, c in enumerate(self.containers):
+            port = c.readinessProbe.tcpSocket.port if c.readinessProbe else None
+            if isinstance(port, str) and port not in named:
+                raise ValueError(
+                    f"containers[{i}].readinessProbe.tcpSocket.port: no container port "
+                    f"named '{port}'"
+                )
+            if isinstance(port, int) and not 1 <= port <= 65535:
+                raise ValueError(
+                    f"containers[{i}].readinessProbe.tcpSocket.port: {port} is out of "
+                    "range 1..65535"
+                )
+        return self
 
 
 class _Pod(BaseModel):
@@ -270,6 +308,8 @@ class Pod:
     mode: str  # bridge | host | none | container:<pod>
     commands: tuple[tuple[str, ...], ...]  # one per container; () runs agnhost netexec
     ports: dict[str, list[Any]] = field(default_factory=dict)  # named container ports
+    probe: int = 0  # the TCP port whose answer makes the pod ready (0: running is ready)
+    restart_policy: str = "Always"  # Always | OnFailure | Never, as spec.restartPolicy
 
     @property
     def shares_with(self) -> str | None:
@@ -283,6 +323,28 @@ def _mode(p: _Pod) -> str:
     raise ValueError(
         f"annotation {MODE_ANNOTATION}: '{mode}' is not bridge, host, none or container:<pod>"
     )
+
+
+AGNHOST_PORT = 8080  # what a container without a command serves (agnhost netexec)
+
+
+def _probe(p: _Pod) -> int:
+    """The TCP port a readiness check connects to, as a kubelet would with a
+    tcpSocket probe: an explicit ``readinessProbe``, else the first TCP
+    container port (named or not), else agnhost's 8080 for a container with no
+    command; 0: no port, the pod is ready when its containers run."""
+    named = {cp.name: cp.containerPort for c in p.spec.containers for cp in c.ports if cp.name}
+    for c in p.spec.containers:
+        if c.readinessProbe is not None:
+            port = c.readinessProbe.tcpSocket.port
+            return named[port] if isinstance(port, str) else port
+    for c in p.spec.containers:
+        for cp in c.ports:
+            if cp.protocol == "TCP":
+                return cp.containerPort
+    if any(not (c.command or c.args) for c in p.spec.containers):
+        return AGNHOST_PORT
+    return 0
 
 
 def objects(
@@ -329,6 +391,8 @@ def objects(
                     for cp in c.ports
                     if cp.name
                 },
+                _probe(p),
+                p.spec.restartPolicy,
             )
         )
     return pods, services

@@ -14,6 +14,7 @@ from flatnet.errors import ConfigError
 __all__ = [
     "Allocation",
     "Camel",
+    "Heartbeat",
     "Lease",
     "NetworkConfig",
     "NodeRecord",
@@ -157,6 +158,18 @@ class PeerStatus(Camel):
 
 
 @dataclass(frozen=True)
+class Heartbeat(Camel):
+    """A node's agent is alive (``heartbeats/<node>``): written once when it
+    starts, under a TTL lease of a few seconds that it keeps alive; when the
+    agent dies the lease runs out and the key vanishes: the node is NotReady."""
+
+    node: str
+    since: float  # when this agent started (epoch seconds)
+    ttl: float  # the lease's TTL: NotReady at most this long after the agent died
+    pid: int = 0
+
+
+@dataclass(frozen=True)
 class ProxyStatus(Camel):
     """What a node's service proxy has programmed (``proxy/<node>``): the store
     revision it reflects, the counts, and how long the last sync took."""
@@ -183,6 +196,11 @@ class Allocation(_Json):
 
 @dataclass(frozen=True)
 class PodRecord(_Json):
+    """A pod as the API server holds it. ``phase`` is Kubernetes' (Pending,
+    Running, Succeeded, Failed; and Terminating while it is deleted), ``ready``
+    its Ready condition; ``reason`` what kubectl's STATUS column says instead
+    of the phase (CrashLoopBackOff, Error, Completed), ``message`` why."""
+
     name: str
     namespace: str
     node: str
@@ -194,6 +212,17 @@ class PodRecord(_Json):
     phase: str = "Pending"
     ready: bool = False
     ports: dict[str, list[Any]] = field(default_factory=dict)  # name -> [port, protocol]
+    restarts: int = 0
+    reason: str = ""
+    message: str = ""
+    created: float = 0.0  # epoch seconds
+    containers: int = 1
+    running: int = 0  # containers running now
+
+    @property
+    def status(self) -> str:
+        """kubectl's STATUS column."""
+        return self.reason or self.phase
 
     @property
     def serving(self) -> bool:

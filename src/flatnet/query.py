@@ -10,15 +10,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flatnet import keys
-from flatnet.model import NodeRecord, PeerStatus, PodRecord, ProxyStatus, ServicePort
+from flatnet.model import Heartbeat, NodeRecord, PeerStatus, PodRecord, ProxyStatus, ServicePort
 from flatnet.store import Store
 from flatnet.view import ClusterView
 
-__all__ = ["NodeRow", "PodRow", "ServiceRow", "nodes", "pods", "port_text", "services"]
+__all__ = [
+    "NodeRow",
+    "PodRow",
+    "ServiceRow",
+    "heartbeats",
+    "nodes",
+    "pods",
+    "port_text",
+    "services",
+]
 
 
 @dataclass(frozen=True)
 class PodRow:
+    """A pod as ``get pods`` shows it: READY (containers ready / all), STATUS
+    (kubectl's: the phase, or CrashLoopBackOff, Error, Completed), RESTARTS."""
+
     name: str
     namespace: str
     node: str
@@ -27,6 +39,11 @@ class PodRow:
     mode: str
     labels: dict[str, str]
     phase: str
+    status: str
+    ready: str  # "1/1"
+    restarts: int
+    created: float
+    message: str
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -34,7 +51,9 @@ class PodRow:
 
 @dataclass(frozen=True)
 class NodeRow:
-    """A node and what its peer watcher reports (``ready``: it reports at all)."""
+    """A node and what its peer watcher reports; ``ready``: its agent's
+    heartbeat is alive (:mod:`flatnet.agent.heartbeat`), ``since``: when that
+    agent started."""
 
     name: str
     underlay_ip: str
@@ -43,23 +62,31 @@ class NodeRow:
     peers: list[str] = field(default_factory=list)  # programmed
     refused: dict[str, str] = field(default_factory=dict)  # peer -> why
     ready: bool = False
+    since: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return "Ready" if self.ready else "NotReady"
 
     def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "status": self.status,
             "podSubnet": self.pod_subnet,
             "underlayIP": self.underlay_ip,
             "backend": self.backend,
             "peers": self.peers,
             "refused": self.refused,
             "ready": self.ready,
+            "agentSince": self.since,
         }
 
 
 @dataclass(frozen=True)
 class ServiceRow:
     """A service with its ready endpoints and the nodes whose proxies have
-    programmed its latest version (``proxies``: how many publish at all)."""
+    programmed its latest version and are Ready (``proxies``: how many nodes'
+    proxies publish at all)."""
 
     namespace: str
     name: str
@@ -94,23 +121,52 @@ def pods(store: Store) -> list[PodRow]:
     out = []
     for kv in store.range(keys.PODS):
         p = PodRecord.from_json(kv.value)
-        out.append(PodRow(p.name, p.namespace, p.node, p.ip, p.netns, p.mode, p.labels, p.phase))
+        ready = f"{p.running if p.ready else 0}/{p.containers}"
+        out.append(
+            PodRow(
+                p.name,
+                p.namespace,
+                p.node,
+                p.ip,
+                p.netns,
+                p.mode,
+                p.labels,
+                p.phase,
+                p.status,
+                ready,
+                p.restarts,
+                p.created,
+                p.message,
+            )  # fmt: skip
+        )
     return out
+
+
+def heartbeats(store: Store) -> dict[str, Heartbeat]:
+    """The nodes whose agents are alive (Ready), with their heartbeats."""
+    return {keys.last(kv.key): Heartbeat.from_json(kv.value) for kv in store.range(keys.HEARTBEATS)}
 
 
 def nodes(store: Store) -> list[NodeRow]:
     status = {keys.last(kv.key): PeerStatus.from_json(kv.value) for kv in store.range(keys.STATUS)}
+    alive = heartbeats(store)
     out = []
     for kv in store.range(keys.NODES):
         rec = NodeRecord.from_json(kv.value)
-        st = status.get(rec.name)
-        if st is None:
-            out.append(NodeRow(rec.name, rec.underlay_ip, rec.pod_subnet))
-            continue
-        row = NodeRow(
-            rec.name, rec.underlay_ip, rec.pod_subnet, st.backend, st.programmed, st.refused, True
+        st = status.get(rec.name) or PeerStatus(rec.name, "")
+        hb = alive.get(rec.name)
+        out.append(
+            NodeRow(
+                rec.name,
+                rec.underlay_ip,
+                rec.pod_subnet,
+                st.backend,
+                st.programmed,
+                st.refused,
+                hb is not None,
+                hb.since if hb is not None else 0.0,
+            )  # fmt: skip
         )
-        out.append(row)
     return out
 
 
@@ -134,6 +190,7 @@ def port_text(p: dict[str, object]) -> str:
 def services(store: Store) -> list[ServiceRow]:
     kvs = store.range(keys.SERVICES)
     view = ClusterView(kvs + store.range(keys.PODS))
+    alive = heartbeats(store)  # a NotReady node's proxy counts as not programmed
     proxies = [ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY)]
     out = []
     for kv in kvs:
@@ -151,7 +208,9 @@ def services(store: Store) -> list[ServiceRow]:
                 svc.session_affinity,
                 sorted({f"{e.ip}:{e.port}" for e in eps}),
                 sorted({e.pod for e in eps}),
-                sorted(p.node for p in proxies if p.revision >= kv.mod_revision),
+                sorted(
+                    p.node for p in proxies if p.revision >= kv.mod_revision and p.node in alive
+                ),
                 len(proxies),
             )
         )

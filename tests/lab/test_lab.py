@@ -187,18 +187,28 @@ def test_lab_file_mistake_makes_nothing(uniq: str, tmp_path: Path) -> None:
     r = flatnet("lab", "up", str(f), check=False)
     assert r.returncode == 1 and f"{f}:20: spec.nodeName: 'node7'" in r.stderr, r.stderr
     assert lab_namespaces(uniq) == [] and not (LABS_DIR / uniq).exists()
+    # a command that does not exist: refused before anything is made
+    text = LAB.format(name=uniq, datastore="sqlite")
+    f.write_text(
+        text.replace("command: [sleep, infinity]}]}\n---", "command: [/nonexistent]}]}\n---", 1)
+    )
+    r = flatnet("lab", "up", str(f), check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{f}: pod 'hostpod': container 0: command '/nonexistent' is not found" in r.stderr
+    assert lab_namespaces(uniq) == [] and not (LABS_DIR / uniq).exists()
 
 
 def test_failure_during_build_removes_everything(uniq: str, tmp_path: Path) -> None:
     f = tmp_path / "lab.yaml"
     text = LAB.format(name=uniq, datastore="sqlite")
-    bad = text.replace("command: [sleep, infinity]}]}\n---", "command: [/nonexistent]}]}\n---", 1)
+    # a /30 per node holds one pod IP: kube-dns gets it, pod a finds none (CNI ADD fails)
+    bad = text.replace("nodes: [node1]", "network: {nodeSubnetLength: 30}\nnodes: [node1]")
     assert bad != text
     f.write_text(bad)
     kept = LABS_DIR / f"{uniq}.failed"
     try:
         r = flatnet("lab", "up", str(f), check=False)
-        assert r.returncode == 1 and "/nonexistent" in r.stderr
+        assert r.returncode == 1 and "10.244.0.0/30" in r.stderr, r.stderr
         assert lab_namespaces(uniq) == [] and not (LABS_DIR / uniq).exists()
         # ... but not the logs: the user is told where they are
         assert f"the lab was removed; its logs are in {kept}" in r.stderr

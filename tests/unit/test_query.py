@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from flatnet import keys, query
-from flatnet.model import NodeRecord, PeerStatus, PodRecord, ProxyStatus, Service, ServicePort
+from flatnet.model import (
+    Heartbeat,
+    NodeRecord,
+    PeerStatus,
+    PodRecord,
+    ProxyStatus,
+    Service,
+    ServicePort,
+)
 from flatnet.store.sqlite import SqliteStore
 
 
@@ -23,20 +31,31 @@ def test_rows_carry_what_kubectl_users_see(tmp_path: Path) -> None:
         rev = s.put(svc.key, svc.to_json())
         s.put(keys.proxy_status("n1"), ProxyStatus("n1", rev).to_json())
         s.put(keys.proxy_status("n2"), ProxyStatus("n2", rev - 1).to_json())
+        s.put(keys.proxy_status("n3"), ProxyStatus("n3", rev).to_json())  # its agent died
+        s.put(keys.heartbeat("n1"), Heartbeat("n1", 1.0, 3.0).to_json(), lease=s.grant(3))
         n1, n2 = query.nodes(s)
         assert list(n1.to_dict()) == [
-            "name", "podSubnet", "underlayIP", "backend", "peers", "refused", "ready",
+            "name", "status", "podSubnet", "underlayIP", "backend", "peers", "refused", "ready",
+            "agentSince",
         ]  # fmt: skip
-        assert n1.ready and n1.refused == st.refused and not n2.ready and n2.backend == ""
+        assert n1.ready and n1.refused == st.refused and n1.since == 1.0
+        assert (n2.ready, n2.status, n2.backend) == (False, "NotReady", "")
         (row,) = query.services(s)
         assert row.ports == [
             {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30080}
         ]
         assert query.port_text(row.ports[0]) == "http:80:30080/TCP"
         assert row.endpoints == ["10.244.0.2:8080"]
-        assert row.programmed_on == ["n1"] and row.proxies == 2  # n2 is one revision behind
+        # n2 is one revision behind; n3 is up to date but NotReady (no heartbeat)
+        assert row.programmed_on == ["n1"] and row.proxies == 3
         assert row.to_dict()["clusterIP"] == "10.96.0.11"
         (pod,) = query.pods(s)
-        assert (pod.name, pod.ip, pod.phase) == ("w", "10.244.0.2", "Running")
+        assert (pod.name, pod.ip, pod.phase, pod.status) == (
+            "w",
+            "10.244.0.2",
+            "Running",
+            "Running",
+        )
+        assert (pod.ready, pod.restarts) == ("0/1", 0)  # no container runs yet: 0 of 1 ready
     finally:
         s.close()

@@ -6,8 +6,9 @@ lease (:class:`~flatnet.agent.lease.LeaseKeeper`), set up the backend and the
 node (sysctls, bridge, masquerade), load the fast path, and make the pod
 network, the peer watcher and the service proxy. Then :meth:`Agent.start`
 serves the CNI plugin and starts the threads: peers, proxy, lease keep-alive,
-IP reclaim. The agent never switches its own threads into another namespace:
-``ns`` (None on a real host) names where its kernel objects go.
+IP reclaim, and the heartbeat (:mod:`flatnet.agent.heartbeat`: the node's
+Ready condition). The agent never switches its own threads into another
+namespace: ``ns`` (None on a real host) names where its kernel objects go.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from flatnet import backends
 from flatnet.agent.cni import CNIHandler, CNIServer
+from flatnet.agent.heartbeat import HeartbeatKeeper
 from flatnet.agent.lease import LeaseKeeper
 from flatnet.agent.node import setup_node
 from flatnet.agent.peers import PeerWatcher
@@ -58,6 +60,7 @@ class AgentOptions:
     reap_delay: float = 0.5  # batch window for destroying deleted pods' veths
     resync_every: float = 10.0  # peer routes re-converged this often without events
     proxy_resync: float = 300.0  # the whole service table rewritten this often
+    heartbeat: float = 1.0  # seconds between heartbeats; NotReady after 3 missed
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Parts:
     peers: PeerWatcher
     proxy: ServiceProxy
     cni: CNIServer
+    heartbeat: HeartbeatKeeper
 
 
 def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
@@ -118,12 +122,13 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         keeper.subscribe(peers.rebind)
         keeper.subscribe(proxy.rebind)
         cni = CNIServer(o.socket_path, CNIHandler(cfg, pods, ready))
+        heartbeat = HeartbeatKeeper(store, o.node, o.heartbeat, 3 * o.heartbeat)
         undo.pop_all()
     log.info(
         "node %s: subnet %s, underlay %s on %s (MTU %d), backend %s, pod MTU %d",
         o.node, lease.subnet, ip, under.dev, under.mtu, cfg.backend, mtu,
     )  # fmt: skip
-    return Parts(store, keeper, backend, pods, peers, proxy, cni)
+    return Parts(store, keeper, backend, pods, peers, proxy, cni, heartbeat)
 
 
 def _fast_path(
@@ -182,6 +187,8 @@ class Agent:
         self._spawn(lambda: p.keeper.run(self._stop), "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
         self._spawn(lambda: p.peers.run(self._stop), "peers")
+        p.heartbeat.beat()  # Ready in get nodes, before CNI STATUS says ready
+        self._spawn(lambda: p.heartbeat.run(self._stop), "heartbeat")
         self.ready.set()
         log.info("node %s ready", self.opts.node)
 
@@ -196,6 +203,7 @@ class Agent:
         p = self.parts
         if p is None:
             return
+        p.heartbeat.stop()
         p.cni.stop()
         for t in self._threads:
             if t.name in ("peers", "proxy"):

@@ -9,10 +9,12 @@ removes everything made so far:
 2. the datastore: a SQLite file, or a real etcd inside the switch namespace
    listening on the underlay (agents reach it over the network, as on real
    hosts) and on a unix socket for the CLI;
-3. per node: the CNI plugin and conflist installed in the node's own dirs,
+3. the lab's kubelet (:mod:`flatnet.lab.kubelet`), which keeps pods' phase
+   and readiness true from their processes;
+4. per node: the CNI plugin and conflist installed in the node's own dirs,
    and ``flatnet agent`` started inside the node namespace; ready when the
    plugin's STATUS succeeds, then every agent has programmed every peer;
-4. cluster DNS (a kube-dns pod running ``flatnet dns`` behind the VIP; the
+5. cluster DNS (a kube-dns pod running ``flatnet dns`` behind the VIP; the
    external host runs dnsmasq as its upstream), the file's pods
    (:mod:`flatnet.lab.pods`) and services.
 
@@ -42,7 +44,7 @@ from flatnet.lab.topo import LabTopo
 from flatnet.lab.underlay import Underlay
 from flatnet.lab.waits import wait_agent, wait_peers, wait_proxies
 from flatnet.manifest import Pod
-from flatnet.model import Service, ServicePort
+from flatnet.model import PodRecord, Service, ServicePort
 from flatnet.services import dns_ip
 from flatnet.store import Store, open_store
 
@@ -102,6 +104,13 @@ class _Builder:
         self.st.store_url = srv.socket_url
         self.st.save()
         return srv.url, srv.socket_url
+
+    # -- the kubelet ----------------------------------------------------------
+    def kubelet(self) -> None:
+        """The process that keeps pods' phase and readiness true
+        (:mod:`flatnet.lab.kubelet`); it changes nothing in any namespace."""
+        argv = py("flatnet.lab.kubelet", self.st.name)
+        self.st.add_process(spawn(None, argv, self.st.dir / "kubelet.log"), "kubelet")
 
     # -- agents -------------------------------------------------------------
     def agents(self, agent_url: str, store: Store) -> None:
@@ -174,6 +183,7 @@ class _Builder:
             "bridge",
             (tuple(py("flatnet", "dns", "--store", self.agent_url, *upstream)),),
             {"dns": [53, "UDP"], "dns-tcp": [53, "TCP"], "metrics": [53, "TCP"]},
+            probe=53,
         )
         svc = Service(
             "kube-dns",
@@ -230,8 +240,24 @@ class Lab:
     def relabel(self, pods: list[Pod], store: Store) -> None:
         pods_.relabel(self.st, pods, store)
 
-    def add_pods(self, new: list[Pod], store: Store, progress: Progress | None = None) -> None:
-        pods_.add_pods(self.st, new, store, progress)
+    def add_pods(
+        self,
+        new: list[Pod],
+        store: Store,
+        progress: Progress | None = None,
+        timeout: float = pods_.READY_TIMEOUT,
+    ) -> list[PodRecord]:
+        """Create the pods; returns those that did not get ready within ``timeout``."""
+        return pods_.add_pods(self.st, new, store, progress, timeout)
+
+    def not_ready(self) -> list[PodRecord]:
+        """The lab's pods that are not ready now."""
+        s = self.store()
+        try:
+            recs = [PodRecord.from_json(kv.value) for kv in s.range(keys.PODS)]
+        finally:
+            s.close()
+        return [r for r in recs if not r.ready]
 
     def delete_pod(self, name: str, store: Store) -> bool:
         return pods_.delete_pod(self.st, name, store)
@@ -270,18 +296,21 @@ class Lab:
         return self.st.destroy()
 
     @staticmethod
-    def ensure_absent(name: str) -> None:
-        """Refuse a name a lab holds already (before any progress is shown)."""
+    def precheck(topo: LabTopo) -> None:
+        """What can be refused before anything is made (and before any progress
+        is shown): a name a lab holds already, a pod command that does not exist."""
+        name = topo.name
         if (LABS_DIR / name / "state.json").exists():
             raise ConfigError(
                 f"lab '{name}' exists already; remove it with 'flatnet lab down {name}'"
             )
+        pods_.check_commands(list(topo.pods), topo.path)
 
     @classmethod
     def build(cls, topo: LabTopo, progress: Progress, keep_on_failure: bool = False) -> Lab:
         """Build the lab; on any failure everything made so far is removed (unless
         ``keep_on_failure``), its logs kept in ``<labs dir>/<name>.failed/``."""
-        cls.ensure_absent(topo.name)
+        cls.precheck(topo)
         st = LabState(topo.name, file=os.path.abspath(topo.path), datastore=topo.datastore)
         st.segments = topo.segments()
         b = _Builder(topo, st, progress)
@@ -290,6 +319,7 @@ class Lab:
             Underlay(topo, st, progress).build()
             agent_url, cli_url = b.datastore()
             b.agent_url = agent_url
+            b.kubelet()
             store = open_store(cli_url)
             try:
                 save_config(store, topo.network)

@@ -6,16 +6,19 @@ other pod's); for bridge pods ``/etc/netns/<ns>/resolv.conf`` as kubelet
 writes it (dnsPolicy ClusterFirst); the ``loopback`` plugin, then the node's
 conflist (flatnet, portmap) through the CNI binaries, driven as libcni
 drives them; one process per container in the namespace (agnhost netexec
-when the pod names no command); the pod's record in the store, marked ready
-once the pod answers on its first TCP port. Deleting a pod goes the other
-way, and first takes it out of every service's endpoints and waits until
-every node's proxy has programmed that.
+when the pod names no command), each under the restart loop of
+:mod:`flatnet.lab.kubelet`; the pod's record in the store (Pending). The
+lab's kubelet then keeps its phase and readiness true; :func:`add_pods`
+waits until each new pod is ready or has visibly failed. Deleting a pod goes
+the other way, and first takes it out of every service's endpoints and waits
+until every node's proxy has programmed that.
 """
 
 from __future__ import annotations
 
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +29,11 @@ from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import ConfigError, KernelError
 from flatnet.ipam import load_config
 from flatnet.kernel import netns
-from flatnet.lab.procs import ETC_NETNS, pod_hostname, py, spawn, wait_port, which
+from flatnet.lab.kubelet import container_argv, status_file
+from flatnet.lab.procs import ETC_NETNS, pod_hostname, py, spawn, which
 from flatnet.lab.state import LabState, NodeState, PodState
 from flatnet.lab.waits import wait_proxies
-from flatnet.manifest import Pod
+from flatnet.manifest import AGNHOST_PORT, Pod
 from flatnet.model import PodRecord
 from flatnet.services import dns_ip
 from flatnet.store import Store
@@ -38,15 +42,18 @@ __all__ = [
     "LOOPBACK",
     "PodPlan",
     "add_pods",
+    "check_commands",
     "check_new_pods",
     "delete_pod",
     "plan_pods",
     "relabel",
+    "wait_ready",
 ]
 
 Progress = Callable[[str, int, int], None]
 LOOPBACK = {"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}
 _lock = threading.Lock()
+READY_TIMEOUT = 20.0  # how long new pods are waited for until ready
 
 
 @dataclass(frozen=True)
@@ -106,9 +113,22 @@ def relabel(st: LabState, pods: list[Pod], store: Store) -> None:
         wait_proxies(store, st, rev)
 
 
+def check_commands(pods: list[Pod], path: str) -> None:
+    """Every container's command exists (kubectl would show the pod failing
+    with exit code 127; before anything is made is kinder)."""
+    for p in pods:
+        for i, cmd in enumerate(p.commands):
+            try:
+                if cmd:
+                    which(cmd[0])
+            except KernelError as e:
+                raise ConfigError(f"{path}: pod '{p.name}': container {i}: {e}") from None
+
+
 def check_new_pods(st: LabState, pods: list[Pod], path: str, only: list[Pod] | None = None) -> None:
     """Pods from a manifest (``only`` of them, when given; the rest are what else
     the file brings), checked against the running lab before anything is made."""
+    check_commands(only if only is not None else pods, path)
     for p in only if only is not None else pods:
         if p.name in st.pods:
             raise ConfigError(f"{path}: pod '{p.name}' exists already in lab '{st.name}'")
@@ -122,9 +142,16 @@ def check_new_pods(st: LabState, pods: list[Pod], path: str, only: list[Pod] | N
             raise ConfigError(f"{path}: pod '{p.name}': no pod '{other}' to share a network with")
 
 
-def add_pods(st: LabState, pods: list[Pod], store: Store, progress: Progress | None = None) -> None:
-    """Create pods as a runtime does (in parallel), then mark each ready once it
-    serves: endpoints only ever point at pods that answer."""
+def add_pods(
+    st: LabState,
+    pods: list[Pod],
+    store: Store,
+    progress: Progress | None = None,
+    timeout: float = READY_TIMEOUT,
+) -> list[PodRecord]:
+    """Create pods as a runtime does (in parallel), then wait until the lab's
+    kubelet has each ready, or visibly failed (Failed, CrashLoopBackOff), for
+    at most ``timeout`` seconds. Returns the pods that are not ready."""
     first = [p for p in pods if p.shares_with is None]
     later = [p for p in pods if p.shares_with is not None]
     done = [0]
@@ -139,11 +166,26 @@ def add_pods(st: LabState, pods: list[Pod], store: Store, progress: Progress | N
     for batch in (first, later):
         with ThreadPoolExecutor(max_workers=6) as ex:
             list(ex.map(one, batch))
-    with ThreadPoolExecutor(max_workers=6) as ex:
-        list(ex.map(lambda p: _ready(st, p, store), pods))
+    return wait_ready(store, [keys.pod(p.namespace, p.name) for p in pods], timeout)
 
 
-def _record(st: LabState, p: Pod, ready: bool) -> PodRecord:
+_GAVE_UP = ("Failed", "Succeeded", "CrashLoopBackOff")  # waiting longer changes nothing
+
+
+def wait_ready(
+    store: Store, pod_keys: list[str], timeout: float = READY_TIMEOUT
+) -> list[PodRecord]:
+    """Until each pod is ready or has visibly failed; returns those not ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = [PodRecord.from_json(kv.value) for k in pod_keys if (kv := store.get(k))]
+        waiting = [r for r in recs if not r.ready and r.status not in _GAVE_UP]
+        if not waiting or time.monotonic() > deadline:
+            return [r for r in recs if not r.ready]
+        time.sleep(0.05)
+
+
+def _record(st: LabState, p: Pod) -> PodRecord:
     info = st.pods[p.name]
     return PodRecord(
         p.name,
@@ -154,24 +196,21 @@ def _record(st: LabState, p: Pod, ready: bool) -> PodRecord:
         p.mode,
         p.labels,
         info.container_id,
-        "Running",
-        ready,
+        "Pending",
+        False,
         dict(p.ports),
+        created=info.created,
+        containers=len(p.commands) or 1,
     )
 
 
 def _create_pod(st: LabState, p: Pod, store: Store) -> None:
-    for i, cmd in enumerate(p.commands):  # before anything is made for it
-        try:
-            if cmd:
-                which(cmd[0])
-        except KernelError as e:
-            raise ConfigError(f"pod '{p.name}': container {i}: {e}") from None
     node = st.nodes[p.node]
     cid = uuid.uuid4().hex
     rec = PodState(
-        p.node, p.namespace, p.mode, cid, "", "", dict(p.labels), _commands(p), dict(p.ports)
-    )
+        p.node, p.namespace, p.mode, cid, "", "", dict(p.labels), _commands(p), dict(p.ports),
+        p.probe, p.restart_policy,
+    )  # fmt: skip
     if p.mode == "host":
         ns, ip = node.ns, node.underlay_ip
     elif p.shares_with:
@@ -191,14 +230,17 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
         st.pods[p.name] = replace(rec, ns=ns, ip=ip)
         st.save()
     for i, cmd in enumerate(p.commands or ((),)):
-        argv = list(cmd) or py("flatnet.agnhost", "netexec", "--http-port", "8080")
+        argv = list(cmd) or py("flatnet.agnhost", "netexec", "--http-port", str(AGNHOST_PORT))
         log = st.dir / "pods" / f"{p.name}.{i}.log"
         log.parent.mkdir(exist_ok=True)
+        status = status_file(st, p.name, i)
+        status.unlink(missing_ok=True)  # a pod of the same name before
         host = pod_hostname(p.name, p.mode)
+        argv = container_argv(argv, status, p.restart_policy)
         pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name}, hostname=host)
         with _lock:
             st.add_process(pid, f"pod:{p.name}")
-    store.put(keys.pod(p.namespace, p.name), _record(st, p, False).to_json())
+    store.put(keys.pod(p.namespace, p.name), _record(st, p).to_json())
 
 
 def _resolv_conf(st: LabState, p: Pod, ns: str, store: Store) -> None:
@@ -238,17 +280,6 @@ def _attach(st: LabState, p: Pod, ns: str, cid: str, node: NodeState) -> str:
     )
     result = chain.add(cid, path, "eth0", pod=(p.namespace, p.name))
     return str(result["ips"][0]["address"].split("/")[0])
-
-
-def _ready(st: LabState, p: Pod, store: Store) -> None:
-    """A pod is ready when it serves: agnhost on 8080, else its first TCP port."""
-    ns = st.pods[p.name].ns
-    tcp = [int(v[0]) for v in p.ports.values() if v[1] == "TCP"]
-    if not any(p.commands):
-        wait_port(ns, 8080)
-    elif tcp and p.mode != "none":
-        wait_port(ns, tcp[0])
-    store.put(keys.pod(p.namespace, p.name), _record(st, p, True).to_json())
 
 
 def delete_pod(st: LabState, name: str, store: Store) -> bool:

@@ -67,11 +67,16 @@ def which(cmd: str) -> str:
 
 
 def spawn(
-    ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None, hostname: str = ""
+    ns: str | None,
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    hostname: str = "",
 ) -> int:
-    """Start ``argv`` detached (own session) inside namespace ``ns`` (and, with
-    ``hostname``, its own UTS namespace of that name); returns its PID."""
-    argv, enter = in_ns(ns, argv, hostname)
+    """Start ``argv`` detached (own session) inside namespace ``ns`` (None: this
+    one; and, with ``hostname``, its own UTS namespace of that name); returns
+    its PID."""
+    argv, enter = in_ns(ns, argv, hostname) if ns is not None else (argv, None)
     with open(log, "ab") as out:
         p = subprocess.Popen(
             argv,

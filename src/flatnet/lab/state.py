@@ -22,7 +22,7 @@ from flatnet.errors import ConfigError
 from flatnet.kernel import netns
 from flatnet.model import Camel
 
-__all__ = ["LABS_DIR", "LabState", "NodeState", "PodState", "Process", "list_labs"]
+__all__ = ["LABS_DIR", "LabState", "NodeState", "PodState", "Process", "alive", "list_labs"]
 
 LABS_DIR = Path(os.environ.get("FLATNET_LABS_DIR", "/run/flatnet/labs"))
 
@@ -57,7 +57,7 @@ class PodState(Camel):
     """A lab pod: where it runs, its namespace (its own, its node's, or the one
     it shares), its IP ("" without one) and the container ID CNI knows it by."""
 
-    _wire = {"container_id": "containerID"}
+    _wire = {"container_id": "containerID", "restart_policy": "restartPolicy"}
     node: str
     namespace: str
     mode: str
@@ -67,6 +67,9 @@ class PodState(Camel):
     labels: dict[str, str] = field(default_factory=dict)
     commands: list[list[str]] = field(default_factory=list)  # per container, as applied
     ports: dict[str, list[Any]] = field(default_factory=dict)  # named container ports
+    probe: int = 0  # readiness: the TCP port that must answer (0: running is ready)
+    restart_policy: str = "Always"
+    created: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,15 @@ class LabState:
                 shutil.copy2(log, dst)
         shutil.rmtree(self.dir, ignore_errors=True)
         return removed
+
+
+def alive(st: LabState, what: str) -> bool | None:
+    """Whether a process of the lab that is ``what`` still runs; None when the
+    state holds none (not started yet, as far as this copy of the state knows)."""
+    mine = [p for p in st.processes if p.what == what]
+    if not mine:
+        return None
+    return any(p.start and _start_time(p.pid) == p.start for p in mine)
 
 
 def _reap(pid: int) -> None:

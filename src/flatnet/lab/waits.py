@@ -20,14 +20,17 @@ Progress = Callable[[str, int, int], None]
 
 
 def wait_proxies(store: Store, st: LabState, rev: int, timeout: float = 10) -> None:
-    """Until every node's service proxy has programmed the store up to ``rev``."""
+    """Until the service proxy of every Ready node (its agent's heartbeat is
+    alive) has programmed the store up to ``rev``; a NotReady node is not
+    waited for (kubectl would not wait either)."""
     deadline = time.monotonic() + timeout
     while True:
         seen = {
             s.node: s.revision
             for s in (ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY))
         }
-        late = [n for n in st.nodes if seen.get(n, 0) < rev]
+        alive = {keys.last(kv.key) for kv in store.range(keys.HEARTBEATS)}
+        late = [n for n in st.nodes if n in alive and seen.get(n, 0) < rev]
         if not late:
             return
         if time.monotonic() > deadline:
