@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -237,28 +239,11 @@ def _one_lab(name: str | None) -> str:
     return labs[0].name
 
 
-@lab_app.command("up")
-def lab_up(
-    file: str,
-    backend: Annotated[str | None, typer.Option()] = None,
-    keep_on_failure: Annotated[
-        bool, typer.Option(help="leave a lab that failed to come up as it is, to debug")
-    ] = False,
-) -> None:
-    """Build the lab described in FILE."""
-    from dataclasses import replace
-
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """Progress bars on stderr, one per step: ``progress(step, done, total)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flatnet.lab import topo
-    from flatnet.lab.lab import Lab
-
-    t = topo.load(file)
-    Lab.precheck(t)
-    if backend:
-        opts = t.network.backend_options if backend == t.network.backend else {}
-        t = replace(t, network=replace(t.network, backend=backend, backend_options=opts))
-    start = time.monotonic()
     with Progress(
         TextColumn("{task.description:<42}"),
         BarColumn(),
@@ -274,6 +259,30 @@ def lab_up(
                 tasks[step] = bar.add_task(step, total=total)
             bar.update(tasks[step], completed=done)
 
+        yield progress
+
+
+@lab_app.command("up")
+def lab_up(
+    file: str,
+    backend: Annotated[str | None, typer.Option()] = None,
+    keep_on_failure: Annotated[
+        bool, typer.Option(help="leave a lab that failed to come up as it is, to debug")
+    ] = False,
+) -> None:
+    """Build the lab described in FILE."""
+    from dataclasses import replace
+
+    from flatnet.lab import topo
+    from flatnet.lab.lab import Lab
+
+    t = topo.load(file)
+    Lab.precheck(t)
+    if backend:
+        opts = t.network.backend_options if backend == t.network.backend else {}
+        t = replace(t, network=replace(t.network, backend=backend, backend_options=opts))
+    start = time.monotonic()
+    with _progress() as progress:
         the = Lab.build(t, progress, keep_on_failure)
     st = the.st
     bad = the.not_ready()
@@ -336,11 +345,23 @@ def lab_set_backend(
     ] = None,
 ) -> None:
     """Switch a running lab to BACKEND (host-gw, vxlan, udp, none)."""
+    from collections import Counter
+
     from flatnet.lab.lab import Lab
 
     the = Lab.load(_one_lab(lab))
-    on = the.set_backend(backend, lambda step, done, total: None, fast_path)
-    out.print(f"lab {the.name} now runs backend {backend}, fast path {'on' if on else 'off'}")
+    start = time.monotonic()
+    with _progress() as progress:
+        on = the.set_backend(backend, progress, fast_path)
+    mtus = Counter(the.pod_mtus().values())
+    out.print(
+        f"lab {the.name} now runs backend {backend}, fast path {'on' if on else 'off'} "
+        f"({time.monotonic() - start:.1f}s); pod MTU: "
+        + (", ".join(f"{m} ({n} pods)" for m, n in sorted(mtus.items())) or "no bridge pods"),
+        markup=False,
+    )
+    if len(mtus) > 1:
+        _say("pods differ in MTU: recreate those the agent could not change (see lab logs NODE)")
 
 
 @lab_app.command("fast-path")

@@ -118,7 +118,9 @@ class PodIPAM:
                 return a
         return None
 
-    def allocate(self, container_id: str, ifname: str, pod: str = "") -> Allocation:
+    def allocate(
+        self, container_id: str, ifname: str, pod: str = "", netns: str = ""
+    ) -> Allocation:
         with self._lock:
             held = self.allocations()  # one read serves both questions
             for a in held:
@@ -131,7 +133,9 @@ class PodIPAM:
                 ip = ipaddress.IPv4Address(first + (self._last - first + step) % span)
                 if ip in used:
                     continue
-                alloc = Allocation(str(ip), container_id, ifname, self.node, pod, time.time())
+                alloc = Allocation(
+                    str(ip), container_id, ifname, self.node, pod, time.time(), netns
+                )
                 if self.store.create(self.prefix + str(ip), alloc.to_json()):
                     self._last = int(ip)
                     return alloc

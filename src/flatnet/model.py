@@ -192,6 +192,7 @@ class Allocation(_Json):
     node: str
     pod: str = ""
     created: float = 0.0
+    netns: str = ""  # the pod's namespace as CNI ADD named it (to re-MTU it later)
 
 
 @dataclass(frozen=True)

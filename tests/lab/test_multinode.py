@@ -275,7 +275,18 @@ def test_routed_underlay_host_gw_needs_l2(uniq: str, tmp_path: Path) -> None:
         ps = pods(lab)
         assert run(lab, "1p1", "ping", "-c1", "-W1", ps["2p1"]["ip"]).returncode == 0
         assert run(lab, "1p1", "ping", "-c1", "-W1", ps["3p1"]["ip"]).returncode != 0
-        flatnet("lab", "set-backend", "--lab", lab, "vxlan")
+
+        def mtu(pod: str, lab: str = lab) -> str:
+            return run(lab, pod, "cat", "/sys/class/net/eth0/mtu").stdout.strip()
+
+        assert {mtu(p) for p in ps} == {"1500"}
+        r = flatnet("lab", "set-backend", "--lab", lab, "vxlan")
+        assert "agents restarted" in r.stderr  # progress is shown
+        # the pods that exist get the overlay's MTU: full-size packets fit the tunnel
+        assert "pod MTU: 1450 (" in r.stdout and "1500" not in r.stdout, r.stdout
+        assert {mtu(p) for p in ps} == {"1450"}
+        big = ("ping", "-c1", "-W1", "-M", "do", "-s", "1422", ps["3p1"]["ip"])  # 1450 bytes
+        assert run(lab, "1p1", *big).returncode == 0
         check = flatnet("lab", "check", "--lab", lab)
         assert "36/36 probes passed" in check.stdout
 

@@ -133,3 +133,22 @@ def test_gc_and_orphans_free_only_what_is_not_in_use(parts: tuple) -> None:  # t
     assert net.orphans(grace=3600) == []  # too young to be reclaimed
     assert net.orphans(grace=0) == ["10.244.0.3"]
     assert list(fast.pods) == ["10.244.0.2"]
+
+
+def test_a_new_pod_mtu_reaches_both_ends_smaller_side_first(parts: tuple) -> None:  # type: ignore[type-arg]
+    net, kernel, _, d = parts
+    net.add("c1", pod_ns(d, "a"), "eth0", "default/a")
+    net.add("c2", pod_ns(d, "b"), "eth0", "default/b")
+    a, b = host_veth_name("c1", "eth0"), host_veth_name("c2", "eth0")
+    kernel.gone.add(str(d / "b"))  # b's namespace cannot be entered: it must be recreated
+    kernel.log.clear()
+    assert net.set_mtu(1500) == (["default/a"], ["default/b"])
+    # raising: the host end first, so the pod never sends more than it accepts
+    assert kernel.log[:2] == [("set_mtu", a, "1500"), ("set_pod_mtu", str(d / "a"), "eth0", "1500")]
+    assert (kernel.veths_[a].mtu, kernel.veths_[a].pod_mtu) == (1500, 1500)
+    kernel.log.clear()
+    assert net.set_mtu(1450) == (["default/a"], ["default/b"])
+    # lowering: the pod end first; b is left alone at its old MTU
+    assert kernel.log[:2] == [("set_pod_mtu", str(d / "a"), "eth0", "1450"), ("set_mtu", a, "1450")]
+    assert (kernel.veths_[b].mtu, kernel.veths_[b].pod_mtu) == (1500, 1450)
+    assert net.set_mtu(1450) == ([], ["default/b"])  # nothing left to change for a

@@ -108,6 +108,7 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         if fast is not None:
             undo.callback(fast.close)
         pods = PodNetwork(veths, o.bridge, ipam, mtu, o.reap_delay, fast)
+        _remtu(pods, mtu)
         ttl = keeper.ttl_lease
         peers = PeerWatcher(
             store,
@@ -158,6 +159,19 @@ def _fast_path(
         return None
     log.info("fast path on %s and %d pod veth(s)", ", ".join(devices), len(pods))
     return fast
+
+
+def _remtu(pods: PodNetwork, mtu: int) -> None:
+    """Pods made under another backend get this one's MTU (or a plain word
+    that they must be recreated)."""
+    changed, stuck = pods.set_mtu(mtu)
+    if changed:
+        log.info("pod MTU is now %d for %d pod(s): %s", mtu, len(changed), ", ".join(changed))
+    if stuck:
+        log.warning(
+            "pods %s keep their old MTU (their namespace cannot be entered): recreate them",
+            ", ".join(stuck),
+        )
 
 
 class Agent:

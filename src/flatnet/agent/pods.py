@@ -96,7 +96,7 @@ class PodNetwork:
             raise CNIError(Code.INVALID_ENVIRONMENT, f"CNI_NETNS '{pod_ns}' does not exist")
         host = links.host_veth_name(cid, ifname)
         with contextlib.ExitStack() as undo:
-            alloc = self.ipam.allocate(cid, ifname, pod)
+            alloc = self.ipam.allocate(cid, ifname, pod, pod_ns)
             undo.callback(self.ipam.release, cid, ifname)
             host_mac, pod_mac = _random_mac(), links.ip_mac(alloc.ip)
             self._make_veth(host, host_mac, pod_ns, ifname, pod_mac)
@@ -231,6 +231,28 @@ class PodNetwork:
     def attached(self) -> list[Allocation]:
         """The allocations whose host veth is on this node now."""
         return attached(self.kernel, self.ipam)
+
+    def set_mtu(self, mtu: int) -> tuple[list[str], list[str]]:
+        """Give every attached pod the node's pod MTU (after a backend change:
+        1450 under vxlan, 1500 under host-gw), both ends of its veth, the smaller
+        side first so no packet is ever bigger than the far end takes. Returns
+        (pods changed, pods whose namespace is unknown or gone: recreate them)."""
+        changed, stuck = [], []
+        for a in self.attached():
+            host = links.host_veth_name(a.container_id, a.ifname)
+            old = self.kernel.mtu(host)
+            if old is None or old == mtu:
+                continue
+            who = a.pod or a.container_id[:12]
+            if mtu < old and not self.kernel.set_pod_mtu(a.netns, a.ifname, mtu):
+                stuck.append(who)
+                continue
+            self.kernel.set_mtu(host, mtu)
+            if mtu > old and not self.kernel.set_pod_mtu(a.netns, a.ifname, mtu):
+                stuck.append(who)
+                continue
+            changed.append(who)
+        return changed, stuck
 
     def orphans(self, grace: float) -> list[str]:
         """Reclaim IPs whose host veth vanished (the pod's namespace was deleted

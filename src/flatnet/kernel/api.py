@@ -90,6 +90,18 @@ class PodLinks(Protocol):
 
     def delete(self, name: str) -> bool: ...
 
+    def mtu(self, name: str) -> int | None:
+        """A host veth's MTU; None when it is gone."""
+        ...
+
+    def set_mtu(self, name: str, mtu: int) -> bool:
+        """Set a host veth's MTU; False when it is gone."""
+        ...
+
+    def set_pod_mtu(self, pod_ns: str, ifname: str, mtu: int) -> bool:
+        """Set the MTU of ``ifname`` in ``pod_ns``; False when that cannot be entered."""
+        ...
+
     def doom(self, names: set[str], group: int) -> bool:
         """Down and into ``group`` (destroyed later by :meth:`reap`)."""
         ...

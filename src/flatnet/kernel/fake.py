@@ -130,6 +130,8 @@ class FakeVeth:
     up: bool = True
     address: str = ""  # the pod side's, once configured ("ip/plen")
     gateway: str = ""
+    mtu: int = 1500
+    pod_mtu: int = 1500
 
 
 @dataclass
@@ -156,7 +158,9 @@ class FakePodLinks:
             raise SyscallError(code, os.strerror(code))
         if host in self.veths_:
             raise SyscallError(errno.EEXIST, os.strerror(errno.EEXIST))
-        self.veths_[host] = FakeVeth(host, mac, master, peer, peer_mac, pod_ns)
+        self.veths_[host] = FakeVeth(
+            host, mac, master, peer, peer_mac, pod_ns, mtu=mtu, pod_mtu=mtu
+        )
 
     def _peer(self, pod_ns: str, ifname: str) -> FakeVeth | None:
         return next(
@@ -177,6 +181,25 @@ class FakePodLinks:
         v = self._peer(pod_ns, ifname)
         if v is not None:
             v.address, v.gateway = "", ""
+        return True
+
+    def mtu(self, name: str) -> int | None:
+        v = self.veths_.get(name)
+        return None if v is None else v.mtu
+
+    def set_mtu(self, name: str, mtu: int) -> bool:
+        self.log.append(("set_mtu", name, str(mtu)))
+        v = self.veths_.get(name)
+        if v is not None:
+            v.mtu = mtu
+        return v is not None
+
+    def set_pod_mtu(self, pod_ns: str, ifname: str, mtu: int) -> bool:
+        self.log.append(("set_pod_mtu", pod_ns, ifname, str(mtu)))
+        v = self._peer(pod_ns, ifname)
+        if not pod_ns or pod_ns in self.gone or v is None:
+            return False
+        v.pod_mtu = mtu
         return True
 
     def delete(self, name: str) -> bool:

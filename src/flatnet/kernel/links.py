@@ -33,7 +33,9 @@ __all__ = [
     "host_veth_name",
     "ip_mac",
     "links_of_kind",
+    "mtu",
     "plug",
+    "set_mtu",
     "up_with_address",
 ]
 
@@ -109,6 +111,23 @@ def ensure_bridge(ns: str | None, name: str, gateway_cidr: str, mtu: int) -> int
         if _get(ipr, name) is None:
             ipr.link("add", ifname=name, kind="bridge", address=ip_mac(gw), mtu=mtu)
         return _up_with_address(ipr, name, gw, int(plen), mtu, ip_mac(gw))
+
+
+def mtu(ns: str | None, name: str) -> int | None:
+    """Link ``name``'s MTU; None when there is no such link."""
+    with netns.netlink(ns, f"read the MTU of '{name}'") as ipr:
+        link = _get(ipr, name)
+        return None if link is None else int(link.get_attr("IFLA_MTU"))
+
+
+def set_mtu(ns: str | None, name: str, value: int) -> bool:
+    """Set link ``name``'s MTU; False when there is no such link."""
+    with netns.netlink(ns, f"set the MTU of '{name}' to {value}") as ipr:
+        link = _get(ipr, name)
+        if link is None:
+            return False
+        ipr.link("set", index=link["index"], mtu=value)
+        return True
 
 
 def bridge(ns: str | None, name: str) -> None:

@@ -81,6 +81,20 @@ class NodeVeths:
             ) from e
         return True
 
+    def mtu(self, name: str) -> int | None:
+        return links.mtu(self.node_ns, name)
+
+    def set_mtu(self, name: str, mtu: int) -> bool:
+        return links.set_mtu(self.node_ns, name, mtu)
+
+    def set_pod_mtu(self, pod_ns: str, ifname: str, mtu: int) -> bool:
+        if not pod_ns or not netns.exists(pod_ns):
+            return False
+        try:
+            return links.set_mtu(pod_ns, ifname, mtu)
+        except NamespaceNotFound:
+            return False
+
     def delete(self, name: str) -> bool:
         return self.rtnl.delete(name)
 

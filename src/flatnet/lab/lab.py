@@ -380,10 +380,19 @@ class Lab:
                     raise
                 time.sleep(0.1)
 
+    def pod_mtus(self) -> dict[str, int]:
+        """The MTU of each bridge pod's eth0, as the pod sees it."""
+        return {
+            name: m
+            for name, p in self.st.pods.items()
+            if p.mode == "bridge" and (m := links.mtu(p.ns, "eth0")) is not None
+        }
+
     def set_backend(self, backend: str, progress: Progress, fast_path: bool | None = None) -> bool:
         """Switch a running lab's backend (and the fast path, unless None): new
         config in the store, every agent restarted (each removes the old backend's
-        objects and programs the new). Returns whether the fast path is on."""
+        objects, programs the new, and gives its pods the new MTU). Returns
+        whether the fast path is on."""
         store = open_store(self.st.store_url)
         try:
             cfg = load_config(store)
