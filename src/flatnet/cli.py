@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flatnet.errors import ConfigError, FlatnetError
+from flatnet.errors import ConfigError, FlatnetError, ManifestErrors
 
 __all__ = ["app", "main"]
 
@@ -95,7 +95,7 @@ LabOpt = Annotated[str | None, typer.Option()]
 StoreOpt = Annotated[str | None, typer.Option(help="datastore URL instead of a lab")]
 
 
-def _manifests(file: str) -> tuple[list[Any], list[Any]]:
+def _manifests(file: str) -> Any:
     from flatnet.manifest import docs, objects
 
     try:
@@ -103,6 +103,29 @@ def _manifests(file: str) -> tuple[list[Any], list[Any]]:
     except OSError as e:
         raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
     return objects(docs(text, file), file, None)
+
+
+def _namespaces_exist(s: Any, m: Any, file: str) -> None:
+    """Every object's namespace exists or comes in the same file (kubectl:
+    namespaces "x" not found); all such objects named at once."""
+    from flatnet import namespaces
+    from flatnet.errors import LabFileError, ManifestErrors
+
+    brought = [n.name for n in m.namespaces]
+    objs = [("Pod", o) for o in m.pods] + [("Service", o) for o in m.services]
+    miss = set(namespaces.missing(s, [o.namespace for _, o in objs], brought))
+    errors = [
+        LabFileError(
+            file,
+            m.line(kind, o.namespace, o.name),
+            f"{kind.lower()} '{o.name}': namespace '{o.namespace}' not found "
+            "(create it first, or add a kind: Namespace document)",
+        )
+        for kind, o in objs
+        if o.namespace in miss
+    ]
+    if errors:
+        raise ManifestErrors(errors)
 
 
 TimeoutOpt = Annotated[
@@ -117,20 +140,25 @@ def apply(
     """Create what is new, change what differs, leave what is equal (as kubectl
     apply): the Services and (on a lab) the Pods of a manifest file. New pods
     are waited for until ready (or failed); those that are not are named."""
-    from flatnet import services
+    from flatnet import namespaces, services
     from flatnet.ipam import load_config
 
-    pods, svcs = _manifests(file)
+    m = _manifests(file)
+    pods, svcs = m.pods, m.services
     s, st = _store_for(lab, store)
     try:
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be applied to a lab (give --lab)")
+        namespaces.ensure(s)
+        _namespaces_exist(s, m, file)
         the = None
         if pods:
             from flatnet.lab.lab import Lab
 
             the = Lab(st)
             plan = the.plan_pods(pods, file)  # checked before anything is made
+        for ns, verdict in namespaces.apply(s, m.namespaces):
+            out.print(f"namespace/{ns.name} {verdict}", markup=False)
         before = services.load_all(s)
         for svc in services.apply(s, load_config(s), svcs):
             old = before.get(svc.key)
@@ -166,9 +194,10 @@ def delete(
 ) -> None:
     """Delete the Services (and, on a lab, the Pods) named in a manifest file;
     each is reported deleted or not found (exit 1, unless --ignore-not-found)."""
-    from flatnet import services
+    from flatnet import namespaces, services
 
-    pods, svcs = _manifests(file)
+    m = _manifests(file)
+    pods, svcs = m.pods, m.services
     s, st = _store_for(lab, store)
     missing = []
     try:
@@ -185,10 +214,16 @@ def delete(
 
             the = Lab(st)
             for p in pods:
-                if the.delete_pod(p.name, s):
+                if the.delete_pod(p.ref, s):
                     out.print(f"pod/{p.name} deleted")
                 else:
                     missing.append(f"pod/{p.name}")
+        gone = set(namespaces.delete(s, [n.name for n in m.namespaces]))
+        for n in m.namespaces:
+            if n.name in gone:
+                out.print(f"namespace/{n.name} deleted")
+            else:
+                missing.append(f"namespace/{n.name}")
     finally:
         s.close()
     for what in missing:
@@ -405,22 +440,27 @@ def lab_ls() -> None:
     "exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
 def lab_exec(
-    ctx: typer.Context, target: str, lab: Annotated[str | None, typer.Option()] = None
+    ctx: typer.Context,
+    target: str,
+    lab: Annotated[str | None, typer.Option()] = None,
+    namespace: NsOpt = "default",
 ) -> None:
-    """Run a command in a pod, a node, or the external, router or switch host:
-    exec TARGET -- CMD..."""
+    """Run a command in a pod ([-n NS] POD), a node, or the external, router or
+    switch host: exec TARGET -- CMD..."""
     from flatnet.lab.lab import Lab
 
     the = Lab.load(_one_lab(lab))
-    ns = the.namespace_of(target)
-    pod = the.st.pods.get(target)
+    ref = the.pod_ref(target, namespace)
+    ns = the.namespace_of(ref)
+    pod = the.st.pods.get(ref)
     if not ctx.args:
         raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
 
     from flatnet.lab.procs import in_ns, pod_hostname
 
-    env = dict(os.environ, FLATNET_POD_NAME=target)
-    host = pod_hostname(target, pod.mode) if pod is not None else ""
+    name = ref.rsplit("/", 1)[-1]
+    env = dict(os.environ, FLATNET_POD_NAME=name)
+    host = pod_hostname(name, pod.mode) if pod is not None else ""
     argv, enter = in_ns(ns, ctx.args, host)
     raise typer.Exit(subprocess.call(argv, preexec_fn=enter, env=env))
 
@@ -429,22 +469,30 @@ TailOpt = Annotated[int, typer.Option(help="only the last N lines (-1: all)")]
 
 
 @lab_app.command("logs")
-def lab_logs(target: str, lab: LabOpt = None, tail: TailOpt = -1) -> None:
-    """Show the log of a node's agent, or of a pod's containers: logs NODE|POD."""
-    from flatnet.lab.lab import Lab
-
-    _show_logs(Lab.load(_one_lab(lab)).logs(target), tail)
-
-
-@app.command("logs")
-def logs(pod: str, lab: LabOpt = None, tail: TailOpt = -1) -> None:
-    """Show what a lab pod's containers printed: logs POD (one file per container)."""
+def lab_logs(
+    target: str, lab: LabOpt = None, tail: TailOpt = -1, namespace: NsOpt = "default"
+) -> None:
+    """Show the log of a node's agent, of the lab's kubelet, or of a pod's
+    containers: logs NODE|kubelet|[-n NS] POD."""
     from flatnet.lab.lab import Lab
 
     the = Lab.load(_one_lab(lab))
-    if pod not in the.st.pods:
-        raise ConfigError(f"lab '{the.name}' has no pod '{pod}' ({', '.join(the.st.pods)})")
-    _show_logs(the.logs(pod), tail)
+    _show_logs(the.logs(the.pod_ref(target, namespace)), tail)
+
+
+@app.command("logs")
+def logs(pod: str, lab: LabOpt = None, tail: TailOpt = -1, namespace: NsOpt = "default") -> None:
+    """Show what a lab pod's containers printed: logs [-n NS] POD (one file per container)."""
+    from flatnet.lab.lab import Lab
+
+    the = Lab.load(_one_lab(lab))
+    ref = the.pod_ref(pod, namespace)
+    if ref not in the.st.pods:
+        raise ConfigError(
+            f"lab '{the.name}' has no pod '{pod}' in namespace '{namespace}' "
+            f"(pods: {', '.join(the.st.pods) or 'none'})"
+        )
+    _show_logs(the.logs(ref), tail)
 
 
 def _show_logs(files: list[Path], tail: int) -> None:
@@ -540,7 +588,10 @@ KINDS = {k: kind for kind, names in {
     "node": ("nodes", "node", "no"),
     "service": ("services", "service", "svc"),
     "endpoints": ("endpoints", "endpoint", "ep"),
+    "namespace": ("namespaces", "namespace", "ns"),
 }.items() for k in names}  # fmt: skip
+NsOpt = Annotated[str, typer.Option("-n", "--namespace", help="the namespace (default: default)")]
+AllNsOpt = Annotated[bool, typer.Option("-A", "--all-namespaces", help="every namespace")]
 
 
 def _print_items(output: Output, kind: str, items: list[dict[str, Any]]) -> None:
@@ -566,43 +617,65 @@ def _store_for(lab: str | None, store: str | None) -> Any:
     return open_store(st.store_url), st
 
 
+_KIND_LIST = "pods, nodes, services, endpoints or namespaces"
+
+
 @app.command()
 def get(
     kind: str,
+    name: Annotated[str | None, typer.Argument(help="only this object")] = None,
     lab: Annotated[str | None, typer.Option()] = None,
     store: Annotated[str | None, typer.Option(help="datastore URL instead of a lab")] = None,
     output: Annotated[
         Output, typer.Option("-o", "--output", help="wide|json|yaml|name")
     ] = Output.wide,
+    namespace: NsOpt = "default",
+    all_namespaces: AllNsOpt = False,
 ) -> None:
-    """Show what the cluster holds: get pods|nodes|services|endpoints [-o wide|json|yaml|name]."""
+    """Show what the cluster holds: get pods|nodes|services|endpoints|namespaces [NAME]
+    [-n NS | -A] [-o wide|json|yaml|name]."""
     from flatnet import query
 
     if kind not in KINDS:
-        raise ConfigError(f"unknown kind '{kind}': use pods, nodes, services or endpoints")
+        raise ConfigError(f"unknown kind '{kind}': use {_KIND_LIST}")
+    what = KINDS[kind]
     s, _ = _store_for(lab, store)
     try:
-        if KINDS.get(kind) == "pod":
+        if what == "pod":
             items = [r.to_dict() for r in query.pods(s)]
-            cols = ["namespace", "name", "ready", "status", "restarts", "age", "ip", "node", "mode"]
-        elif KINDS.get(kind) == "node":
+            cols = ["name", "ready", "status", "restarts", "age", "ip", "node", "mode"]
+        elif what == "node":
             items = [r.to_dict() for r in query.nodes(s)]
             cols = ["name", "status", "underlayIP", "podSubnet", "backend", "peers", "refused"]
-        elif KINDS.get(kind) in ("service", "endpoints"):
+        elif what == "namespace":
+            items = [r.to_dict() for r in query.namespaces(s)]
+            cols = ["name", "status", "age", "labels"]
+        else:
             rows = query.services(s)
             items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
-            cols = ["namespace", "name", "endpoints"] if kind.startswith("e") else [
-                "namespace", "name", "type", "clusterIP", "ports", "endpoints", "selector",
-                "programmed",
+            cols = ["name", "endpoints"] if what == "endpoints" else [
+                "name", "type", "clusterIP", "ports", "endpoints", "selector", "programmed",
             ]  # fmt: skip
-        else:
-            raise ConfigError(f"unknown kind '{kind}': use pods, nodes, services or endpoints")
     finally:
         s.close()
+    namespaced = what not in ("node", "namespace")
+    if namespaced and not all_namespaces:
+        items = [it for it in items if it["namespace"] == namespace]
+    if namespaced and all_namespaces:
+        cols = ["namespace", *cols]
+    if name is not None:
+        items = [it for it in items if it["name"] == name]
+        if not items:
+            where = f" in namespace '{namespace}'" if namespaced and not all_namespaces else ""
+            raise ConfigError(f"{what} '{name}' not found{where}")
     if output != Output.wide:
         for it in items:
             it.pop("proxies", None)  # only the wide table's PROGRAMMED n/N uses it
         _print_items(output, KINDS[kind], items)
+        return
+    if not items:
+        where = f" in {namespace} namespace" if namespaced and not all_namespaces else ""
+        err.print(f"No resources found{where}.", markup=False, highlight=False)
         return
     t = _table(*[c.upper() for c in cols])
     for it in items:
@@ -617,6 +690,8 @@ def _cell(col: str, item: dict[str, Any]) -> str:
         return _age(time.time() - item["created"]) if item.get("created") else "-"
     if col == "refused":
         return "; ".join(v.values()) or "-"
+    if col == "labels":
+        return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "-"
     if col == "selector":
         return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "-"
     if col == "endpoints":
@@ -685,7 +760,8 @@ def main() -> None:
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except FlatnetError as e:
-        _say(str(e))
+        for line in [str(x) for x in e.errors] if isinstance(e, ManifestErrors) else [str(e)]:
+            _say(line)  # a file's mistakes: one "error:" line each
         for note in getattr(e, "__notes__", []):
             err.print(note, markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -36,6 +36,7 @@ __all__ = [
     "KernelError",
     "LabFileError",
     "LabTimeout",
+    "ManifestErrors",
     "NamespaceNotFound",
     "StoreError",
     "StoreUnavailable",
@@ -76,6 +77,17 @@ class LabFileError(ConfigError):
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {what}")
         self.path, self.line, self.what = path, line, what
+
+
+class ManifestErrors(LabFileError):
+    """Every mistake of a file, one ``FILE:LINE: field: problem`` line each
+    (``path``, ``line``, ``what``: the first)."""
+
+    def __init__(self, errors: list[LabFileError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.line, first.what)
+        self.errors = errors
+        self.args = ("\n".join(str(e) for e in errors),)
 
 
 class CNIError(FlatnetError):

@@ -6,6 +6,7 @@ All keys live under ``/flatnet/``::
     subnets/10.244.3.0-24          a node's subnet lease (Lease), tied to a TTL lease
     nodes/<node>                   the node's record (NodeRecord)
     ipam/10.244.3.0-24/10.244.3.7  one pod IP allocation (Allocation)
+    namespaces/<name>              a Namespace (Namespace) with its labels
     pods/<namespace>/<name>        a pod as the API server would hold it (PodRecord)
     services/<namespace>/<name>    a Service (Service)
     serviceips/10.96.0.10          the claim of a cluster IP by one service
@@ -26,6 +27,7 @@ __all__ = [
     "HEARTBEATS",
     "IPAM",
     "NODES",
+    "NAMESPACES",
     "NODE_PORTS",
     "PODS",
     "PREFIX",
@@ -37,6 +39,7 @@ __all__ = [
     "heartbeat",
     "ipam_prefix",
     "last",
+    "namespace",
     "node",
     "node_port",
     "peer_status",
@@ -53,6 +56,7 @@ CONFIG = PREFIX + "config"
 SUBNETS = PREFIX + "subnets/"
 NODES = PREFIX + "nodes/"
 IPAM = PREFIX + "ipam/"
+NAMESPACES = PREFIX + "namespaces/"
 PODS = PREFIX + "pods/"
 SERVICES = PREFIX + "services/"
 SERVICE_IPS = PREFIX + "serviceips/"
@@ -83,6 +87,10 @@ def node(name: str) -> str:
 
 def ipam_prefix(net: ipaddress.IPv4Network | str) -> str:
     return f"{IPAM}{_net_part(net)}/"
+
+
+def namespace(name: str) -> str:
+    return NAMESPACES + name
 
 
 def pod(namespace: str, name: str) -> str:

@@ -1,18 +1,24 @@
 """Kubernetes manifests as users write them: YAML documents checked with line numbers.
 
 ``docs(text, path)`` splits a file into (YAML node, data) pairs; ``check`` validates
-one against a pydantic model and reports the first mistake as ``FILE:LINE:
-field.path: what is wrong``; ``service(...)`` turns a ``v1 Service`` into
+one against a pydantic model and reports each mistake as ``FILE:LINE:
+field.path: what is wrong`` — an unknown field too, with the known field it
+most looks like (Kubernetes fields flatnet does not use, such as ``image``,
+are accepted and ignored); ``service(...)`` turns a ``v1 Service`` into
 :class:`~flatnet.model.Service` (everything that can be checked without the
 store: the cluster IP range and conflicts are checked when it is applied);
-``objects(...)`` reads a file's Pods and Services (what ``flatnet apply`` and a
-lab file hold) into :class:`Pod` and :class:`~flatnet.model.Service`.
+``objects(...)`` reads a file's Namespaces, Pods and Services (what ``flatnet
+apply`` and a lab file hold) into a :class:`Manifest`, reporting every
+mistake of the file at once (:class:`~flatnet.errors.ManifestErrors`).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,14 +34,17 @@ from pydantic import (
     model_validator,
 )
 
-from flatnet.errors import LabFileError
-from flatnet.model import Service, ServicePort
+from flatnet.errors import LabFileError, ManifestErrors
+from flatnet.model import Namespace, Service, ServicePort
 
 __all__ = [
     "AGNHOST_PORT",
+    "KINDS",
     "MODE_ANNOTATION",
+    "Manifest",
     "Pod",
     "check",
+    "pod_ref",
     "docs",
     "line_of",
     "objects",
@@ -90,23 +99,89 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return out or "document"
 
 
-def check(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> Any:
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (list indexes skipped)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(str(part))
+        if f is None:
+            return None
+        sub = _inner_model(f.annotation)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _inner_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if isinstance(ann, types.UnionType) or typing.get_origin(ann) is not None:
+        for a in typing.get_args(ann):
+            if (m := _inner_model(a)) is not None:
+                return m
+    return None
+
+
+def _message(model: type[BaseModel], err: Any, loc: tuple[Any, ...]) -> str:
+    if err["type"] != "extra_forbidden":
+        return str(err["msg"]).removeprefix("Value error, ")
+    holder = _model_at(model, loc[:-1])
+    known = [
+        f.alias or n
+        for n, f in (holder.model_fields.items() if holder else ())
+        if not n.startswith("_")
+    ]
+    near = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    return "unknown field" + (f" (did you mean '{near[0]}'?)" if near else "")
+
+
+def problems(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> list[LabFileError]:
+    """Every mistake of one document, as ``FILE:LINE: field: problem``."""
     try:
-        return model.model_validate(data)
+        model.model_validate(data)
+        return []
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(
-            p for p in err["loc"] if not str(p).startswith("function-") and p not in ("int", "str")
-        )
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise LabFileError(path, line_of(node, loc), f"{_dotted(loc)}: {msg}") from None
+        out = []
+        for err in e.errors():
+            loc = tuple(
+                p for p in err["loc"]
+                if not str(p).startswith("function-") and p not in ("int", "str")
+            )  # fmt: skip
+            line = line_of(node, loc)
+            out.append(LabFileError(path, line, f"{_dotted(loc)}: {_message(model, err, loc)}"))
+        return out
 
 
-class _Meta(BaseModel):
-    model_config = ConfigDict(extra="allow")
+def check(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> Any:
+    """The document as ``model``; its mistakes, all of them, raised together."""
+    found = problems(model, data, node, path)
+    if found:
+        raise ManifestErrors(found) from None
+    return model.model_validate(data)
+
+
+class _Known(BaseModel):
+    """Unknown fields are mistakes; Kubernetes fields flatnet has no use for
+    are declared (``Any``) and ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Meta(_Known):
     name: str = Field(pattern=_SVC_NAME, max_length=63)
     namespace: str = Field(default="default", pattern=_LABEL, max_length=63)
     labels: dict[StrictStr, StrictStr] = {}
+    annotations: dict[StrictStr, StrictStr] = {}
+    uid: Any = None
+    resourceVersion: Any = None  # noqa: N815
+    creationTimestamp: Any = None  # noqa: N815
+    generation: Any = None
+    generateName: Any = None  # noqa: N815
+    ownerReferences: Any = None  # noqa: N815
+    finalizers: Any = None
+    managedFields: Any = None  # noqa: N815
 
 
 class _Port(BaseModel):
@@ -229,46 +304,83 @@ def service(data: Any, node: yaml.Node, path: str) -> Service:
 MODE_ANNOTATION = "flatnet.io/network-mode"
 
 
-class _PodMeta(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _PodMeta(_Meta):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", max_length=40)
-    namespace: str = Field(default="default", pattern=_LABEL)
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
 
 
-class _ContainerPort(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _ContainerPort(_Known):
     name: str = Field(default="", pattern=r"^$|^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
     containerPort: int = Field(ge=1, le=65535)  # noqa: N815
     protocol: Literal["TCP", "UDP"] = "TCP"
+    hostPort: Any = None  # noqa: N815
+    hostIP: Any = None  # noqa: N815
 
 
-class _TCPSocket(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _TCPSocket(_Known):
     port: StrictInt | StrictStr
+    host: Any = None
 
 
-class _Probe(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _Probe(_Known):
     tcpSocket: _TCPSocket  # noqa: N815
+    initialDelaySeconds: Any = None  # noqa: N815
+    periodSeconds: Any = None  # noqa: N815
+    timeoutSeconds: Any = None  # noqa: N815
+    successThreshold: Any = None  # noqa: N815
+    failureThreshold: Any = None  # noqa: N815
 
 
-class _Container(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _Container(_Known):
     name: str
     ports: list[_ContainerPort] = []
     command: list[str] | None = None
     args: list[str] | None = None
     readinessProbe: _Probe | None = None  # noqa: N815
+    # accepted, not used: a lab container runs on the machine's own files
+    image: Any = None
+    imagePullPolicy: Any = None  # noqa: N815
+    env: Any = None
+    envFrom: Any = None  # noqa: N815
+    resources: Any = None
+    volumeMounts: Any = None  # noqa: N815
+    workingDir: Any = None  # noqa: N815
+    securityContext: Any = None  # noqa: N815
+    livenessProbe: Any = None  # noqa: N815
+    startupProbe: Any = None  # noqa: N815
+    lifecycle: Any = None
+    stdin: Any = None
+    tty: Any = None
+    terminationMessagePath: Any = None  # noqa: N815
+    terminationMessagePolicy: Any = None  # noqa: N815
 
 
-class _PodSpec(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _PodSpec(_Known):
     nodeName: str  # noqa: N815
     containers: list[_Container] = Field(min_length=1)
     hostNetwork: bool = False  # noqa: N815
     restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"  # noqa: N815
+    # accepted, not used
+    volumes: Any = None
+    initContainers: Any = None  # noqa: N815
+    serviceAccountName: Any = None  # noqa: N815
+    serviceAccount: Any = None  # noqa: N815
+    automountServiceAccountToken: Any = None  # noqa: N815
+    dnsPolicy: Any = None  # noqa: N815
+    dnsConfig: Any = None  # noqa: N815
+    hostname: Any = None
+    subdomain: Any = None
+    nodeSelector: Any = None  # noqa: N815
+    affinity: Any = None
+    tolerations: Any = None
+    terminationGracePeriodSeconds: Any = None  # noqa: N815
+    securityContext: Any = None  # noqa: N815
+    imagePullSecrets: Any = None  # noqa: N815
+    priorityClassName: Any = None  # noqa: N815
+    schedulerName: Any = None  # noqa: N815
+    enableServiceLinks: Any = None  # noqa: N815
+    shareProcessNamespace: Any = None  # noqa: N815
+    hostPID: Any = None  # noqa: N815
+    hostIPC: Any = None  # noqa: N815
 
     @model_validator(mode="after")
     def _probe_ports(self) -> _PodSpec:
@@ -288,12 +400,25 @@ class _PodSpec(BaseModel):
         return self
 
 
-class _Pod(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _Pod(_Known):
     apiVersion: Literal["v1"]  # noqa: N815
     kind: Literal["Pod"]
     metadata: _PodMeta
     spec: _PodSpec
+    status: Any = None
+
+
+class _NamespaceMeta(_Meta):
+    name: str = Field(pattern=_LABEL, max_length=63)
+    namespace: Any = None
+
+
+class _Namespace(_Known):
+    apiVersion: Literal["v1"]  # noqa: N815
+    kind: Literal["Namespace"]
+    metadata: _NamespaceMeta
+    spec: Any = None
+    status: Any = None
 
 
 @dataclass(frozen=True)
@@ -313,7 +438,18 @@ class Pod:
 
     @property
     def shares_with(self) -> str | None:
+        """The pod (of the same namespace) whose network this one shares."""
         return self.mode.split(":", 1)[1] if self.mode.startswith("container:") else None
+
+    @property
+    def ref(self) -> str:
+        """How a lab names it: NAME in ``default``, NAMESPACE/NAME elsewhere."""
+        return pod_ref(self.namespace, self.name)
+
+
+def pod_ref(namespace: str, name: str) -> str:
+    """A pod as users type it: NAME in ``default``, NAMESPACE/NAME elsewhere."""
+    return name if namespace == "default" else f"{namespace}/{name}"
 
 
 def _mode(p: _Pod) -> str:
@@ -347,52 +483,96 @@ def _probe(p: _Pod) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """What a file holds, each object with the line it starts on."""
+
+    namespaces: list[Namespace] = field(default_factory=list)
+    pods: list[Pod] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    lines: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (kind, ns, name)
+
+    def line(self, kind: str, namespace: str, name: str) -> int | None:
+        return self.lines.get((kind, namespace, name))
+
+
+KINDS = ("Namespace", "Pod", "Service")
+
+
 def objects(
     docs: list[tuple[yaml.Node, Any]], path: str, nodes: list[str] | tuple[str, ...] | None
-) -> tuple[list[Pod], list[Service]]:
-    """The Pod and Service documents of a file (anything else is an error)."""
-    pods: list[Pod] = []
-    services: list[Service] = []
+) -> Manifest:
+    """The Namespace, Pod and Service documents of a file (anything else is an
+    error); every mistake of the file is reported at once."""
+    out = Manifest()
+    errors: list[LabFileError] = []
     for node, data in docs:
+        line = node.start_mark.line + 1
         kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        if kind == "Service":
-            services.append(service(data, node, path))
-            continue
-        if kind != "Pod":
-            raise LabFileError(
-                path,
-                node.start_mark.line + 1,
-                f"kind '{kind}' is not supported here (only Pod and Service)",
-            )
-        p = check(_Pod, data, node, path)
-        if nodes is not None and p.spec.nodeName not in nodes:
-            raise LabFileError(
-                path,
-                line_of(node, ("spec", "nodeName")),
-                f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
-                f"nodes ({', '.join(nodes or ())})",
-            )
         try:
-            mode = _mode(p)
-        except ValueError as e:
-            raise LabFileError(path, line_of(node, ("metadata", "annotations")), str(e)) from None
-        cmds = tuple(tuple((c.command or []) + (c.args or [])) for c in p.spec.containers)
-        pods.append(
-            Pod(
-                p.metadata.name,
-                p.metadata.namespace,
-                p.spec.nodeName,
-                dict(p.metadata.labels),
-                mode,
-                cmds,
-                {
-                    cp.name: [cp.containerPort, cp.protocol]
-                    for c in p.spec.containers
-                    for cp in c.ports
-                    if cp.name
-                },
-                _probe(p),
-                p.spec.restartPolicy,
+            if kind == "Service":
+                obj: Any = service(data, node, path)
+                out.services.append(obj)
+            elif kind == "Namespace":
+                m = check(_Namespace, data, node, path)
+                obj = Namespace.of(m.metadata.name, dict(m.metadata.labels))
+                out.namespaces.append(obj)
+            elif kind == "Pod":
+                obj = _pod(data, node, path, nodes)
+                out.pods.append(obj)
+            else:
+                raise LabFileError(
+                    path, line, f"kind '{kind}' is not supported here ({', '.join(KINDS)})"
+                )
+        except ManifestErrors as e:
+            errors.extend(e.errors)
+            continue
+        except LabFileError as e:
+            errors.append(e)
+            continue
+        ident = (kind, getattr(obj, "namespace", ""), obj.name)
+        if ident in out.lines:
+            what = f"{kind.lower()} '{obj.name}'" + (
+                f" in namespace '{ident[1]}'" if ident[1] else ""
             )
+            errors.append(
+                LabFileError(
+                    path, line, f"{what} is defined twice (first on line {out.lines[ident]})"
+                )
+            )
+        out.lines[ident] = line
+    if errors:
+        raise ManifestErrors(sorted(errors, key=lambda e: e.line or 0))
+    return out
+
+
+def _pod(data: Any, node: yaml.Node, path: str, nodes: list[str] | tuple[str, ...] | None) -> Pod:
+    p = check(_Pod, data, node, path)
+    if nodes is not None and p.spec.nodeName not in nodes:
+        raise LabFileError(
+            path,
+            line_of(node, ("spec", "nodeName")),
+            f"spec.nodeName: '{p.spec.nodeName}' is not one of the lab's "
+            f"nodes ({', '.join(nodes or ())})",
         )
-    return pods, services
+    try:
+        mode = _mode(p)
+    except ValueError as e:
+        raise LabFileError(path, line_of(node, ("metadata", "annotations")), str(e)) from None
+    cmds = tuple(tuple((c.command or []) + (c.args or [])) for c in p.spec.containers)
+    return Pod(
+        p.metadata.name,
+        p.metadata.namespace,
+        p.spec.nodeName,
+        dict(p.metadata.labels),
+        mode,
+        cmds,
+        {
+            cp.name: [cp.containerPort, cp.protocol]
+            for c in p.spec.containers
+            for cp in c.ports
+            if cp.name
+        },
+        _probe(p),
+        p.spec.restartPolicy,
+    )

@@ -16,6 +16,7 @@ __all__ = [
     "Camel",
     "Heartbeat",
     "Lease",
+    "Namespace",
     "NetworkConfig",
     "NodeRecord",
     "PeerStatus",
@@ -193,6 +194,27 @@ class Allocation(_Json):
     pod: str = ""
     created: float = 0.0
     netns: str = ""  # the pod's namespace as CNI ADD named it (to re-MTU it later)
+
+
+NAME_LABEL = "kubernetes.io/metadata.name"  # every namespace carries its name as a label
+
+
+@dataclass(frozen=True)
+class Namespace(Camel):
+    """A v1 Namespace (``namespaces/<name>``): its labels always include
+    ``kubernetes.io/metadata.name: <name>``, as the API server sets it."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    created: float = 0.0
+
+    @classmethod
+    def of(cls, name: str, labels: dict[str, str] | None = None, created: float = 0.0) -> Namespace:
+        return cls(name, {**(labels or {}), NAME_LABEL: name}, created)
+
+    @property
+    def key(self) -> str:
+        return keys.namespace(self.name)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flatnet import keys
-from flatnet.model import Heartbeat, NodeRecord, PeerStatus, PodRecord, ProxyStatus, ServicePort
+from flatnet.model import (
+    Heartbeat,
+    Namespace,
+    NodeRecord,
+    PeerStatus,
+    PodRecord,
+    ProxyStatus,
+    ServicePort,
+)
 from flatnet.store import Store
 from flatnet.view import ClusterView
 
@@ -140,6 +148,24 @@ def pods(store: Store) -> list[PodRow]:
             )  # fmt: skip
         )
     return out
+
+
+@dataclass(frozen=True)
+class NamespaceRow:
+    name: str
+    labels: dict[str, str]
+    created: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "status": "Active", "labels": self.labels,
+                "created": self.created}  # fmt: skip
+
+
+def namespaces(store: Store) -> list[NamespaceRow]:
+    return [
+        NamespaceRow(n.name, n.labels, n.created)
+        for n in (Namespace.from_json(kv.value) for kv in store.range(keys.NAMESPACES))
+    ]
 
 
 def heartbeats(store: Store) -> dict[str, Heartbeat]:

@@ -168,7 +168,7 @@ def test_single_node_lab(lab: str) -> None:
     assert "skipped hostpod: hostNetwork" in check.stdout
     report = json.loads(flatnet("lab", "check", "--lab", lab, "-o", "json").stdout)
     assert report["passed"] == report["total"] == len(report["probes"]) > 0
-    assert set(report["skipped"]) == {"hostpod", "isolated", "side", "kube-dns"}
+    assert set(report["skipped"]) == {"hostpod", "isolated", "side", "kube-system/kube-dns"}
     assert "shares a's network" in report["skipped"]["side"]
     # an outside harness can drive the node's CNI
     cni = json.loads(flatnet("lab", "cni", "--lab", lab, "node1").stdout)

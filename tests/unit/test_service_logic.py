@@ -35,7 +35,7 @@ spec:
 
 
 def parse(text: str) -> list:  # type: ignore[type-arg]
-    return objects(docs(text, "f.yaml"), "f.yaml", None)[1]
+    return objects(docs(text, "f.yaml"), "f.yaml", None).services
 
 
 @pytest.mark.parametrize(

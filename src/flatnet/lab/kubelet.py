@@ -77,8 +77,9 @@ while :; do
 done"""
 
 
-def status_file(st: LabState, pod: str, container: int) -> Path:
-    return st.dir / "pods" / f"{pod}.{container}.status"
+def status_file(st: LabState, ref: str, container: int) -> Path:
+    """``ref``: the pod as the lab names it (NAME, or NAMESPACE/NAME)."""
+    return st.dir / "pods" / f"{ref}.{container}.status"
 
 
 def container_argv(argv: list[str], status: Path, policy: str) -> list[str]:
@@ -193,23 +194,23 @@ class Kubelet:
         self.ready[name] = ok
         return ok
 
-    def _one(self, st: LabState, name: str, pod: PodState) -> None:
-        kv = self.store.get(keys.pod(pod.namespace, name))
+    def _one(self, st: LabState, ref: str, pod: PodState) -> None:
+        kv = self.store.get(keys.pod(pod.namespace, ref.rsplit("/", 1)[-1]))
         if kv is None:
             return  # not recorded yet, or being deleted
         rec = PodRecord.from_json(kv.value)
         if rec.phase == "Terminating":
             return
-        loops = alive(st, f"pod:{name}")
+        loops = alive(st, f"pod:{ref}")
         if loops is None:
             return  # this copy of the state predates the pod's processes
         states = []
         for i in range(max(len(pod.commands), 1)):
-            f = status_file(st, name, i)
+            f = status_file(st, ref, i)
             lines = f.read_text().split("\n")[:-1] if f.exists() else []
             states.append(container_state(lines, loops))
         all_run = all(c.state == "running" for c in states)
-        new = pod_status(rec, states, self._readiness(name, pod, all_run))
+        new = pod_status(rec, states, self._readiness(ref, pod, all_run))
         new = replace(new, created=rec.created or pod.created)
         if new != rec:
             self.store.cas(kv.key, new.to_json(), kv.mod_revision)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from flatnet import keys, services
+from flatnet import keys, namespaces, services
 from flatnet.cni.install import install
 from flatnet.errors import ConfigError, FlatnetError
 from flatnet.ipam import load_config, save_config
@@ -43,7 +43,7 @@ from flatnet.lab.state import LABS_DIR, LabState
 from flatnet.lab.topo import LabTopo
 from flatnet.lab.underlay import Underlay
 from flatnet.lab.waits import wait_agent, wait_peers, wait_proxies
-from flatnet.manifest import Pod
+from flatnet.manifest import Pod, pod_ref
 from flatnet.model import PodRecord, Service, ServicePort
 from flatnet.services import dns_ip
 from flatnet.store import Store, open_store
@@ -262,6 +262,15 @@ class Lab:
     def delete_pod(self, name: str, store: Store) -> bool:
         return pods_.delete_pod(self.st, name, store)
 
+    def pod_ref(self, target: str, namespace: str = "default") -> str:
+        """``target`` as the lab names pods: a pod of ``namespace`` if there is
+        one (NAME, or NAMESPACE/NAME typed whole), else ``target`` unchanged
+        (a node or a host)."""
+        if "/" in target:
+            return target
+        ref = pod_ref(namespace, target)
+        return ref if ref in self.st.pods or namespace != "default" else target
+
     def namespace_of(self, target: str) -> str:
         """The namespace of a pod, a node, ``external``, ``router`` or ``switch``."""
         st = self.st
@@ -286,6 +295,8 @@ class Lab:
             return sorted((st.dir / "pods").glob(f"{target}.*.log"))
         if target in st.nodes:
             return [st.dir / "nodes" / target / "agent.log"]
+        if target == "kubelet":
+            return [st.dir / "kubelet.log"]
         raise ConfigError(
             f"lab '{st.name}' has no pod or node named '{target}' "
             f"(pods: {', '.join(st.pods) or 'none'}; nodes: {', '.join(st.nodes)})"
@@ -323,6 +334,8 @@ class Lab:
             store = open_store(cli_url)
             try:
                 save_config(store, topo.network)
+                namespaces.ensure(store)
+                namespaces.apply(store, topo.namespaces)
                 b.agents(agent_url, store)
                 b.pods(store)
             finally:

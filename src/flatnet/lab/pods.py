@@ -1,7 +1,7 @@
 """How it works — a lab pod, made as a runtime makes one.
 
 Per pod, in this order (each recorded in the state file first): a namespace
-``fl-<lab>-p-<pod>`` (host mode: the node's own; ``container:<pod>``: the
+(:func:`pod_netns`; host mode: the node's own; ``container:<pod>``: the
 other pod's); for bridge pods ``/etc/netns/<ns>/resolv.conf`` as kubelet
 writes it (dnsPolicy ClusterFirst); the ``loopback`` plugin, then the node's
 conflist (flatnet, portmap) through the CNI binaries, driven as libcni
@@ -33,7 +33,7 @@ from flatnet.lab.kubelet import container_argv, status_file
 from flatnet.lab.procs import ETC_NETNS, pod_hostname, py, spawn, which
 from flatnet.lab.state import LabState, NodeState, PodState
 from flatnet.lab.waits import wait_proxies
-from flatnet.manifest import AGNHOST_PORT, Pod
+from flatnet.manifest import AGNHOST_PORT, Pod, pod_ref
 from flatnet.model import PodRecord
 from flatnet.services import dns_ip
 from flatnet.store import Store
@@ -46,6 +46,7 @@ __all__ = [
     "check_new_pods",
     "delete_pod",
     "plan_pods",
+    "pod_netns",
     "relabel",
     "wait_ready",
 ]
@@ -75,9 +76,9 @@ def plan_pods(st: LabState, pods: list[Pod], path: str) -> PodPlan:
     keeps running and keeps its IP); any other change is refused, naming it."""
     plan = PodPlan()
     for p in pods:
-        have = st.pods.get(p.name)
+        have = st.pods.get(p.ref)
         if have is None:
-            check_new_pods(st, [q for q in pods if q.name not in st.pods], path, [p])
+            check_new_pods(st, [q for q in pods if q.ref not in st.pods], path, [p])
             plan.created.append(p)
             continue
         for what, old, new in (
@@ -89,7 +90,7 @@ def plan_pods(st: LabState, pods: list[Pod], path: str) -> PodPlan:
         ):
             if old != new:
                 raise ConfigError(
-                    f"{path}: pod '{p.name}': {what} cannot change in place ({old} -> {new}); "
+                    f"{path}: pod '{p.ref}': {what} cannot change in place ({old} -> {new}); "
                     f"delete the pod, then apply"
                 )
         (plan.configured if have.labels != p.labels else plan.unchanged).append(p)
@@ -101,7 +102,7 @@ def relabel(st: LabState, pods: list[Pod], store: Store) -> None:
     follow them), waiting until every node's proxy has programmed that."""
     rev = 0
     for p in pods:
-        info = st.pods[p.name]
+        info = st.pods[p.ref]
         info.labels = dict(p.labels)
         key = keys.pod(p.namespace, p.name)
         kv = store.get(key)
@@ -122,7 +123,7 @@ def check_commands(pods: list[Pod], path: str) -> None:
                 if cmd:
                     which(cmd[0])
             except KernelError as e:
-                raise ConfigError(f"{path}: pod '{p.name}': container {i}: {e}") from None
+                raise ConfigError(f"{path}: pod '{p.ref}': container {i}: {e}") from None
 
 
 def check_new_pods(st: LabState, pods: list[Pod], path: str, only: list[Pod] | None = None) -> None:
@@ -130,16 +131,16 @@ def check_new_pods(st: LabState, pods: list[Pod], path: str, only: list[Pod] | N
     the file brings), checked against the running lab before anything is made."""
     check_commands(only if only is not None else pods, path)
     for p in only if only is not None else pods:
-        if p.name in st.pods:
-            raise ConfigError(f"{path}: pod '{p.name}' exists already in lab '{st.name}'")
+        if p.ref in st.pods:
+            raise ConfigError(f"{path}: pod '{p.ref}' exists already in lab '{st.name}'")
         if p.node not in st.nodes:
             raise ConfigError(
-                f"{path}: pod '{p.name}': spec.nodeName: '{p.node}' is not one of the lab's "
+                f"{path}: pod '{p.ref}': spec.nodeName: '{p.node}' is not one of the lab's "
                 f"nodes ({', '.join(st.nodes)})"
             )
-        other = p.shares_with
-        if other is not None and other not in st.pods and other not in [q.name for q in pods]:
-            raise ConfigError(f"{path}: pod '{p.name}': no pod '{other}' to share a network with")
+        other = pod_ref(p.namespace, p.shares_with) if p.shares_with else None
+        if other is not None and other not in st.pods and other not in [q.ref for q in pods]:
+            raise ConfigError(f"{path}: pod '{p.ref}': no pod '{other}' to share a network with")
 
 
 def add_pods(
@@ -186,7 +187,7 @@ def wait_ready(
 
 
 def _record(st: LabState, p: Pod) -> PodRecord:
-    info = st.pods[p.name]
+    info = st.pods[p.ref]
     return PodRecord(
         p.name,
         p.namespace,
@@ -214,12 +215,12 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
     if p.mode == "host":
         ns, ip = node.ns, node.underlay_ip
     elif p.shares_with:
-        other = st.pods[p.shares_with]
+        other = st.pods[pod_ref(p.namespace, p.shares_with)]
         ns, ip = other.ns, other.ip
     else:
-        ns = f"fl-{st.name}-p-{p.name}"
+        ns = pod_netns(st.name, p.namespace, p.name)
         with _lock:
-            st.pods[p.name] = replace(rec, ns=ns)
+            st.pods[p.ref] = replace(rec, ns=ns)
             st.add_ns(ns)
         if p.mode == "bridge":
             _resolv_conf(st, p, ns, store)
@@ -227,20 +228,26 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
         if p.mode == "bridge":
             _hosts(ns, p.name, ip)
     with _lock:
-        st.pods[p.name] = replace(rec, ns=ns, ip=ip)
+        st.pods[p.ref] = replace(rec, ns=ns, ip=ip)
         st.save()
     for i, cmd in enumerate(p.commands or ((),)):
         argv = list(cmd) or py("flatnet.agnhost", "netexec", "--http-port", str(AGNHOST_PORT))
-        log = st.dir / "pods" / f"{p.name}.{i}.log"
-        log.parent.mkdir(exist_ok=True)
-        status = status_file(st, p.name, i)
+        log = st.dir / "pods" / f"{p.ref}.{i}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        status = status_file(st, p.ref, i)
         status.unlink(missing_ok=True)  # a pod of the same name before
         host = pod_hostname(p.name, p.mode)
         argv = container_argv(argv, status, p.restart_policy)
         pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name}, hostname=host)
         with _lock:
-            st.add_process(pid, f"pod:{p.name}")
+            st.add_process(pid, f"pod:{p.ref}")
     store.put(keys.pod(p.namespace, p.name), _record(st, p).to_json())
+
+
+def pod_netns(lab: str, namespace: str, name: str) -> str:
+    """A pod's network namespace: ``fl-<lab>-p-<pod>`` in ``default``,
+    ``fl-<lab>-n-<namespace>.<pod>`` elsewhere (a namespace has no dot)."""
+    return f"fl-{lab}-p-{name}" if namespace == "default" else f"fl-{lab}-n-{namespace}.{name}"
 
 
 def _resolv_conf(st: LabState, p: Pod, ns: str, store: Store) -> None:
@@ -282,17 +289,19 @@ def _attach(st: LabState, p: Pod, ns: str, cid: str, node: NodeState) -> str:
     return str(result["ips"][0]["address"].split("/")[0])
 
 
-def delete_pod(st: LabState, name: str, store: Store) -> bool:
-    """Delete a pod gracefully: out of every service's endpoints first (and wait
-    until every node's proxy has programmed that), then stop it and tear down its
-    network with CNI DEL. Returns False if there is no such pod."""
-    info = st.pods.get(name)
+def delete_pod(st: LabState, ref: str, store: Store) -> bool:
+    """Delete a pod (``ref``: NAME, or NAMESPACE/NAME) gracefully: out of every
+    service's endpoints first (and wait until every node's proxy has programmed
+    that), then stop it and tear down its network with CNI DEL. Returns False
+    if there is no such pod."""
+    name = ref.rsplit("/", 1)[-1]
+    info = st.pods.get(ref)
     if info is None:
         return False
-    sharing = [n for n, o in st.pods.items() if n != name and o.ns == info.ns]
+    sharing = [n for n, o in st.pods.items() if n != ref and o.ns == info.ns]
     if info.mode != "host" and sharing and not info.mode.startswith("container:"):
         raise ConfigError(
-            f"pod '{name}': pods {', '.join(sharing)} share its network; delete them first"
+            f"pod '{ref}': pods {', '.join(sharing)} share its network; delete them first"
         )
     key = keys.pod(info.namespace, name)
     kv = store.get(key)
@@ -300,7 +309,7 @@ def delete_pod(st: LabState, name: str, store: Store) -> bool:
         rec = PodRecord.from_json(kv.value)
         rev = store.put(key, replace(rec, phase="Terminating", ready=False).to_json())
         wait_proxies(store, st, rev)  # every proxy publishes its revision after each batch
-    st.kill(f"pod:{name}", exact=True)
+    st.kill(f"pod:{ref}", exact=True)
     if info.mode in ("bridge", "none"):
         node = st.nodes[info.node]
         path = netns.path_of(info.ns)
@@ -321,6 +330,6 @@ def delete_pod(st: LabState, name: str, store: Store) -> bool:
             shutil.rmtree(d, ignore_errors=True)
             st.etc_dirs.remove(str(d))
     store.delete(key)
-    del st.pods[name]
+    del st.pods[ref]
     st.save()
     return True

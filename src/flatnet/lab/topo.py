@@ -1,7 +1,8 @@
 """A lab file, read into plain frozen data (the description; building it is lab.py).
 
 A lab file is a ``kind: Lab`` document followed by ordinary Kubernetes ``Pod``
-manifests. Every mistake is reported as ``FILE:LINE: what is wrong``.
+``Namespace``, ``Pod`` and ``Service`` manifests. Every mistake is reported as
+``FILE:LINE: what is wrong``, all of them at once.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flatnet import manifest
-from flatnet.errors import ConfigError, LabFileError
+from flatnet.errors import ConfigError, LabFileError, ManifestErrors
 from flatnet.manifest import Pod
-from flatnet.model import NetworkConfig, Service
+from flatnet.model import Namespace, NetworkConfig, Service
+from flatnet.namespaces import SYSTEM
 
 __all__ = ["LabTopo", "load", "parse"]
 
@@ -98,6 +100,7 @@ class LabTopo:
     agent_resync: float = 10.0
     services: tuple[Service, ...] = ()
     dns: bool = True
+    namespaces: tuple[Namespace, ...] = ()
 
     def segments(self) -> list[str]:
         a = ipaddress.IPv4Network(self.underlay_cidr)
@@ -177,7 +180,9 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
     if problem:
         where = ("underlayCIDR",) if "underlayCIDR" in docs[0][1] else ("network",)
         raise LabFileError(path, manifest.line_of(docs[0][0], where), problem)
-    pods, services = manifest.objects(docs[1:], path, lab.nodes)
+    m = manifest.objects(docs[1:], path, lab.nodes)
+    pods, services = m.pods, m.services
+    _check_namespaces(m, path)
     _check_pods(pods, path, [d for d in docs[1:] if d[1].get("kind") == "Pod"])
     return LabTopo(
         lab.name,
@@ -193,19 +198,33 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         lab.agentResync,
         tuple(services),
         lab.dns,
+        tuple(m.namespaces),
     )
 
 
+def _check_namespaces(m: manifest.Manifest, path: str) -> None:
+    """Every object's namespace is a system one or defined in the file."""
+    have = {*SYSTEM, *(n.name for n in m.namespaces)}
+    errors = [
+        LabFileError(
+            path,
+            m.line(kind, o.namespace, o.name),
+            f"{kind.lower()} '{o.name}': metadata.namespace: namespace '{o.namespace}' not "
+            "found (add a kind: Namespace document)",
+        )
+        for kind, objs in (("Pod", m.pods), ("Service", m.services))
+        for o in objs
+        if o.namespace not in have
+    ]
+    if errors:
+        raise ManifestErrors(errors)
+
+
 def _check_pods(pods: list[Pod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:
-    by_name: dict[str, Pod] = {}
+    by_name = {(p.namespace, p.name): p for p in pods}
     for i, p in enumerate(pods):
         line = docs[i][0].start_mark.line + 1
-        if p.name in by_name:
-            raise LabFileError(path, line, f"pod '{p.name}' is defined twice")
-        by_name[p.name] = p
-    for i, p in enumerate(pods):
-        line = docs[i][0].start_mark.line + 1
-        other = by_name.get(p.shares_with or "")
+        other = by_name.get((p.namespace, p.shares_with or ""))
         if p.shares_with is not None:
             if other is None or other.shares_with is not None or other.mode == "none":
                 raise LabFileError(
