@@ -31,8 +31,8 @@ demo: deps
 	@$(PY) -m flatnet lab down demo >/dev/null 2>&1 || true
 	$(PY) -m flatnet lab up examples/demo.yaml
 	$(PY) -m flatnet get nodes --lab demo
-	$(PY) -m flatnet get pods --lab demo
-	$(PY) -m flatnet get services --lab demo
+	$(PY) -m flatnet get pods -A --lab demo
+	$(PY) -m flatnet get services -A --lab demo
 	$(PY) -m flatnet lab fast-path --lab demo
 	@status=0; \
 	for i in 1 2 3; do \

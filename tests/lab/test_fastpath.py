@@ -133,7 +133,9 @@ def test_fast_path(lab2: str) -> None:
         devices, entries = now.devices, now.pods
         mine = [
             p
-            for p in json.loads(flatnet("get", "pods", "--lab", lab2, "-o", "json").stdout)["items"]
+            for p in json.loads(flatnet("get", "pods", "-A", "--lab", lab2, "-o", "json").stdout)[
+                "items"
+            ]
             if p["node"] == node and p.get("ip") and p.get("netns")
         ]
         veths = {host_ifindex(p): p["ip"] for p in mine}

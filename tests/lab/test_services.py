@@ -172,7 +172,9 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 def services(name: str) -> dict[str, dict]:  # type: ignore[type-arg]
-    items = json.loads(flatnet("get", "services", "--lab", name, "-o", "json").stdout)["items"]
+    items = json.loads(flatnet("get", "services", "-A", "--lab", name, "-o", "json").stdout)[
+        "items"
+    ]
     return {s["name"]: s for s in items}
 
 
@@ -187,7 +189,7 @@ def wait_programmed(name: str, timeout: float = 10) -> None:
 
 
 def pod_ips(name: str) -> dict[str, str]:
-    items = json.loads(flatnet("get", "pods", "--lab", name, "-o", "json").stdout)["items"]
+    items = json.loads(flatnet("get", "pods", "-A", "--lab", name, "-o", "json").stdout)["items"]
     return {p["name"]: p["ip"] for p in items}
 
 
