@@ -46,10 +46,10 @@ class Output(StrEnum):
     name = "name"
 
 
-def _table(*headers: str, title: str | None = None) -> Table:
+def _table(*headers: str, title: str | None = None, header: bool = True) -> Table:
     """A table whose cells wrap instead of being cut: an IP or an endpoint list
     is never shown as "10.…" (narrow terminals get taller rows)."""
-    t = Table(title=title)
+    t = Table(title=title, show_header=header)
     for h in headers:
         t.add_column(h, overflow="fold")
     return t
@@ -133,14 +133,23 @@ TimeoutOpt = Annotated[
 ]
 
 
+WaitOpt = Annotated[
+    bool, typer.Option("--wait", help="return once every Ready node has programmed the change")
+]
+
+
 @app.command()
 def apply(
-    file: FileOpt, lab: LabOpt = None, store: StoreOpt = None, timeout: TimeoutOpt = 20.0
+    file: FileOpt,
+    lab: LabOpt = None,
+    store: StoreOpt = None,
+    timeout: TimeoutOpt = 20.0,
+    wait: WaitOpt = False,
 ) -> None:
     """Create what is new, change what differs, leave what is equal (as kubectl
-    apply): the Services and (on a lab) the Pods of a manifest file. New pods
-    are waited for until ready (or failed); those that are not are named."""
-    from flatnet import namespaces, services
+    apply): the Namespaces, Services and (on a lab) Pods of a manifest file. New
+    pods are waited for until ready (or failed); those that are not are named."""
+    from flatnet import keys, namespaces, services
     from flatnet.ipam import load_config
 
     m = _manifests(file)
@@ -179,8 +188,26 @@ def apply(
                         + (f" on {p.node}" if verdict == "created" else "")
                     )
             _not_ready(not_ready, the.name)
+        if wait:
+            _wait_programmed(
+                s, [o.key for o in svcs] + [keys.pod(p.namespace, p.name) for p in pods]
+            )
     finally:
         s.close()
+
+
+def _wait_programmed(s: Any, written: list[str]) -> None:
+    """``apply --wait``: until the proxy of every Ready node has what was written."""
+    from flatnet.lab.waits import wait_proxies
+
+    rev = max((kv.mod_revision for k in written if (kv := s.get(k)) is not None), default=0)
+    start = time.monotonic()
+    nodes = wait_proxies(s, rev, timeout=30)
+    out.print(
+        f"programmed on {len(nodes)} Ready node(s) ({', '.join(nodes) or '-'}) in "
+        f"{time.monotonic() - start:.2f}s",
+        markup=False,
+    )
 
 
 IgnoreOpt = Annotated[
@@ -631,33 +658,101 @@ def get(
     ] = Output.wide,
     namespace: NsOpt = "default",
     all_namespaces: AllNsOpt = False,
+    watch: Annotated[
+        bool, typer.Option("-w", "--watch", help="then print each object again when it changes")
+    ] = False,
 ) -> None:
     """Show what the cluster holds: get pods|nodes|services|endpoints|namespaces [NAME]
-    [-n NS | -A] [-o wide|json|yaml|name]."""
-    from flatnet import query
-
+    [-n NS | -A] [-o wide|json|yaml|name] [-w]."""
     if kind not in KINDS:
         raise ConfigError(f"unknown kind '{kind}': use {_KIND_LIST}")
     what = KINDS[kind]
     s, _ = _store_for(lab, store)
     try:
-        if what == "pod":
-            items = [r.to_dict() for r in query.pods(s)]
-            cols = ["name", "ready", "status", "restarts", "age", "ip", "node", "mode"]
-        elif what == "node":
-            items = [r.to_dict() for r in query.nodes(s)]
-            cols = ["name", "status", "underlayIP", "podSubnet", "backend", "peers", "refused"]
-        elif what == "namespace":
-            items = [r.to_dict() for r in query.namespaces(s)]
-            cols = ["name", "status", "age", "labels"]
-        else:
-            rows = query.services(s)
-            items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
-            cols = ["name", "endpoints"] if what == "endpoints" else [
-                "name", "type", "clusterIP", "ports", "endpoints", "selector", "programmed",
-            ]  # fmt: skip
+        items, cols = _items(s, what, namespace, all_namespaces, name)
+        _show(items, cols, what, output, namespace, all_namespaces)
+        seen = {_ident(it): it for it in items}
+        while watch:  # as kubectl get -w: a line (or object) per change, until ^C
+            time.sleep(0.5)
+            now, _ = _items(s, what, namespace, all_namespaces, name, missing_ok=True)
+            for it in now:
+                if seen.get(_ident(it)) != it:
+                    _show([it], cols, what, output, namespace, all_namespaces, header=False)
+            for gone in set(seen) - {_ident(it) for it in now}:
+                out.print(f"{what}/{gone[1]} deleted", markup=False)
+            seen = {_ident(it): it for it in now}
     finally:
         s.close()
+
+
+def _ident(item: dict[str, Any]) -> tuple[str, str]:
+    return (str(item.get("namespace", "")), str(item["name"]))
+
+
+@app.command()
+def describe(
+    kind: str,
+    name: str,
+    lab: LabOpt = None,
+    store: StoreOpt = None,
+    namespace: NsOpt = "default",
+) -> None:
+    """Everything flatnet knows of one object: describe pod|node|service|namespace NAME [-n NS]."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind '{kind}': use {_KIND_LIST}")
+    s, _ = _store_for(lab, store)
+    try:
+        (item,), _ = _items(s, KINDS[kind], namespace, False, name)
+    finally:
+        s.close()
+    item.pop("proxies", None)
+    width = max(len(k) for k in item) + 2
+    for k, v in item.items():
+        if k == "created" and v:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v))
+            v = f"{when} ({_age(time.time() - v)} ago)"
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items()) or "<none>"
+        elif isinstance(v, list):
+            v = (
+                ", ".join(str(x) if not isinstance(x, dict) else _port_or_dict(x) for x in v)
+                or "<none>"
+            )
+        out.print(f"{k + ':':<{width}}{v if v != '' else '<none>'}", markup=False, highlight=False)
+
+
+def _port_or_dict(x: dict[str, Any]) -> str:
+    from flatnet.query import port_text
+
+    return port_text(x) if "port" in x else str(x)
+
+
+def _items(
+    s: Any,
+    what: str,
+    namespace: str,
+    all_namespaces: bool,
+    name: str | None,
+    missing_ok: bool = False,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The objects of one kind as ``-o json`` shows them, and the table's columns."""
+    from flatnet import query
+
+    if what == "pod":
+        items = [r.to_dict() for r in query.pods(s)]
+        cols = ["name", "ready", "status", "restarts", "age", "ip", "node", "mode"]
+    elif what == "node":
+        items = [r.to_dict() for r in query.nodes(s)]
+        cols = ["name", "status", "underlayIP", "podSubnet", "backend", "peers", "refused"]
+    elif what == "namespace":
+        items = [r.to_dict() for r in query.namespaces(s)]
+        cols = ["name", "status", "age", "labels"]
+    else:
+        rows = query.services(s)
+        items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
+        cols = ["name", "endpoints"] if what == "endpoints" else [
+            "name", "type", "clusterIP", "ports", "endpoints", "selector", "programmed",
+        ]  # fmt: skip
     namespaced = what not in ("node", "namespace")
     if namespaced and not all_namespaces:
         items = [it for it in items if it["namespace"] == namespace]
@@ -665,19 +760,34 @@ def get(
         cols = ["namespace", *cols]
     if name is not None:
         items = [it for it in items if it["name"] == name]
-        if not items:
+        if not items and not missing_ok:
             where = f" in namespace '{namespace}'" if namespaced and not all_namespaces else ""
             raise ConfigError(f"{what} '{name}' not found{where}")
+    return items, cols
+
+
+def _show(
+    items: list[dict[str, Any]],
+    cols: list[str],
+    what: str,
+    output: Output,
+    namespace: str,
+    all_namespaces: bool,
+    header: bool = True,
+) -> None:
+    """Print objects as ``get`` does: a table, or ``-o json|yaml|name``."""
+    namespaced = what not in ("node", "namespace")
+    items = [dict(it) for it in items]
     if output != Output.wide:
         for it in items:
             it.pop("proxies", None)  # only the wide table's PROGRAMMED n/N uses it
-        _print_items(output, KINDS[kind], items)
+        _print_items(output, what, items)
         return
-    if not items:
+    if not items and header:
         where = f" in {namespace} namespace" if namespaced and not all_namespaces else ""
         err.print(f"No resources found{where}.", markup=False, highlight=False)
         return
-    t = _table(*[c.upper() for c in cols])
+    t = _table(*[c.upper() for c in cols], header=header)
     for it in items:
         t.add_row(*[_cell(c, it) for c in cols])
     out.print(t)

@@ -16,7 +16,12 @@ MISTAKES = {
     "foo": "No such command 'foo'",
     "get": "Missing argument 'kind'",
     "get pods --bogus": "No such option: --bogus",
-    "get pods -w": "No such option: -w",
+    "get pods -n": "requires an argument",
+    "get pods -w --bogus": "No such option: --bogus",
+    "describe": "Missing argument 'kind'",
+    "describe pod": "Missing argument 'name'",
+    "apply -f x.yaml --timeout soon": "Invalid value for '--timeout'",
+    "lab exec -n": "requires an argument",
     "get pods -o jsn": "'jsn' is not one of 'wide', 'json', 'yaml', 'name'",
     "apply": "Missing option '-f'",
     "apply -f": "requires an argument",
@@ -93,3 +98,43 @@ def test_get_output_formats_and_a_store_that_does_not_exist(tmp_path: Path) -> N
     assert r.returncode == 1 and "does not exist" in r.stderr and not gone.exists()
     r = flatnet(f"get pdos --store {url}")
     assert r.returncode == 1 and "unknown kind 'pdos'" in r.stderr
+
+
+def test_namespaces_names_describe_and_watch(tmp_path: Path) -> None:
+    import time
+
+    from flatnet.model import PodRecord
+    from flatnet.store.sqlite import SqliteStore
+
+    db = tmp_path / "store.db"
+    s = SqliteStore(str(db))
+    for ns in ("default", "shop"):  # the same name in two namespaces
+        p = PodRecord("web", ns, "n1", "10.244.0.2" if ns == "shop" else "10.244.0.3")
+        s.put(p.key, p.to_json())
+    url = f"--store sqlite://{db}"
+    assert flatnet(f"get pods {url} -o name").stdout == "pod/web\n"  # default only
+    assert flatnet(f"get pods {url} -A -o name").stdout == "pod/web\npod/web\n"
+    assert "10.244.0.2" in flatnet(f"get pods web -n shop {url}").stdout
+    r = flatnet(f"get pods nosuch {url}")
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "error: pod 'nosuch' not found in namespace 'default'"
+    )
+    r = flatnet(f"get pods -n nope {url}")
+    assert r.returncode == 0 and r.stderr.strip() == "No resources found in nope namespace."
+    d = flatnet(f"describe pod web -n shop {url}").stdout
+    assert "namespace:" in d and "shop" in d and "10.244.0.2" in d
+    # -w: the table, then a line for each change, until interrupted
+    env = {"FLATNET_LABS_DIR": "/nonexistent", "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    w = subprocess.Popen(
+        [*FLATNET, "get", "pods", *url.split(), "-w"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        time.sleep(2.5)  # the interpreter starts, prints the table
+        p = PodRecord("web", "default", "n1", "10.244.0.3", phase="Running")
+        s.put(p.key, p.to_json())
+        time.sleep(1.5)
+    finally:
+        w.terminate()
+        got, _ = w.communicate(timeout=10)
+        s.close()
+    assert got.count("10.244.0.3") == 2 and "Running" in got.splitlines()[-2], got

@@ -154,7 +154,7 @@ class _Builder:
         pods_.add_pods(self.st, list(self.t.pods), store, self.progress)
         if self.t.services:
             done = services.apply(store, load_config(store), self.t.services)
-            wait_proxies(store, self.st, _revision_of(store, [s.key for s in done]))
+            wait_proxies(store, _revision_of(store, [s.key for s in done]))
 
     def dns(self, store: Store) -> None:
         """The cluster DNS: a kube-dns pod in kube-system running ``flatnet dns``

@@ -111,7 +111,7 @@ def relabel(st: LabState, pods: list[Pod], store: Store) -> None:
             rev = store.put(key, rec.to_json())
     st.save()
     if rev:
-        wait_proxies(store, st, rev)
+        wait_proxies(store, rev)
 
 
 def check_commands(pods: list[Pod], path: str) -> None:
@@ -308,7 +308,7 @@ def delete_pod(st: LabState, ref: str, store: Store) -> bool:
     if kv is not None:
         rec = PodRecord.from_json(kv.value)
         rev = store.put(key, replace(rec, phase="Terminating", ready=False).to_json())
-        wait_proxies(store, st, rev)  # every proxy publishes its revision after each batch
+        wait_proxies(store, rev)  # every proxy publishes its revision after each batch
     st.kill(f"pod:{ref}", exact=True)
     if info.mode in ("bridge", "none"):
         node = st.nodes[info.node]

@@ -10,7 +10,7 @@ from pathlib import Path
 from flatnet import keys
 from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import LabTimeout
-from flatnet.lab.state import LabState, NodeState
+from flatnet.lab.state import NodeState
 from flatnet.model import PeerStatus, ProxyStatus
 from flatnet.store import Store
 
@@ -19,20 +19,20 @@ __all__ = ["wait_agent", "wait_peers", "wait_proxies"]
 Progress = Callable[[str, int, int], None]
 
 
-def wait_proxies(store: Store, st: LabState, rev: int, timeout: float = 10) -> None:
+def wait_proxies(store: Store, rev: int, timeout: float = 10) -> list[str]:
     """Until the service proxy of every Ready node (its agent's heartbeat is
     alive) has programmed the store up to ``rev``; a NotReady node is not
-    waited for (kubectl would not wait either)."""
+    waited for (kubectl would not wait either). Returns the nodes waited for."""
     deadline = time.monotonic() + timeout
     while True:
         seen = {
             s.node: s.revision
             for s in (ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY))
         }
-        alive = {keys.last(kv.key) for kv in store.range(keys.HEARTBEATS)}
-        late = [n for n in st.nodes if n in alive and seen.get(n, 0) < rev]
+        alive = sorted(keys.last(kv.key) for kv in store.range(keys.HEARTBEATS))
+        late = [n for n in alive if seen.get(n, 0) < rev]
         if not late:
-            return
+            return alive
         if time.monotonic() > deadline:
             raise LabTimeout(
                 f"the service proxies of {', '.join(late)} did not reach revision {rev} "
