@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flatnet.errors import ConfigError, FlatnetError, ManifestErrors
@@ -552,37 +553,42 @@ def lab_check(
         Output, typer.Option("-o", "--output", help="wide (a table) or json")
     ] = Output.wide,
 ) -> None:
-    """Probe every pod from every pod (and the external host): reach + source IP
-    seen; says which pods it skipped and why; fails when a probe fails or none ran."""
+    """Probe the lab as a user would: pod to pod, pod to the external host, node
+    to pod, pod to each Service by its DNS name, and each NodePort from the
+    external host (reach + source IP seen); a table per probe for small labs,
+    a matrix for big ones; says which pods it skipped and why; fails when a
+    probe fails or none ran."""
     from dataclasses import asdict
 
     from flatnet.lab import probe
-    from flatnet.lab.state import LabState
+    from flatnet.lab.lab import Lab
 
     if output not in (Output.wide, Output.json):
         raise ConfigError(f"lab check: -o {output} is not supported (wide or json)")
-    st = LabState.load(_one_lab(lab))
-    results = probe.matrix(st)
-    eps = probe.endpoints(st)
+    the = Lab.load(_one_lab(lab))
+    st = the.st
+    s = the.store()
+    try:
+        results = probe.matrix(st, s)
+    finally:
+        s.close()
     skipped = probe.skipped(st)
-    nodes = {n: st.pods[n].node for n in st.pods}
-
-    def path(r: probe.Probe) -> str:
-        if r.server == "external":
-            return "leaves"
-        return "same node" if nodes.get(r.client) == nodes.get(r.server) else "cross node"
-
-    def good(r: probe.Probe) -> bool:
-        own = eps[r.client][1]
-        return r.ok and r.icmp and (r.server == "external" or r.seen_ip == own)
-
-    passed = sum(good(r) for r in results)
+    passed = sum(r.passed for r in results)
     if output == Output.json:
-        rows = [dict(asdict(r), path=path(r), passed=good(r)) for r in results]
+        rows = [asdict(r) for r in results]
         print(json.dumps({"probes": rows, "skipped": skipped, "passed": passed,
                           "total": len(results)}, indent=2))  # fmt: skip
     else:
-        _check_table(results, eps, path)
+        pods = {r.client for r in results if r.kind == "pod→pod"}
+        if len(pods) > BIG_LAB:
+            _check_matrix(results)
+        else:
+            _check_table(results, st)
+        for kind in probe.KINDS:
+            mine = [r for r in results if r.kind == kind]
+            if mine:
+                ok = sum(r.passed for r in mine)
+                out.print(f"{kind:<18} {ok}/{len(mine)} passed", markup=False)
         for name, why in sorted(skipped.items()):
             out.print(f"skipped {name}: {why}", markup=False)
         out.print(f"{passed}/{len(results)} probes passed")
@@ -591,22 +597,61 @@ def lab_check(
     raise typer.Exit(0 if results and passed == len(results) else 1)
 
 
-def _check_table(results: list[Any], eps: dict[str, tuple[str, str]], path: Any) -> None:
-    t = _table(
-        "FROM", "FROM IP", "TO", "TARGET", "PATH", "ICMP", "TCP", "SOURCE IP SEEN",
-        title="connectivity",
-    )  # fmt: skip
+BIG_LAB = 8  # more client pods than this: lab check draws a matrix, not a row per probe
+
+
+def _check_table(results: list[Any], st: Any) -> None:
+    t = _table("KIND", "FROM", "TO", "TARGET", "PATH", "ICMP", "TCP", "SOURCE IP SEEN",
+               title="connectivity")  # fmt: skip
+    node_of = {n: p.node for n, p in st.pods.items()}
     for r in results:
-        own = eps[r.client][1]
+        where = node_of.get(r.client, r.client)
+        path = (
+            "same node" if node_of.get(r.server) == where else "cross node"
+        ) if r.kind in ("pod→pod", "node→pod") else "-"  # fmt: skip
         if not r.ok:
-            verdict = f"[red]FAIL[/] {r.detail[:40]}"
-        elif r.server == "external":
-            verdict = "[green]ok[/] masqueraded"
+            verdict = f"[red]FAIL[/] {escape(r.detail[:60])}"
+        elif not r.passed:
+            verdict = "[red]NATed[/]" if r.icmp else "[red]no ping[/]"
+        elif r.kind in ("pod→external", "external→nodeport"):
+            verdict = "[green]ok[/]"
+        elif r.kind == "pod→service" and r.seen_ip != st.pods[r.client].ip:
+            verdict = "[green]ok[/] hairpin (to itself: masqueraded)"
         else:
-            verdict = "[green]ok[/] no NAT" if r.seen_ip == own else "[red]NATed[/]"
-        icmp = "[green]ok[/]" if r.icmp else "[red]FAIL[/]"
-        t.add_row(r.client, own, r.server, r.target, path(r), icmp, verdict, r.seen_ip)
+            verdict = "[green]ok[/] no NAT"
+        icmp = "-" if r.kind in ("pod→service", "external→nodeport") else (
+            "[green]ok[/]" if r.icmp else "[red]FAIL[/]"
+        )  # fmt: skip
+        t.add_row(r.kind, r.client, r.server, r.target, path, icmp, verdict, r.seen_ip or "-")
     out.print(t)
+
+
+def _check_matrix(results: list[Any]) -> None:
+    """Big labs: one row per client, one column per target; ``.`` passed, ``X``
+    failed (the failures are listed below it)."""
+    for kind, kinds in (("pod→pod", ("pod→pod", "pod→external")), ("node→pod", ("node→pod",))):
+        mine = [r for r in results if r.kind in kinds]
+        if not mine:
+            continue
+        clients = sorted({r.client for r in mine})
+        servers = sorted({r.server for r in mine}, key=lambda x: (x == "external", x))
+        verdict = {(r.client, r.server): r.passed for r in mine}
+        t = _table("FROM \\ TO", *[str(i) for i in range(len(servers))], title=kind)
+        for c in clients:
+            cells = [
+                "" if (c, x) not in verdict else "." if verdict[(c, x)] else "[red]X[/]"
+                for x in servers
+            ]
+            t.add_row(c, *cells)
+        out.print(t)
+        out.print("  " + "  ".join(f"{i}={x}" for i, x in enumerate(servers)), markup=False)
+    for r in results:
+        if not r.passed:
+            out.print(
+                f"FAIL {r.kind} {r.client} -> {r.server} ({r.target}): "
+                f"{r.detail or ('no ping' if not r.icmp else 'source seen ' + r.seen_ip)}",
+                markup=False,
+            )
 
 
 # -- get ---------------------------------------------------------------------

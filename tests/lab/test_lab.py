@@ -269,6 +269,11 @@ def test_apply_and_delete_say_what_they_did_like_kubectl(lab: str, tmp_path: Pat
     assert "pod/b configured" in r.stdout and "service/web unchanged" in r.stdout, r.stdout
     assert pods(lab)["b"]["labels"] == {"app": "web"} and pods(lab)["b"]["ip"] == ip
     assert endpoint_pods() == ["default/a", "default/b"]
+    # lab check reaches the service by its DNS name from every test pod
+    report = json.loads(flatnet("lab", "check", "--lab", lab, "-o", "json").stdout)
+    svc = [r for r in report["probes"] if r["kind"] == "pod→service"]
+    assert {r["client"] for r in svc} == {"a", "b"} and all(r["passed"] for r in svc), svc
+    assert {r["target"] for r in svc} == {"web.default.svc.cluster.local:80"}
     assert "pod/b configured" in apply("{}").stdout and endpoint_pods() == ["default/a"]
     # what cannot change in place is refused, naming it, and nothing is changed
     r = apply("{app: web}", ", command: [sleep, '60']")

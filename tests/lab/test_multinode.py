@@ -125,7 +125,8 @@ def test_flat_network_across_nodes(cluster: str) -> None:
     backend = next(iter(nodes(cluster).values()))["backend"]
     # the probe matrix: every pod -> every pod and external, ICMP + TCP, source IP seen
     check = flatnet("lab", "check", "--lab", cluster)
-    assert "36/36 probes passed" in check.stdout, check.stdout
+    assert "54/54 probes passed" in check.stdout, check.stdout
+    assert "node→pod           18/18 passed" in check.stdout  # every node reaches every pod
     assert "cross node" in check.stdout and "FAIL" not in check.stdout
     for name, p in ps.items():
         # the pod's own IP, from inside it, is what get pods reports
@@ -288,7 +289,7 @@ def test_routed_underlay_host_gw_needs_l2(uniq: str, tmp_path: Path) -> None:
         big = ("ping", "-c1", "-W1", "-M", "do", "-s", "1422", ps["3p1"]["ip"])  # 1450 bytes
         assert run(lab, "1p1", *big).returncode == 0
         check = flatnet("lab", "check", "--lab", lab)
-        assert "36/36 probes passed" in check.stdout
+        assert "54/54 probes passed" in check.stdout
 
 
 @pytest.mark.etcd
@@ -299,7 +300,7 @@ def test_etcd_on_the_underlay_and_its_outage(uniq: str, tmp_path: Path) -> None:
         st = LabState.load(lab)
         assert "etcd://192.168.50.2:2379" in st.nodes["node3"].agent_argv
         check = flatnet("lab", "check", "--lab", lab)
-        assert "36/36 probes passed" in check.stdout
+        assert "54/54 probes passed" in check.stdout
         ps = pods(lab)
         pinger = in_pod(
             ps["1p1"],

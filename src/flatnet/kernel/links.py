@@ -23,6 +23,7 @@ from flatnet.kernel import netns
 
 __all__ = [
     "add_address",
+    "addresses",
     "add_route",
     "attachment_problem",
     "bridge",
@@ -167,6 +168,12 @@ def add_address(
 def add_route(ns: str | None, dst: str, gateway: str, dev: str) -> None:
     with netns.netlink(ns, f"add route {dst} via {gateway} dev {dev}") as ipr:
         ipr.route("add", dst=dst, gateway=gateway, oif=_index(ipr, dev))
+
+
+def addresses(ns: str | None) -> list[str]:
+    """Every IPv4 address in the namespace."""
+    with netns.netlink(ns, "list addresses") as ipr:
+        return [str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)]
 
 
 def first_address(ns: str | None, dev: str) -> str:

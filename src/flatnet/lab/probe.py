@@ -1,9 +1,21 @@
 """Connectivity checks on a running lab: who reaches whom, and with which source IP.
 
 Each probe runs inside the client's namespace (a fresh thread that enters it):
-one ping, and a TCP request to the server's agnhost ``/clientip``, so the
-result shows the source address the server saw — the proof that no NAT
-happened inside the cluster.
+one ping where it applies, and a TCP request to the server's agnhost
+``/clientip``, so the result shows the source address the server saw — the
+proof that no NAT happened inside the cluster. The kinds, each with what
+passing means:
+
+- ``pod→pod``: answered, ping too, the server saw the client pod's own IP;
+- ``pod→external``: answered, ping too (masqueraded: the cluster is left);
+- ``node→pod``: from each node's own namespace: answered, ping too, the
+  server saw one of that node's addresses (no NAT);
+- ``pod→service``: the service's name resolved by the pod's own resolver
+  (``getent`` under the pod's resolv.conf: the cluster DNS) to its cluster
+  IP, then answered there, and the server saw the client pod's IP — or, when
+  the client is itself an endpoint and the proxy sent it to itself, its
+  node's address (hairpin traffic is masqueraded, as kube-proxy does);
+- ``external→nodeport``: every node's NodePort answers the external host.
 """
 
 from __future__ import annotations
@@ -13,10 +25,17 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from flatnet import keys
 from flatnet.kernel import links, netns
 from flatnet.lab.state import LabState
+from flatnet.model import Service
+from flatnet.store import Store
+from flatnet.view import ClusterView
 
-__all__ = ["Probe", "endpoints", "http_probe", "matrix", "ping"]
+__all__ = ["KINDS", "Probe", "endpoints", "http_probe", "matrix", "ping", "skipped"]
+
+KINDS = ("pod→pod", "pod→external", "node→pod", "pod→service", "external→nodeport")
+TEST_PORT = 8080  # what a lab test pod (agnhost netexec) serves
 
 
 @dataclass(frozen=True)
@@ -24,10 +43,12 @@ class Probe:
     client: str
     server: str
     target: str
-    ok: bool
+    ok: bool  # the request was answered
     seen_ip: str  # the source IP the server saw ("" when it failed)
     detail: str = ""
-    icmp: bool = False  # one ping answered
+    icmp: bool = False  # one ping answered (True where no ping applies)
+    kind: str = "pod→pod"
+    passed: bool = False  # what this kind of probe must show, shown
 
 
 def http_probe(ns: str, url: str, timeout: float = 2.0) -> str:
@@ -47,13 +68,22 @@ def ping(ns: str, ip: str, timeout: float = 1.0) -> bool:
     return r.returncode == 0
 
 
+def resolve(ns: str, name: str) -> str:
+    """``name`` as the pod's own resolver answers it (its /etc/netns resolv.conf:
+    the cluster DNS), "" when it does not."""
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, "getent", "ahostsv4", name], capture_output=True, text=True
+    )
+    return r.stdout.split()[0] if r.returncode == 0 and r.stdout else ""
+
+
 def endpoints(st: LabState) -> dict[str, tuple[str, str]]:
     """name -> (namespace, ip) of everything that runs a test server and has an IP
     (the user's pods: system pods like kube-dns run no test server)."""
     out = {
         n: (p.ns, p.ip)
         for n, p in st.pods.items()
-        if p.ip and p.mode == "bridge" and p.namespace != "kube-system"
+        if p.ip and p.mode == "bridge" and p.namespace != "kube-system" and not any(p.commands)
     }
     if st.external:
         ext_ip = _first_ip(st.external)
@@ -76,6 +106,8 @@ def skipped(st: LabState) -> dict[str, str]:
             out[n] = "network mode none: no network to probe"
         elif p.mode.startswith("container:"):
             out[n] = f"shares {p.mode.split(':', 1)[1]}'s network (probed as that pod)"
+        elif any(p.commands):
+            out[n] = "runs its own command, not the test server"
         else:
             out[n] = "no IP"
     return out
@@ -85,21 +117,98 @@ def _first_ip(ns: str) -> str:
     return links.first_address(ns, "eth0")
 
 
-def matrix(st: LabState, clients: list[str] | None = None) -> list[Probe]:
+def _http(kind: str, client: str, ns: str, server: str, target: str, ip: str = "") -> Probe:
+    """One request to ``target``'s /clientip (and a ping of ``ip``, if given)."""
+    icmp = ping(ns.rsplit("/", 1)[-1], ip) if ip else True
+    try:
+        seen = http_probe(ns, f"http://{target}/clientip").rsplit(":", 1)[0]
+        return Probe(client, server, target, True, seen, icmp=icmp, kind=kind)
+    except OSError as e:
+        return Probe(client, server, target, False, "", str(e), icmp, kind)
+
+
+def matrix(st: LabState, store: Store | None = None) -> list[Probe]:
+    """Every probe of the lab (see the module); with ``store``, services too."""
     eps = endpoints(st)
-    names = clients or [n for n in eps if n != "external"]
-
-    def one(pair: tuple[str, str]) -> Probe:
-        c, s = pair
-        ns = eps[c][0] if c in eps else st.pods[c].ns
-        target = f"{eps[s][1]}:8080"
-        icmp = ping(ns.rsplit("/", 1)[-1], eps[s][1])
-        try:
-            seen = http_probe(ns, f"http://{target}/clientip").rsplit(":", 1)[0]
-            return Probe(c, s, target, True, seen, icmp=icmp)
-        except OSError as e:
-            return Probe(c, s, target, False, "", str(e), icmp)
-
-    pairs = [(c, s) for c in names for s in eps if s != c]
+    pods = [n for n in eps if n != "external"]
+    own = {n: eps[n][1] for n in eps}
+    jobs = []
+    for c in pods:
+        for s in eps:
+            if s != c:
+                kind = "pod→external" if s == "external" else "pod→pod"
+                jobs.append((kind, c, eps[c][0], s, f"{eps[s][1]}:{TEST_PORT}", eps[s][1]))
+    node_ips = {n: links.addresses(info.ns) for n, info in st.nodes.items()}
+    for n, info in st.nodes.items():
+        for s in pods:
+            jobs.append(("node→pod", n, info.ns, s, f"{own[s]}:{TEST_PORT}", own[s]))
+    services = _services(st, store, set(pods)) if store is not None else []
     with ThreadPoolExecutor(max_workers=8) as ex:
-        return list(ex.map(one, pairs))
+        out = list(ex.map(lambda j: _http(*j), jobs))
+        out += list(
+            ex.map(lambda j: _service(*j), [(eps, c, s) for c in pods for s, _ in services])
+        )
+        out += list(ex.map(lambda j: _nodeport(*j), _nodeports(st, [s for s, _ in services])))
+    node_of = {n: p.node for n, p in st.pods.items()}
+    hairpin = {
+        f"{svc.namespace}/{svc.name}": {c: node_ips[node_of[c]] for c in refs}
+        for svc, refs in services
+    }
+
+    def passed(r: Probe) -> bool:
+        if r.kind == "pod→pod":
+            return r.ok and r.icmp and r.seen_ip == own[r.client]
+        if r.kind == "node→pod":
+            return r.ok and r.icmp and r.seen_ip in node_ips[r.client]
+        if r.kind == "pod→service":
+            itself = hairpin[r.server].get(r.client, [])
+            return r.ok and (r.seen_ip == own[r.client] or r.seen_ip in itself)
+        return r.ok and r.icmp
+
+    return [Probe(**{**r.__dict__, "passed": passed(r)}) for r in out]
+
+
+def _services(st: LabState, store: Store, test_pods: set[str]) -> list[tuple[Service, set[str]]]:
+    """The services whose every endpoint is a test server on its port (the ones
+    a probe can expect an answer from), with those endpoints' pods."""
+    view = ClusterView(store.range(keys.SERVICES) + store.range(keys.PODS))
+    out = []
+    for svc in view.services.values():
+        if svc.headless or svc.type == "ExternalName" or not svc.cluster_ip:
+            continue
+        eps = [e for es in view.endpoints(svc).values() for e in es]
+        refs = {e.pod.removeprefix("default/") for e in eps}
+        if eps and refs <= test_pods and all(e.port == TEST_PORT for e in eps):
+            out.append((svc, refs))
+    return out
+
+
+def _service(eps: dict[str, tuple[str, str]], client: str, svc: Service) -> Probe:
+    name = f"{svc.name}.{svc.namespace}.svc.cluster.local"
+    port = next(p.port for p in svc.ports if p.protocol == "TCP")
+    ns = eps[client][0]
+    ip = resolve(ns, name)
+    if ip != svc.cluster_ip:
+        why = f"{name} resolved to {ip or 'nothing'}, not {svc.cluster_ip}"
+        return Probe(client, f"{svc.namespace}/{svc.name}", f"{name}:{port}", False, "", why,
+                     True, "pod→service")  # fmt: skip
+    r = _http("pod→service", client, ns, f"{svc.namespace}/{svc.name}", f"{ip}:{port}")
+    return Probe(**{**r.__dict__, "target": f"{name}:{port}"})
+
+
+def _nodeports(st: LabState, services: list[Service]) -> list[tuple[str, str, str, str]]:
+    if not st.external:
+        return []
+    return [
+        (st.external, f"{svc.namespace}/{svc.name}", node, f"{info.underlay_ip}:{p.node_port}")
+        for svc in services
+        if svc.type == "NodePort"
+        for p in svc.ports
+        if p.node_port and p.protocol == "TCP"
+        for node, info in st.nodes.items()
+    ]
+
+
+def _nodeport(external_ns: str, svc: str, node: str, target: str) -> Probe:
+    r = _http("external→nodeport", "external", external_ns, f"{svc} via {node}", target)
+    return r
