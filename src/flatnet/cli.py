@@ -107,26 +107,10 @@ def _manifests(file: str) -> Any:
 
 
 def _namespaces_exist(s: Any, m: Any, file: str) -> None:
-    """Every object's namespace exists or comes in the same file (kubectl:
-    namespaces "x" not found); all such objects named at once."""
+    """Every object's namespace exists or comes in the same file."""
     from flatnet import namespaces
-    from flatnet.errors import LabFileError, ManifestErrors
 
-    brought = [n.name for n in m.namespaces]
-    objs = [("Pod", o) for o in m.pods] + [("Service", o) for o in m.services]
-    miss = set(namespaces.missing(s, [o.namespace for _, o in objs], brought))
-    errors = [
-        LabFileError(
-            file,
-            m.line(kind, o.namespace, o.name),
-            f"{kind.lower()} '{o.name}': namespace '{o.namespace}' not found "
-            "(create it first, or add a kind: Namespace document)",
-        )
-        for kind, o in objs
-        if o.namespace in miss
-    ]
-    if errors:
-        raise ManifestErrors(errors)
+    m.require_namespaces(set(namespaces.load_all(s)), file)
 
 
 TimeoutOpt = Annotated[

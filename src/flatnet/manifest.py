@@ -20,7 +20,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -128,11 +128,7 @@ def _message(model: type[BaseModel], err: Any, loc: tuple[Any, ...]) -> str:
     if err["type"] != "extra_forbidden":
         return str(err["msg"]).removeprefix("Value error, ")
     holder = _model_at(model, loc[:-1])
-    known = [
-        f.alias or n
-        for n, f in (holder.model_fields.items() if holder else ())
-        if not n.startswith("_")
-    ]
+    known = [*holder.model_fields, *getattr(holder, "_ignored", ())] if holder else []
     near = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
     return "unknown field" + (f" (did you mean '{near[0]}'?)" if near else "")
 
@@ -163,10 +159,18 @@ def check(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> Any:
 
 
 class _Known(BaseModel):
-    """Unknown fields are mistakes; Kubernetes fields flatnet has no use for
-    are declared (``Any``) and ignored."""
+    """Unknown fields are mistakes; the Kubernetes fields flatnet has no use
+    for (``_ignored``) are accepted and dropped."""
 
     model_config = ConfigDict(extra="forbid")
+    _ignored: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ignored(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in cls._ignored}
+        return data
 
 
 class _Meta(_Known):
@@ -174,14 +178,16 @@ class _Meta(_Known):
     namespace: str = Field(default="default", pattern=_LABEL, max_length=63)
     labels: dict[StrictStr, StrictStr] = {}
     annotations: dict[StrictStr, StrictStr] = {}
-    uid: Any = None
-    resourceVersion: Any = None  # noqa: N815
-    creationTimestamp: Any = None  # noqa: N815
-    generation: Any = None
-    generateName: Any = None  # noqa: N815
-    ownerReferences: Any = None  # noqa: N815
-    finalizers: Any = None
-    managedFields: Any = None  # noqa: N815
+    _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "generation",
+        "generateName",
+        "ownerReferences",
+        "finalizers",
+        "managedFields",
+    )
 
 
 class _Port(BaseModel):
@@ -312,22 +318,28 @@ class _ContainerPort(_Known):
     name: str = Field(default="", pattern=r"^$|^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
     containerPort: int = Field(ge=1, le=65535)  # noqa: N815
     protocol: Literal["TCP", "UDP"] = "TCP"
-    hostPort: Any = None  # noqa: N815
-    hostIP: Any = None  # noqa: N815
+    _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
+        "hostPort",
+        "hostIP",
+    )
 
 
 class _TCPSocket(_Known):
     port: StrictInt | StrictStr
-    host: Any = None
+    _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
+        "host",
+    )
 
 
 class _Probe(_Known):
     tcpSocket: _TCPSocket  # noqa: N815
-    initialDelaySeconds: Any = None  # noqa: N815
-    periodSeconds: Any = None  # noqa: N815
-    timeoutSeconds: Any = None  # noqa: N815
-    successThreshold: Any = None  # noqa: N815
-    failureThreshold: Any = None  # noqa: N815
+    _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
+        "initialDelaySeconds",
+        "periodSeconds",
+        "timeoutSeconds",
+        "successThreshold",
+        "failureThreshold",
+    )
 
 
 class _Container(_Known):
@@ -336,22 +348,23 @@ class _Container(_Known):
     command: list[str] | None = None
     args: list[str] | None = None
     readinessProbe: _Probe | None = None  # noqa: N815
-    # accepted, not used: a lab container runs on the machine's own files
-    image: Any = None
-    imagePullPolicy: Any = None  # noqa: N815
-    env: Any = None
-    envFrom: Any = None  # noqa: N815
-    resources: Any = None
-    volumeMounts: Any = None  # noqa: N815
-    workingDir: Any = None  # noqa: N815
-    securityContext: Any = None  # noqa: N815
-    livenessProbe: Any = None  # noqa: N815
-    startupProbe: Any = None  # noqa: N815
-    lifecycle: Any = None
-    stdin: Any = None
-    tty: Any = None
-    terminationMessagePath: Any = None  # noqa: N815
-    terminationMessagePolicy: Any = None  # noqa: N815
+    _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
+        "image",
+        "imagePullPolicy",
+        "env",
+        "envFrom",
+        "resources",
+        "volumeMounts",
+        "workingDir",
+        "securityContext",
+        "livenessProbe",
+        "startupProbe",
+        "lifecycle",
+        "stdin",
+        "tty",
+        "terminationMessagePath",
+        "terminationMessagePolicy",
+    )
 
 
 class _PodSpec(_Known):
@@ -359,28 +372,6 @@ class _PodSpec(_Known):
     containers: list[_Container] = Field(min_length=1)
     hostNetwork: bool = False  # noqa: N815
     restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"  # noqa: N815
-    # accepted, not used
-    volumes: Any = None
-    initContainers: Any = None  # noqa: N815
-    serviceAccountName: Any = None  # noqa: N815
-    serviceAccount: Any = None  # noqa: N815
-    automountServiceAccountToken: Any = None  # noqa: N815
-    dnsPolicy: Any = None  # noqa: N815
-    dnsConfig: Any = None  # noqa: N815
-    hostname: Any = None
-    subdomain: Any = None
-    nodeSelector: Any = None  # noqa: N815
-    affinity: Any = None
-    tolerations: Any = None
-    terminationGracePeriodSeconds: Any = None  # noqa: N815
-    securityContext: Any = None  # noqa: N815
-    imagePullSecrets: Any = None  # noqa: N815
-    priorityClassName: Any = None  # noqa: N815
-    schedulerName: Any = None  # noqa: N815
-    enableServiceLinks: Any = None  # noqa: N815
-    shareProcessNamespace: Any = None  # noqa: N815
-    hostPID: Any = None  # noqa: N815
-    hostIPC: Any = None  # noqa: N815
 
     @model_validator(mode="after")
     def _probe_ports(self) -> _PodSpec:
@@ -399,26 +390,54 @@ class _PodSpec(_Known):
                 )
         return self
 
+    _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
+        "volumes",
+        "initContainers",
+        "serviceAccountName",
+        "serviceAccount",
+        "automountServiceAccountToken",
+        "dnsPolicy",
+        "dnsConfig",
+        "hostname",
+        "subdomain",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+        "terminationGracePeriodSeconds",
+        "securityContext",
+        "imagePullSecrets",
+        "priorityClassName",
+        "schedulerName",
+        "enableServiceLinks",
+        "shareProcessNamespace",
+        "hostPID",
+        "hostIPC",
+    )
+
 
 class _Pod(_Known):
     apiVersion: Literal["v1"]  # noqa: N815
     kind: Literal["Pod"]
     metadata: _PodMeta
     spec: _PodSpec
-    status: Any = None
+    _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
+        "status",
+    )
 
 
 class _NamespaceMeta(_Meta):
     name: str = Field(pattern=_LABEL, max_length=63)
-    namespace: Any = None
+    _ignored: ClassVar[tuple[str, ...]] = (*_Meta._ignored, "namespace")  # in no namespace
 
 
 class _Namespace(_Known):
     apiVersion: Literal["v1"]  # noqa: N815
     kind: Literal["Namespace"]
     metadata: _NamespaceMeta
-    spec: Any = None
-    status: Any = None
+    _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
+        "spec",
+        "status",
+    )
 
 
 @dataclass(frozen=True)
@@ -494,6 +513,24 @@ class Manifest:
 
     def line(self, kind: str, namespace: str, name: str) -> int | None:
         return self.lines.get((kind, namespace, name))
+
+    def require_namespaces(self, have: set[str], path: str) -> None:
+        """Every Pod's and Service's namespace is in ``have`` or in the file
+        (kubectl: namespaces "x" not found); all that are not, named at once."""
+        have = have | {n.name for n in self.namespaces}
+        errors = [
+            LabFileError(
+                path,
+                self.line(kind, o.namespace, o.name),
+                f"{kind.lower()} '{o.name}': metadata.namespace: namespace '{o.namespace}' "
+                "not found (create it, or add a kind: Namespace document)",
+            )
+            for kind, objs in (("Pod", self.pods), ("Service", self.services))
+            for o in objs
+            if o.namespace not in have
+        ]
+        if errors:
+            raise ManifestErrors(errors)
 
 
 KINDS = ("Namespace", "Pod", "Service")

@@ -14,7 +14,7 @@ from flatnet.errors import ConfigError
 from flatnet.model import Namespace
 from flatnet.store import Store
 
-__all__ = ["SYSTEM", "apply", "delete", "ensure", "load_all", "missing"]
+__all__ = ["SYSTEM", "apply", "delete", "ensure", "load_all"]
 
 SYSTEM = ("default", "kube-system")
 
@@ -48,12 +48,6 @@ def apply(store: Store, wanted: Iterable[Namespace]) -> list[tuple[Namespace, st
         store.put(new.key, new.to_json())
         out.append((new, verdict))
     return out
-
-
-def missing(store: Store, used: Iterable[str], brought: Iterable[str] = ()) -> list[str]:
-    """The namespaces among ``used`` that neither exist nor are ``brought``."""
-    have = set(load_all(store)) | set(brought)
-    return sorted({n for n in used if n not in have})
 
 
 def delete(store: Store, names: Iterable[str]) -> list[str]:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flatnet import manifest
-from flatnet.errors import ConfigError, LabFileError, ManifestErrors
+from flatnet.errors import ConfigError, LabFileError
 from flatnet.manifest import Pod
 from flatnet.model import Namespace, NetworkConfig, Service
 from flatnet.namespaces import SYSTEM
@@ -182,7 +182,7 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         raise LabFileError(path, manifest.line_of(docs[0][0], where), problem)
     m = manifest.objects(docs[1:], path, lab.nodes)
     pods, services = m.pods, m.services
-    _check_namespaces(m, path)
+    m.require_namespaces(set(SYSTEM), path)
     _check_pods(pods, path, [d for d in docs[1:] if d[1].get("kind") == "Pod"])
     return LabTopo(
         lab.name,
@@ -200,24 +200,6 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         lab.dns,
         tuple(m.namespaces),
     )
-
-
-def _check_namespaces(m: manifest.Manifest, path: str) -> None:
-    """Every object's namespace is a system one or defined in the file."""
-    have = {*SYSTEM, *(n.name for n in m.namespaces)}
-    errors = [
-        LabFileError(
-            path,
-            m.line(kind, o.namespace, o.name),
-            f"{kind.lower()} '{o.name}': metadata.namespace: namespace '{o.namespace}' not "
-            "found (add a kind: Namespace document)",
-        )
-        for kind, objs in (("Pod", m.pods), ("Service", m.services))
-        for o in objs
-        if o.namespace not in have
-    ]
-    if errors:
-        raise ManifestErrors(errors)
 
 
 def _check_pods(pods: list[Pod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:
