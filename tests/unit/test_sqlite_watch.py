@@ -72,6 +72,36 @@ def test_lease_expiry_wakes_an_idle_watch(tmp_path: Path, monkeypatch: pytest.Mo
         st.close()
 
 
+def test_keepalives_wake_no_watch_and_a_renewed_lease_lives_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat renews its lease every second on every node: that must not
+    wake every watch of every agent (renewals go to a side file)."""
+    monkeypatch.setattr(SqliteWatch, "IDLE", 30.0)
+    st = SqliteStore(tmp_path / "store.db")
+    other = SqliteStore(tmp_path / "store.db")  # another process's view
+    lease = st.grant(0.6)
+    st.put("/k/beat", "x", lease=lease)
+    calls = counting(st)
+    w = st.watch("/k/", st.revision() + 1)
+    try:
+        time.sleep(0.2)
+        before = calls[0]
+        for _ in range(6):  # 1.2 s of renewals: past the TTL of 0.6 s
+            assert other.keepalive(lease)
+            time.sleep(0.2)
+        # a few wake-ups at the lease's due times; a wake per renewal would read ~30 times
+        assert calls[0] - before <= 5, f"{calls[0] - before} log reads for keep-alives"
+        assert st.get("/k/beat") is not None  # renewed: alive past its first TTL
+        ev = next_of(w, timeout=3)  # renewals stop: it expires, with a delete event
+        assert ev is not None and (ev.type, ev.key) == ("delete", "/k/beat")
+        assert not other.keepalive(lease)
+    finally:
+        w.close()
+        other.close()
+        st.close()
+
+
 def test_close_interrupts_the_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SqliteWatch, "IDLE", 30.0)
     st = SqliteStore(tmp_path / "store.db")
