@@ -90,12 +90,15 @@ class SqliteStore:
         return db
 
     # -- transactions -------------------------------------------------------
-    def _write(self, fn):  # type: ignore[no-untyped-def]
+    def _write(self, fn, store: bool = True):  # type: ignore[no-untyped-def]
+        """``fn(db)`` in one transaction; ``store=False``: one that writes only
+        the side file of renewals (no sweep, no lock on the store's own files)."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("BEGIN IMMEDIATE" if store else "BEGIN")
                 try:
-                    self._sweep(time.time())
+                    if store:
+                        self._sweep(time.time())
                     out = fn(self._db)
                     self._db.execute("COMMIT")
                     return out
@@ -221,28 +224,18 @@ class SqliteStore:
     def keepalive(self, lease: int) -> bool:
         """Renew in the side file only: no commit to the store's own files."""
         now = time.time()
-        with self._lock:
-            try:
-                self._db.execute("BEGIN")
-                try:
-                    row = self._db.execute(
-                        f"SELECT due, l.ttl FROM ({_EXPIRES}) e JOIN leases l ON l.id = e.id "
-                        "WHERE e.id=?",
-                        (lease,),
-                    ).fetchone()
-                    if row is None or row[0] < now:
-                        self._db.execute("ROLLBACK")
-                        return False  # gone, or due: the next write or watch sweeps it
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO alive.renewed VALUES (?, ?)", (lease, now + row[1])
-                    )
-                    self._db.execute("COMMIT")
-                    return True
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise StoreError(f"SQLite store '{self.path}': {e}") from e
+
+        def fn(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                f"SELECT due, l.ttl FROM ({_EXPIRES}) e JOIN leases l ON l.id = e.id WHERE e.id=?",
+                (lease,),
+            ).fetchone()
+            if row is None or row[0] < now:
+                return False  # gone, or due: the next write or watch sweeps it
+            db.execute("INSERT OR REPLACE INTO alive.renewed VALUES (?, ?)", (lease, now + row[1]))
+            return True
+
+        return bool(self._write(fn, store=False))
 
     def revoke(self, lease: int) -> None:
         self._write(lambda db: self._drop_lease(db, lease))
