@@ -41,10 +41,14 @@ __all__ = [
     "AGNHOST_PORT",
     "KINDS",
     "MODE_ANNOTATION",
+    "PORT_NAME",
+    "Known",
+    "Meta",
     "Manifest",
     "Pod",
     "check",
     "pod_ref",
+    "port_or_name",
     "docs",
     "line_of",
     "objects",
@@ -53,7 +57,7 @@ __all__ = [
 
 _LABEL = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 _SVC_NAME = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"  # DNS-1035 label
-_PORT_NAME = r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$"  # IANA service name, <= 15
+PORT_NAME = r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$"  # IANA service name, <= 15
 
 
 def docs(text: str, path: str) -> list[tuple[yaml.Node, Any]]:
@@ -104,7 +108,7 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     for part in loc:
         if isinstance(part, int):
             continue
-        f = model.model_fields.get(str(part))
+        f = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
         if f is None:
             return None
         sub = _inner_model(f.annotation)
@@ -128,7 +132,8 @@ def _message(model: type[BaseModel], err: Any, loc: tuple[Any, ...]) -> str:
     if err["type"] != "extra_forbidden":
         return str(err["msg"]).removeprefix("Value error, ")
     holder = _model_at(model, loc[:-1])
-    known = [*holder.model_fields, *getattr(holder, "_ignored", ())] if holder else []
+    known = [f.alias or n for n, f in holder.model_fields.items()] if holder else []
+    known += list(getattr(holder, "_ignored", ()))
     near = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
     return "unknown field" + (f" (did you mean '{near[0]}'?)" if near else "")
 
@@ -158,7 +163,7 @@ def check(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> Any:
     return model.model_validate(data)
 
 
-class _Known(BaseModel):
+class Known(BaseModel):
     """Unknown fields are mistakes; the Kubernetes fields flatnet has no use
     for (``_ignored``) are accepted and dropped."""
 
@@ -173,7 +178,7 @@ class _Known(BaseModel):
         return data
 
 
-class _Meta(_Known):
+class Meta(Known):
     name: str = Field(pattern=_SVC_NAME, max_length=63)
     namespace: str = Field(default="default", pattern=_LABEL, max_length=63)
     labels: dict[StrictStr, StrictStr] = {}
@@ -190,23 +195,25 @@ class _Meta(_Known):
     )
 
 
+def port_or_name(v: int | str | None) -> int | str | None:
+    """A port as Kubernetes takes it: a number 1..65535 or a container port's name."""
+    if isinstance(v, int) and not 1 <= v <= 65535:
+        raise ValueError(f"{v} is out of range 1..65535")
+    if isinstance(v, str) and not (re.match(PORT_NAME, v) and re.search("[a-z]", v)):
+        raise ValueError(f"'{v}' is neither a port number nor a container port name")
+    return v
+
+
 class _Port(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(default="", pattern=r"^$|" + _PORT_NAME)
+    name: str = Field(default="", pattern=r"^$|" + PORT_NAME)
     protocol: Literal["TCP", "UDP"] = "TCP"
     port: StrictInt = Field(ge=1, le=65535)
     targetPort: StrictInt | StrictStr | None = None  # noqa: N815
     nodePort: StrictInt | None = Field(default=None, ge=30000, le=32767)  # noqa: N815
     appProtocol: str | None = None  # noqa: N815
 
-    @field_validator("targetPort")
-    @classmethod
-    def _target(cls, v: int | str | None) -> int | str | None:
-        if isinstance(v, int) and not 1 <= v <= 65535:
-            raise ValueError(f"{v} is out of range 1..65535")
-        if isinstance(v, str) and not (re.match(_PORT_NAME, v) and re.search("[a-z]", v)):
-            raise ValueError(f"'{v}' is neither a port number nor a container port name")
-        return v
+    _target = field_validator("targetPort")(lambda v: port_or_name(v))
 
 
 class _ClientIP(BaseModel):
@@ -274,7 +281,7 @@ class _Service(BaseModel):
     model_config = ConfigDict(extra="forbid")
     apiVersion: Literal["v1"]  # noqa: N815
     kind: Literal["Service"]
-    metadata: _Meta
+    metadata: Meta
     spec: _Spec
     status: dict[str, Any] | None = None
 
@@ -310,11 +317,11 @@ def service(data: Any, node: yaml.Node, path: str) -> Service:
 MODE_ANNOTATION = "flatnet.io/network-mode"
 
 
-class _PodMeta(_Meta):
+class _PodMeta(Meta):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", max_length=40)
 
 
-class _ContainerPort(_Known):
+class _ContainerPort(Known):
     name: str = Field(default="", pattern=r"^$|^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
     containerPort: int = Field(ge=1, le=65535)  # noqa: N815
     protocol: Literal["TCP", "UDP"] = "TCP"
@@ -324,14 +331,14 @@ class _ContainerPort(_Known):
     )
 
 
-class _TCPSocket(_Known):
+class _TCPSocket(Known):
     port: StrictInt | StrictStr
     _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
         "host",
     )
 
 
-class _Probe(_Known):
+class _Probe(Known):
     tcpSocket: _TCPSocket  # noqa: N815
     _ignored: ClassVar[tuple[str, ...]] = (  # accepted, not used
         "initialDelaySeconds",
@@ -342,7 +349,7 @@ class _Probe(_Known):
     )
 
 
-class _Container(_Known):
+class _Container(Known):
     name: str
     ports: list[_ContainerPort] = []
     command: list[str] | None = None
@@ -367,7 +374,7 @@ class _Container(_Known):
     )
 
 
-class _PodSpec(_Known):
+class _PodSpec(Known):
     nodeName: str  # noqa: N815
     containers: list[_Container] = Field(min_length=1)
     hostNetwork: bool = False  # noqa: N815
@@ -415,7 +422,7 @@ class _PodSpec(_Known):
     )
 
 
-class _Pod(_Known):
+class _Pod(Known):
     apiVersion: Literal["v1"]  # noqa: N815
     kind: Literal["Pod"]
     metadata: _PodMeta
@@ -425,12 +432,12 @@ class _Pod(_Known):
     )
 
 
-class _NamespaceMeta(_Meta):
+class _NamespaceMeta(Meta):
     name: str = Field(pattern=_LABEL, max_length=63)
-    _ignored: ClassVar[tuple[str, ...]] = (*_Meta._ignored, "namespace")  # in no namespace
+    _ignored: ClassVar[tuple[str, ...]] = (*Meta._ignored, "namespace")  # in no namespace
 
 
-class _Namespace(_Known):
+class _Namespace(Known):
     apiVersion: Literal["v1"]  # noqa: N815
     kind: Literal["Namespace"]
     metadata: _NamespaceMeta
