@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 lab_app = typer.Typer(no_args_is_help=True, help="Multi-node clusters on one machine.")
 app.add_typer(lab_app, name="lab")
+policy_app = typer.Typer(no_args_is_help=True, help="NetworkPolicy: what policies decide.")
+app.add_typer(policy_app, name="policy")
 # not a terminal (make demo, CI logs, a pipe): as wide as the table needs, so no
 # cell is ever wrapped or cut; on a terminal, cells wrap (see _table)
 _WIDTH = 1000
@@ -96,14 +98,47 @@ LabOpt = Annotated[str | None, typer.Option()]
 StoreOpt = Annotated[str | None, typer.Option(help="datastore URL instead of a lab")]
 
 
-def _manifests(file: str) -> Any:
+def _read(file: str, policies: bool = False) -> tuple[Any, list[Any]]:
+    """A manifest file's objects, and its NetworkPolicies (an error unless
+    ``policies``: flatnet does not enforce them yet, so nothing applies them)."""
+    from flatnet.errors import LabFileError, ManifestErrors
     from flatnet.manifest import docs, objects
+    from flatnet.policy.manifest import network_policy
 
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
     except OSError as e:
         raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
-    return objects(docs(text, file), file, None)
+    all_docs = docs(text, file)
+
+    def is_policy(d: Any) -> bool:
+        return isinstance(d, dict) and d.get("kind") == "NetworkPolicy"
+
+    found, errors = [], []
+    for node, data in all_docs:
+        if not is_policy(data):
+            continue
+        if not policies:
+            errors.append(LabFileError(file, node.start_mark.line + 1, "NetworkPolicy is not "
+                          "enforced by flatnet yet: nothing was applied (see what it would "
+                          "decide: flatnet policy explain -f FILE FROM TO --port P)"))  # fmt: skip
+            continue
+        try:
+            found.append(network_policy(data, node, file))
+        except ManifestErrors as e:
+            errors.extend(e.errors)
+    others: list[Any] = []
+    try:
+        m = objects([d for d in all_docs if not is_policy(d[1])], file, None)
+    except ManifestErrors as e:
+        others = e.errors
+    if errors or others:
+        raise ManifestErrors(sorted(errors + others, key=lambda e: e.line or 0))
+    return m, found
+
+
+def _manifests(file: str) -> Any:
+    return _read(file)[0]
 
 
 def _namespaces_exist(s: Any, m: Any, file: str) -> None:
@@ -636,6 +671,85 @@ def _check_matrix(results: list[Any]) -> None:
                 f"{r.detail or ('no ping' if not r.icmp else 'source seen ' + r.seen_ip)}",
                 markup=False,
             )
+
+
+# -- policy ------------------------------------------------------------------
+@policy_app.command("explain")
+def policy_explain(
+    source: Annotated[str, typer.Argument(metavar="FROM", help="a pod (NAME, NS/NAME) or an IP")],
+    target: Annotated[str, typer.Argument(metavar="TO", help="a pod (NAME, NS/NAME) or an IP")],
+    port: Annotated[int, typer.Option(min=1, max=65535, help="the destination port")],
+    file: FileOpt,
+    protocol: Annotated[str, typer.Option(help="tcp, udp or sctp")] = "tcp",
+    namespace: NsOpt = "default",
+    lab: LabOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Would the NetworkPolicies of FILE let FROM open a connection to TO on
+    --port? Says allowed or denied, and which policies and rules decide, from
+    both sides (egress of FROM, ingress of TO); exit 0 allowed, 1 denied.
+    The pods and namespaces are the cluster's; flatnet does not enforce
+    NetworkPolicy yet, so this is what the policies mean, not what happens."""
+    from flatnet import namespaces, query
+    from flatnet.policy.verdict import decide
+
+    proto = protocol.upper()
+    if proto not in ("TCP", "UDP", "SCTP"):
+        raise ConfigError(f"--protocol: '{protocol}' is not tcp, udp or sctp")
+    _, policies = _read(file, policies=True)
+    s, _ = _store_for(lab, store)
+    try:
+        pods = query.pod_records(s)
+        ns_labels = {n: ns.labels for n, ns in namespaces.load_all(s).items()}
+    finally:
+        s.close()
+    src, dst = (_endpoint(x, namespace, pods) for x in (source, target))
+    v = decide(policies, ns_labels, src, dst, port, proto)
+    out.print(
+        f"{_who(src)} -> {_who(dst)} port {port}/{proto}: "
+        + ("allowed" if v.allowed else "DENIED"),
+        markup=False,
+    )
+    for what, side, ep in (("egress of", v.egress, src), ("ingress of", v.ingress, dst)):
+        if ep.pod is None or ep.pod.mode == "host":
+            why = "not a pod" if ep.pod is None else "on the host's network"
+            out.print(f"  {what} {_who(ep)}: not subject to policy ({why})", markup=False)
+        elif not side.isolating:
+            out.print(f"  {what} {_who(ep)}: not isolated (no policy selects it)", markup=False)
+        else:
+            verdict = (
+                "allowed by " + ", ".join(side.allowed_by)
+                if side.allowed_by
+                else "no rule allows it"
+            )
+            out.print(
+                f"  {what} {_who(ep)}: isolated by {', '.join(side.isolating)}; {verdict}",
+                markup=False,
+            )
+    raise typer.Exit(0 if v.allowed else 1)
+
+
+def _endpoint(x: str, namespace: str, pods: list[Any]) -> Any:
+    """A pod by NAME (in ``namespace``), NS/NAME or IP; or a bare IP."""
+    import ipaddress
+
+    from flatnet.policy.verdict import Endpoint
+
+    ns, _, name = x.rpartition("/")
+    ns = ns or namespace
+    for p in pods:
+        if (p.namespace, p.name) == (ns, name):
+            return Endpoint(p.ip, p)
+    try:
+        ipaddress.IPv4Address(x)
+    except ValueError:
+        raise ConfigError(f"no pod '{name}' in namespace '{ns}', and '{x}' is no IP") from None
+    owner = next((p for p in pods if p.ip == x and p.mode == "bridge"), None)
+    return Endpoint(x, owner)
+
+
+def _who(ep: Any) -> str:
+    return f"{ep.pod.namespace}/{ep.pod.name} ({ep.ip})" if ep.pod is not None else ep.ip
 
 
 # -- get ---------------------------------------------------------------------

@@ -23,11 +23,14 @@ from flatnet.store import Store
 from flatnet.view import ClusterView
 
 __all__ = [
+    "NamespaceRow",
     "NodeRow",
     "PodRow",
     "ServiceRow",
     "heartbeats",
+    "namespaces",
     "nodes",
+    "pod_records",
     "pods",
     "port_text",
     "services",
@@ -123,6 +126,10 @@ class ServiceRow:
             "endpointPods": self.endpoint_pods,
             "programmedOn": self.programmed_on,
         }
+
+
+def pod_records(store: Store) -> list[PodRecord]:
+    return [PodRecord.from_json(kv.value) for kv in store.range(keys.PODS)]
 
 
 def pods(store: Store) -> list[PodRow]:

@@ -22,6 +22,9 @@ MISTAKES = {
     "describe pod": "Missing argument 'name'",
     "apply -f x.yaml --timeout soon": "Invalid value for '--timeout'",
     "lab exec -n": "requires an argument",
+    "policy explain a": "Missing argument 'TO'",
+    "policy explain a b -f x.yaml --port none": "Invalid value for '--port'",
+    "policy explain a b -f x.yaml --port 70000": "Invalid value for '--port'",
     "get pods -o jsn": "'jsn' is not one of 'wide', 'json', 'yaml', 'name'",
     "apply": "Missing option '-f'",
     "apply -f": "requires an argument",
@@ -138,3 +141,53 @@ def test_namespaces_names_describe_and_watch(tmp_path: Path) -> None:
         got, _ = w.communicate(timeout=10)
         s.close()
     assert got.count("10.244.0.3") == 2 and "Running" in got.splitlines()[-2], got
+
+
+POLICY = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {selector: {pod: a}, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: y}}}], ports: [{port: http}]}]
+"""
+
+
+def test_policy_explain_says_what_decides_and_apply_refuses_policies(tmp_path: Path) -> None:
+    from flatnet import namespaces
+    from flatnet.model import Namespace, PodRecord
+    from flatnet.store.sqlite import SqliteStore
+
+    db = tmp_path / "store.db"
+    s = SqliteStore(str(db))
+    namespaces.ensure(s)
+    namespaces.apply(s, [Namespace.of("x"), Namespace.of("y", {"team": "y"}), Namespace.of("z")])
+    for ns, ip in (("x", "10.244.0.2"), ("y", "10.244.1.2"), ("z", "10.244.2.2")):
+        p = PodRecord("a", ns, "n1", ip, labels={"pod": "a"}, ports={"http": [8080, "TCP"]})
+        s.put(p.key, p.to_json())
+    s.close()
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY)
+    url = f"--store sqlite://{db}"
+    r = flatnet(f"policy explain y/a x/a --port 8080 -f {f} {url}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "y/a (10.244.1.2) -> x/a (10.244.0.2) port 8080/TCP: allowed"
+    assert "ingress of x/a (10.244.0.2): isolated by x/from-y; allowed by x/from-y ingress[0]" in (
+        r.stdout
+    )
+    assert "egress of y/a (10.244.1.2): not isolated" in r.stdout
+    r = flatnet(f"policy explain a x/a -n z --port 8080 -f {f} {url}")  # z is not team y
+    assert r.returncode == 1 and "DENIED" in r.stdout and "no rule allows it" in r.stdout
+    r = flatnet(f"policy explain 10.244.1.2 x/a --port 80 -f {f} {url}")  # the name means 8080
+    assert r.returncode == 1 and "DENIED" in r.stdout
+    r = flatnet(f"policy explain nosuch x/a --port 80 -f {f} {url}")
+    assert r.returncode == 1 and "no pod 'nosuch' in namespace 'default'" in r.stderr
+    # apply: a NetworkPolicy is refused, naming its line, and nothing of the file is applied
+    r = flatnet(f"apply -f {f} {url}")
+    assert r.returncode == 1 and f"{f}:6: NetworkPolicy is not enforced by flatnet yet" in r.stderr
+    assert flatnet(f"get services -A {url} -o name").stdout == ""

@@ -46,11 +46,13 @@ from flatnet.model import PodRecord
 from flatnet.store import Store, open_store
 
 __all__ = [
-    "PERIOD",
     "ContainerState",
     "Kubelet",
+    "PERIOD",
     "container_argv",
     "container_state",
+    "pod_status",
+    "probe",
     "status_file",
 ]
 

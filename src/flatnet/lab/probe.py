@@ -32,7 +32,7 @@ from flatnet.model import Service
 from flatnet.store import Store
 from flatnet.view import ClusterView
 
-__all__ = ["KINDS", "Probe", "endpoints", "http_probe", "matrix", "ping", "skipped"]
+__all__ = ["KINDS", "Probe", "endpoints", "http_probe", "matrix", "ping", "resolve", "skipped"]
 
 KINDS = ("pod→pod", "pod→external", "node→pod", "pod→service", "external→nodeport")
 TEST_PORT = 8080  # what a lab test pod (agnhost netexec) serves
