@@ -87,6 +87,8 @@ def plan_pods(st: LabState, pods: list[Pod], path: str) -> PodPlan:
             ("its network mode", have.mode, p.mode),
             ("spec.containers[].command", have.commands, _commands(p)),
             ("spec.containers[].ports", have.ports, dict(p.ports)),
+            ("spec.restartPolicy", have.restart_policy, p.restart_policy),
+            ("the readiness port", have.probe, p.probe),
         ):
             if old != new:
                 raise ConfigError(
