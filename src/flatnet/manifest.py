@@ -52,7 +52,6 @@ __all__ = [
     "objects",
     "pod_ref",
     "port_or_name",
-    "problems",
     "service",
 ]
 
@@ -139,29 +138,26 @@ def _message(model: type[BaseModel], err: Any, loc: tuple[Any, ...]) -> str:
     return "unknown field" + (f" (did you mean '{near[0]}'?)" if near else "")
 
 
-def problems(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> list[LabFileError]:
-    """Every mistake of one document, as ``FILE:LINE: field: problem``."""
-    try:
-        model.model_validate(data)
-        return []
-    except ValidationError as e:
-        out = []
-        for err in e.errors():
-            loc = tuple(
-                p for p in err["loc"]
-                if not str(p).startswith("function-") and p not in ("int", "str")
-            )  # fmt: skip
-            line = line_of(node, loc)
-            out.append(LabFileError(path, line, f"{_dotted(loc)}: {_message(model, err, loc)}"))
-        return out
+def _problems(
+    e: ValidationError, model: type[BaseModel], node: yaml.Node, path: str
+) -> list[LabFileError]:
+    """Every mistake pydantic found in one document, as ``FILE:LINE: field: problem``."""
+    out = []
+    for err in e.errors():
+        loc = tuple(
+            p for p in err["loc"] if not str(p).startswith("function-") and p not in ("int", "str")
+        )
+        line = line_of(node, loc)
+        out.append(LabFileError(path, line, f"{_dotted(loc)}: {_message(model, err, loc)}"))
+    return out
 
 
 def check(model: type[BaseModel], data: Any, node: yaml.Node, path: str) -> Any:
     """The document as ``model``; its mistakes, all of them, raised together."""
-    found = problems(model, data, node, path)
-    if found:
-        raise ManifestErrors(found) from None
-    return model.model_validate(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ManifestErrors(_problems(e, model, node, path)) from None
 
 
 class Known(BaseModel):
