@@ -218,11 +218,10 @@ def apply(
 
 def _wait_programmed(s: Any, written: list[str]) -> None:
     """``apply --wait``: until the proxy of every Ready node has what was written."""
-    from flatnet.lab.waits import wait_proxies
+    from flatnet.lab.waits import revision_of, wait_proxies
 
-    rev = max((kv.mod_revision for k in written if (kv := s.get(k)) is not None), default=0)
     start = time.monotonic()
-    nodes = wait_proxies(s, rev, timeout=30)
+    nodes = wait_proxies(s, revision_of(s, written), timeout=30)
     out.print(
         f"programmed on {len(nodes)} Ready node(s) ({', '.join(nodes) or '-'}) in "
         f"{time.monotonic() - start:.2f}s",

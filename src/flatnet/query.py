@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flatnet import keys
+from flatnet.agent.heartbeat import heartbeats
 from flatnet.model import (
-    Heartbeat,
-    Namespace,
     NodeRecord,
     PeerStatus,
     PodRecord,
     ProxyStatus,
     ServicePort,
 )
+from flatnet.namespaces import load_all
 from flatnet.store import Store
 from flatnet.view import ClusterView
 
@@ -27,7 +27,6 @@ __all__ = [
     "NodeRow",
     "PodRow",
     "ServiceRow",
-    "heartbeats",
     "namespaces",
     "nodes",
     "pod_records",
@@ -134,8 +133,7 @@ def pod_records(store: Store) -> list[PodRecord]:
 
 def pods(store: Store) -> list[PodRow]:
     out = []
-    for kv in store.range(keys.PODS):
-        p = PodRecord.from_json(kv.value)
+    for p in pod_records(store):
         ready = f"{p.running if p.ready else 0}/{p.containers}"
         out.append(
             PodRow(
@@ -169,15 +167,7 @@ class NamespaceRow:
 
 
 def namespaces(store: Store) -> list[NamespaceRow]:
-    return [
-        NamespaceRow(n.name, n.labels, n.created)
-        for n in (Namespace.from_json(kv.value) for kv in store.range(keys.NAMESPACES))
-    ]
-
-
-def heartbeats(store: Store) -> dict[str, Heartbeat]:
-    """The nodes whose agents are alive (Ready), with their heartbeats."""
-    return {keys.last(kv.key): Heartbeat.from_json(kv.value) for kv in store.range(keys.HEARTBEATS)}
+    return [NamespaceRow(n.name, n.labels, n.created) for n in load_all(store).values()]
 
 
 def nodes(store: Store) -> list[NodeRow]:

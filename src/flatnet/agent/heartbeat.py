@@ -21,9 +21,14 @@ from flatnet import keys
 from flatnet.model import Heartbeat
 from flatnet.store import Store
 
-__all__ = ["HeartbeatKeeper"]
+__all__ = ["HeartbeatKeeper", "heartbeats"]
 
 log = logging.getLogger("flatnet.agent.heartbeat")
+
+
+def heartbeats(store: Store) -> dict[str, Heartbeat]:
+    """The nodes whose agents are alive (Ready), with their heartbeats."""
+    return {keys.last(kv.key): Heartbeat.from_json(kv.value) for kv in store.range(keys.HEARTBEATS)}
 
 
 class HeartbeatKeeper:

@@ -42,7 +42,7 @@ from flatnet.lab.procs import py, spawn
 from flatnet.lab.state import LABS_DIR, LabState
 from flatnet.lab.topo import LabTopo
 from flatnet.lab.underlay import Underlay
-from flatnet.lab.waits import wait_agent, wait_peers, wait_proxies
+from flatnet.lab.waits import revision_of, wait_agent, wait_peers, wait_proxies
 from flatnet.manifest import Pod, pod_ref
 from flatnet.model import PodRecord, Service, ServicePort
 from flatnet.services import dns_ip
@@ -53,15 +53,6 @@ __all__ = ["Lab", "Progress", "failed_logs", "remove_failed_logs"]
 Progress = Callable[[str, int, int], None]
 REF_CNI = "/usr/lib/cni"
 UPSTREAM_ZONE = "flatnet.test"
-
-
-def _revision_of(store: Store, keys_: list[str]) -> int:
-    """The revision at which the last of ``keys_`` was written: what the proxies
-    must have programmed. Not ``store.revision()``: the proxies' own status
-    writes come after it, are no event they see, and so could name a revision
-    none of them ever reports (an etcd lab with Services failed to come up on it)."""
-    found = [kv.mod_revision for k in keys_ if (kv := store.get(k)) is not None]
-    return max(found, default=0)
 
 
 class _Builder:
@@ -154,7 +145,7 @@ class _Builder:
         pods_.add_pods(self.st, list(self.t.pods), store, self.progress)
         if self.t.services:
             done = services.apply(store, load_config(store), self.t.services)
-            wait_proxies(store, _revision_of(store, [s.key for s in done]))
+            wait_proxies(store, revision_of(store, [s.key for s in done]))
 
     def dns(self, store: Store) -> None:
         """The cluster DNS: a kube-dns pod in kube-system running ``flatnet dns``

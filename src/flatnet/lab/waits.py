@@ -8,15 +8,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flatnet import keys
+from flatnet.agent.heartbeat import heartbeats
 from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import LabTimeout
 from flatnet.lab.state import NodeState
 from flatnet.model import PeerStatus, ProxyStatus
 from flatnet.store import Store
 
-__all__ = ["wait_agent", "wait_peers", "wait_proxies"]
+__all__ = ["revision_of", "wait_agent", "wait_peers", "wait_proxies"]
 
 Progress = Callable[[str, int, int], None]
+
+
+def revision_of(store: Store, written: list[str]) -> int:
+    """The revision at which the last of ``written`` was written: what the
+    proxies must have programmed. Not ``store.revision()``: the proxies' own
+    status writes come after it, are no event they see, and so could name a
+    revision none of them ever reports (an etcd lab with Services failed to
+    come up on it)."""
+    return max((kv.mod_revision for k in written if (kv := store.get(k)) is not None), default=0)
 
 
 def wait_proxies(store: Store, rev: int, timeout: float = 10) -> list[str]:
@@ -29,7 +39,7 @@ def wait_proxies(store: Store, rev: int, timeout: float = 10) -> list[str]:
             s.node: s.revision
             for s in (ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY))
         }
-        alive = sorted(keys.last(kv.key) for kv in store.range(keys.HEARTBEATS))
+        alive = sorted(heartbeats(store))
         late = [n for n in alive if seen.get(n, 0) < rev]
         if not late:
             return alive
