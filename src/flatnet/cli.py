@@ -101,7 +101,7 @@ StoreOpt = Annotated[str | None, typer.Option(help="datastore URL instead of a l
 def _read(file: str, policies: bool = False) -> tuple[Any, list[Any]]:
     """A manifest file's objects, and its NetworkPolicies (an error unless
     ``policies``: flatnet does not enforce them yet, so nothing applies them)."""
-    from flatnet.errors import LabFileError, ManifestErrors
+    from flatnet.errors import LabFileError
     from flatnet.manifest import docs, objects
     from flatnet.policy.manifest import network_policy
 
@@ -141,13 +141,6 @@ def _manifests(file: str) -> Any:
     return _read(file)[0]
 
 
-def _namespaces_exist(s: Any, m: Any, file: str) -> None:
-    """Every object's namespace exists or comes in the same file."""
-    from flatnet import namespaces
-
-    m.require_namespaces(set(namespaces.load_all(s)), file)
-
-
 TimeoutOpt = Annotated[
     float, typer.Option(help="seconds to wait for new pods to get ready (then warn)")
 ]
@@ -179,7 +172,7 @@ def apply(
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be applied to a lab (give --lab)")
         namespaces.ensure(s)
-        _namespaces_exist(s, m, file)
+        m.require_namespaces(set(namespaces.load_all(s)), file)
         the = None
         if pods:
             from flatnet.lab.lab import Lab
@@ -503,8 +496,9 @@ def lab_exec(
         raise ConfigError("no command given: flatnet lab exec TARGET -- CMD")
 
     from flatnet.lab.procs import in_ns, pod_hostname
+    from flatnet.manifest import ref_name
 
-    name = ref.rsplit("/", 1)[-1]
+    name = ref_name(ref)
     env = dict(os.environ, FLATNET_POD_NAME=name)
     host = pod_hostname(name, pod.mode) if pod is not None else ""
     argv, enter = in_ns(ns, ctx.args, host)
@@ -942,9 +936,7 @@ def _cell(col: str, item: dict[str, Any]) -> str:
         return _age(time.time() - item["created"]) if item.get("created") else "-"
     if col == "refused":
         return "; ".join(v.values()) or "-"
-    if col == "labels":
-        return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "-"
-    if col == "selector":
+    if col in ("labels", "selector"):
         return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "-"
     if col == "endpoints":
         return ", ".join(v) or "<none>"
@@ -975,9 +967,10 @@ def _not_ready(pods: list[Any], lab: str) -> None:
     """A warning line per pod that did not get ready, saying where to look."""
     for r in pods:
         why = f"{r.status}" + (f": {r.message}" if r.message else "")
+        ns = f" -n {r.namespace}" if r.namespace != "default" else ""
         err.print(
-            f"warning: pod/{r.name} is not ready ({why}); see 'flatnet logs --lab {lab} "
-            f"{r.name}' and 'flatnet get pods --lab {lab}'",
+            f"warning: pod/{r.name} is not ready ({why}); see 'flatnet logs --lab {lab}{ns} "
+            f"{r.name}' and 'flatnet get pods --lab {lab}{ns}'",
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -986,8 +979,6 @@ def _not_ready(pods: list[Any], lab: str) -> None:
 
 def _say(msg: str) -> None:
     """One error line on stderr, printed verbatim (never read as rich markup)."""
-    from rich.markup import escape
-
     err.print(f"[red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "line_of",
     "objects",
     "pod_ref",
+    "ref_name",
     "port_or_name",
     "service",
 ]
@@ -473,6 +474,11 @@ class Pod:
 def pod_ref(namespace: str, name: str) -> str:
     """A pod as users type it: NAME in ``default``, NAMESPACE/NAME elsewhere."""
     return name if namespace == "default" else f"{namespace}/{name}"
+
+
+def ref_name(ref: str) -> str:
+    """The pod's name in a :func:`pod_ref`."""
+    return ref.rsplit("/", 1)[-1]
 
 
 def _mode(p: _Pod) -> str:

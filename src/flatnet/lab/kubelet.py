@@ -42,6 +42,7 @@ from flatnet import keys
 from flatnet.errors import FlatnetError
 from flatnet.kernel import netns
 from flatnet.lab.state import LABS_DIR, LabState, PodState, alive
+from flatnet.manifest import ref_name
 from flatnet.model import PodRecord
 from flatnet.store import Store, open_store
 
@@ -197,7 +198,7 @@ class Kubelet:
         return ok
 
     def _one(self, st: LabState, ref: str, pod: PodState) -> None:
-        kv = self.store.get(keys.pod(pod.namespace, ref.rsplit("/", 1)[-1]))
+        kv = self.store.get(keys.pod(pod.namespace, ref_name(ref)))
         if kv is None:
             return  # not recorded yet, or being deleted
         rec = PodRecord.from_json(kv.value)

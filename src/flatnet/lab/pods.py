@@ -33,7 +33,7 @@ from flatnet.lab.kubelet import container_argv, status_file
 from flatnet.lab.procs import ETC_NETNS, pod_hostname, py, spawn, which
 from flatnet.lab.state import LabState, NodeState, PodState
 from flatnet.lab.waits import wait_proxies
-from flatnet.manifest import AGNHOST_PORT, Pod, pod_ref
+from flatnet.manifest import AGNHOST_PORT, Pod, pod_ref, ref_name
 from flatnet.model import PodRecord
 from flatnet.services import dns_ip
 from flatnet.store import Store
@@ -296,7 +296,7 @@ def delete_pod(st: LabState, ref: str, store: Store) -> bool:
     service's endpoints first (and wait until every node's proxy has programmed
     that), then stop it and tear down its network with CNI DEL. Returns False
     if there is no such pod."""
-    name = ref.rsplit("/", 1)[-1]
+    name = ref_name(ref)
     info = st.pods.get(ref)
     if info is None:
         return False

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from flatnet import keys
 from flatnet.kernel import links, netns
 from flatnet.lab.state import LabState
+from flatnet.manifest import pod_ref
 from flatnet.model import Service
 from flatnet.store import Store
 from flatnet.view import ClusterView
@@ -177,7 +178,7 @@ def _services(st: LabState, store: Store, test_pods: set[str]) -> list[tuple[Ser
         if svc.headless or svc.type == "ExternalName" or not svc.cluster_ip:
             continue
         eps = [e for es in view.endpoints(svc).values() for e in es]
-        refs = {e.pod.removeprefix("default/") for e in eps}
+        refs = {pod_ref(*e.pod.split("/", 1)) for e in eps}
         if eps and refs <= test_pods and all(e.port == TEST_PORT for e in eps):
             out.append((svc, refs))
     return out
