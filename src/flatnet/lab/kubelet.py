@@ -45,6 +45,7 @@ from flatnet.lab.state import LABS_DIR, LabState, PodState, alive
 from flatnet.manifest import ref_name
 from flatnet.model import PodRecord
 from flatnet.store import Store, open_store
+from flatnet.store.base import KV
 
 __all__ = [
     "ContainerState",
@@ -166,18 +167,22 @@ def probe(pod: PodState) -> bool:
 class Kubelet:
     """Watches one lab's pods and keeps their records true (see the module)."""
 
-    def __init__(self, lab: str, store: Store) -> None:
-        self.lab, self.store = lab, store
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.ready: dict[str, bool] = {}  # pod -> last readiness verdict
         self.fails: dict[str, int] = {}
         self.looks = 0
 
     def look(self, st: LabState) -> None:
-        """One pass over every pod."""
+        """One pass over every pod (one read of the store for all of them)."""
         self.looks += 1
-        for name, pod in st.pods.items():
+        records = {kv.key: kv for kv in self.store.range(keys.PODS)}
+        for ref, pod in st.pods.items():
+            kv = records.get(keys.pod(pod.namespace, ref_name(ref)))
+            if kv is None:
+                continue  # not recorded yet, or being deleted
             with contextlib.suppress(FlatnetError, OSError):
-                self._one(st, name, pod)
+                self._one(st, ref, pod, kv)
         for gone in set(self.ready) - set(st.pods):
             self.ready.pop(gone, None)
             self.fails.pop(gone, None)
@@ -197,10 +202,7 @@ class Kubelet:
         self.ready[name] = ok
         return ok
 
-    def _one(self, st: LabState, ref: str, pod: PodState) -> None:
-        kv = self.store.get(keys.pod(pod.namespace, ref_name(ref)))
-        if kv is None:
-            return  # not recorded yet, or being deleted
+    def _one(self, st: LabState, ref: str, pod: PodState, kv: KV) -> None:
         rec = PodRecord.from_json(kv.value)
         if rec.phase == "Terminating":
             return
@@ -214,7 +216,6 @@ class Kubelet:
             states.append(container_state(lines, loops))
         all_run = all(c.state == "running" for c in states)
         new = pod_status(rec, states, self._readiness(ref, pod, all_run))
-        new = replace(new, created=rec.created or pod.created)
         if new != rec:
             self.store.cas(kv.key, new.to_json(), kv.mod_revision)
 
@@ -225,7 +226,7 @@ def main(argv: list[str]) -> int:
     (lab,) = argv
     st = LabState.load(lab)
     store = open_store(st.store_url)
-    k = Kubelet(lab, store)
+    k = Kubelet(store)
     log.info("kubelet of lab %s: looking at its pods every %.1fs", lab, PERIOD)
     try:
         while (LABS_DIR / lab / "state.json").exists():

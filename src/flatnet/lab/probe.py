@@ -29,7 +29,7 @@ from flatnet import keys
 from flatnet.kernel import links, netns
 from flatnet.lab.state import LabState
 from flatnet.manifest import pod_ref
-from flatnet.model import Service
+from flatnet.model import Service, ServicePort
 from flatnet.store import Store
 from flatnet.view import ClusterView
 
@@ -143,17 +143,17 @@ def matrix(st: LabState, store: Store | None = None) -> list[Probe]:
     for n, info in st.nodes.items():
         for s in pods:
             jobs.append(("node→pod", n, info.ns, s, f"{own[s]}:{TEST_PORT}", own[s]))
-    services = _services(st, store, set(pods)) if store is not None else []
+    services = _services(store, set(pods)) if store is not None else []
+    jobs += _nodeports(st, [(svc, port) for svc, port, _ in services])
     with ThreadPoolExecutor(max_workers=8) as ex:
         out = list(ex.map(lambda j: _http(*j), jobs))
         out += list(
-            ex.map(lambda j: _service(*j), [(eps, c, s) for c in pods for s, _ in services])
+            ex.map(lambda j: _service(*j), [(eps, c, *s[:2]) for c in pods for s in services])
         )
-        out += list(ex.map(lambda j: _nodeport(*j), _nodeports(st, [s for s, _ in services])))
     node_of = {n: p.node for n, p in st.pods.items()}
     hairpin = {
         f"{svc.namespace}/{svc.name}": {c: node_ips[node_of[c]] for c in refs}
-        for svc, refs in services
+        for svc, _, refs in services
     }
 
     def passed(r: Probe) -> bool:
@@ -169,24 +169,27 @@ def matrix(st: LabState, store: Store | None = None) -> list[Probe]:
     return [Probe(**{**r.__dict__, "passed": passed(r)}) for r in out]
 
 
-def _services(st: LabState, store: Store, test_pods: set[str]) -> list[tuple[Service, set[str]]]:
-    """The services whose every endpoint is a test server on its port (the ones
-    a probe can expect an answer from), with those endpoints' pods."""
+def _services(store: Store, test_pods: set[str]) -> list[tuple[Service, ServicePort, set[str]]]:
+    """The services a probe can expect an answer from: a TCP port whose every
+    endpoint is a test server on its port; with that port and those pods."""
     view = ClusterView(store.range(keys.SERVICES) + store.range(keys.PODS))
     out = []
     for svc in view.services.values():
         if svc.headless or svc.type == "ExternalName" or not svc.cluster_ip:
             continue
-        eps = [e for es in view.endpoints(svc).values() for e in es]
-        refs = {pod_ref(*e.pod.split("/", 1)) for e in eps}
-        if eps and refs <= test_pods and all(e.port == TEST_PORT for e in eps):
-            out.append((svc, refs))
+        for port, eps in view.endpoints(svc).items():
+            refs = {pod_ref(*e.pod.split("/", 1)) for e in eps}
+            if port.protocol != "TCP" or not eps or not refs <= test_pods:
+                continue
+            if all(e.port == TEST_PORT for e in eps):
+                out.append((svc, port, refs))
+                break
     return out
 
 
-def _service(eps: dict[str, tuple[str, str]], client: str, svc: Service) -> Probe:
+def _service(eps: dict[str, tuple[str, str]], client: str, svc: Service, sp: ServicePort) -> Probe:
     name = f"{svc.name}.{svc.namespace}.svc.cluster.local"
-    port = next(p.port for p in svc.ports if p.protocol == "TCP")
+    port = sp.port
     ns = eps[client][0]
     ip = resolve(ns, name)
     if ip != svc.cluster_ip:
@@ -197,19 +200,17 @@ def _service(eps: dict[str, tuple[str, str]], client: str, svc: Service) -> Prob
     return Probe(**{**r.__dict__, "target": f"{name}:{port}"})
 
 
-def _nodeports(st: LabState, services: list[Service]) -> list[tuple[str, str, str, str]]:
+def _nodeports(
+    st: LabState, services: list[tuple[Service, ServicePort]]
+) -> list[tuple[str, str, str, str, str, str]]:
+    """The external host's probes of each probed port's NodePort, on every node
+    (no ping: a NodePort is a TCP port)."""
     if not st.external:
         return []
     return [
-        (st.external, f"{svc.namespace}/{svc.name}", node, f"{info.underlay_ip}:{p.node_port}")
-        for svc in services
-        if svc.type == "NodePort"
-        for p in svc.ports
-        if p.node_port and p.protocol == "TCP"
+        ("external→nodeport", "external", st.external,
+         f"{svc.namespace}/{svc.name} via {node}", f"{info.underlay_ip}:{p.node_port}", "")
+        for svc, p in services
+        if p.node_port
         for node, info in st.nodes.items()
-    ]
-
-
-def _nodeport(external_ns: str, svc: str, node: str, target: str) -> Probe:
-    r = _http("external→nodeport", "external", external_ns, f"{svc} via {node}", target)
-    return r
+    ]  # fmt: skip
