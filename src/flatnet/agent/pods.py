@@ -238,9 +238,10 @@ class PodNetwork:
         side first so no packet is ever bigger than the far end takes. Returns
         (pods changed, pods whose namespace is unknown or gone: recreate them)."""
         changed, stuck = [], []
+        have = self.kernel.mtus("fl")  # one dump, not a round trip per pod
         for a in self.attached():
             host = links.host_veth_name(a.container_id, a.ifname)
-            old = self.kernel.mtu(host)
+            old = have.get(host)
             if old is None or old == mtu:
                 continue
             who = a.pod or a.container_id[:12]

@@ -90,8 +90,8 @@ class PodLinks(Protocol):
 
     def delete(self, name: str) -> bool: ...
 
-    def mtu(self, name: str) -> int | None:
-        """A host veth's MTU; None when it is gone."""
+    def mtus(self, prefix: str) -> dict[str, int]:
+        """name -> MTU of the links named ``prefix``..., in one round trip."""
         ...
 
     def set_mtu(self, name: str, mtu: int) -> bool:

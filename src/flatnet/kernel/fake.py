@@ -183,9 +183,8 @@ class FakePodLinks:
             v.address, v.gateway = "", ""
         return True
 
-    def mtu(self, name: str) -> int | None:
-        v = self.veths_.get(name)
-        return None if v is None else v.mtu
+    def mtus(self, prefix: str) -> dict[str, int]:
+        return {n: v.mtu for n, v in self.veths_.items() if n.startswith(prefix)}
 
     def set_mtu(self, name: str, mtu: int) -> bool:
         self.log.append(("set_mtu", name, str(mtu)))

@@ -35,6 +35,7 @@ __all__ = [
     "ip_mac",
     "links_of_kind",
     "mtu",
+    "mtus",
     "plug",
     "set_mtu",
     "up_with_address",
@@ -119,6 +120,16 @@ def mtu(ns: str | None, name: str) -> int | None:
     with netns.netlink(ns, f"read the MTU of '{name}'") as ipr:
         link = _get(ipr, name)
         return None if link is None else int(link.get_attr("IFLA_MTU"))
+
+
+def mtus(ns: str | None, prefix: str) -> dict[str, int]:
+    """name -> MTU of the links whose name starts with ``prefix``, in one dump."""
+    with netns.netlink(ns, f"read the MTUs of '{prefix}*'") as ipr:
+        return {
+            n: int(link.get_attr("IFLA_MTU"))
+            for link in ipr.get_links()
+            if (n := link.get_attr("IFLA_IFNAME") or "").startswith(prefix)
+        }
 
 
 def set_mtu(ns: str | None, name: str, value: int) -> bool:

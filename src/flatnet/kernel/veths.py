@@ -81,8 +81,8 @@ class NodeVeths:
             ) from e
         return True
 
-    def mtu(self, name: str) -> int | None:
-        return links.mtu(self.node_ns, name)
+    def mtus(self, prefix: str) -> dict[str, int]:
+        return links.mtus(self.node_ns, prefix)
 
     def set_mtu(self, name: str, mtu: int) -> bool:
         return links.set_mtu(self.node_ns, name, mtu)
