@@ -248,8 +248,9 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
 
 def pod_netns(lab: str, namespace: str, name: str) -> str:
     """A pod's network namespace: ``fl-<lab>-p-<pod>`` in ``default``,
-    ``fl-<lab>-n-<namespace>.<pod>`` elsewhere (a namespace has no dot)."""
-    return f"fl-{lab}-p-{name}" if namespace == "default" else f"fl-{lab}-n-{namespace}.{name}"
+    ``fl-<lab>-p-<namespace>_<pod>`` elsewhere (neither name can hold ``_``, so
+    no two pods meet; ``-n-`` is the nodes')."""
+    return f"fl-{lab}-p-{name}" if namespace == "default" else f"fl-{lab}-p-{namespace}_{name}"
 
 
 def _resolv_conf(st: LabState, p: Pod, ns: str, store: Store) -> None:
