@@ -273,6 +273,12 @@ class Lab:
         if named.get(target) and named[target] in st.namespaces:
             return named[target]
         have = [n for n in ("external", "router", "switch") if named[n] in st.namespaces]
+        if "/" in target:  # NS/NAME, or -n NS: only a pod can be meant
+            ns, name = target.split("/", 1)
+            raise ConfigError(
+                f"lab '{st.name}' has no pod '{name}' in namespace '{ns}' "
+                f"(pods: {', '.join(st.pods) or 'none'})"
+            )
         raise ConfigError(
             f"lab '{st.name}' has no pod, node or host named '{target}' "
             f"(pods: {', '.join(st.pods) or 'none'}; nodes: {', '.join(st.nodes)}; "
