@@ -2,14 +2,18 @@
 
 ``netexec --http-port N`` answers ``/hostname``, ``/clientip`` (the source
 IP:port it saw), ``/echo?msg=`` and ``/healthz``; with ``--udp-port`` it also
-echoes UDP datagrams prefixed with the peer address. ``connect HOST:PORT
---timeout 1s`` exits 0 when a TCP connection succeeds; ``get URL`` prints a
-body. Run as ``python -m flatnet.agnhost`` so pods start fast.
+echoes UDP datagrams prefixed with the peer address. ``serve-hostname --port
+80 --port 81`` answers its name on each port, on TCP and UDP (the upstream
+NetworkPolicy model's server). ``connect HOST:PORT [--protocol udp] --timeout
+1s`` exits 0 when a TCP connection succeeds (for UDP: an answer comes back);
+``get URL`` prints a body. Run as ``python -m flatnet.agnhost`` so pods start
+fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -71,12 +75,56 @@ def netexec(http_port: int, udp_port: int | None) -> int:
     return 0
 
 
+def _hostname_tcp(port: int) -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(512)
+    while True:
+        conn, _ = srv.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(_hostname().encode())
+
+
+def _hostname_udp(port: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        _, peer = s.recvfrom(65535)
+        s.sendto(_hostname().encode(), peer)
+
+
+def serve_hostname(ports: list[int]) -> int:
+    for port in ports:
+        for serve in (_hostname_tcp, _hostname_udp):
+            threading.Thread(target=serve, args=(port,), daemon=True).start()
+    threading.Event().wait()
+    return 0
+
+
+def udp_answers(host: str, port: int, timeout: float) -> bool:
+    """Does a datagram to ``host:port`` get an answer within ``timeout``?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect((host, port))
+            s.send(b"hostname")
+            return bool(s.recv(65535))
+        except OSError:
+            return False
+
+
 def _seconds(text: str) -> float:
     return float(text[:-2]) / 1000 if text.endswith("ms") else float(text.rstrip("s"))
 
 
-def connect(target: str, timeout: float) -> int:
+def connect(target: str, timeout: float, protocol: str = "tcp") -> int:
     host, _, port = target.rpartition(":")
+    if protocol == "udp":
+        if udp_answers(host, int(port), timeout):
+            return 0
+        print(f"connect {target}/udp: no answer within {timeout}s", file=sys.stderr)
+        return 1
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             return 0
@@ -104,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("connect")
     c.add_argument("target")
     c.add_argument("--timeout", default="1s")
+    c.add_argument("--protocol", choices=("tcp", "udp"), default="tcp")
+    h = sub.add_parser("serve-hostname")
+    h.add_argument("--port", type=int, action="append", required=True)
     g = sub.add_parser("get")
     g.add_argument("url")
     g.add_argument("--timeout", default="2s")
@@ -111,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "netexec":
         return netexec(a.http_port, a.udp_port)
     if a.cmd == "connect":
-        return connect(a.target, _seconds(a.timeout))
+        return connect(a.target, _seconds(a.timeout), a.protocol)
+    if a.cmd == "serve-hostname":
+        return serve_hostname(a.port)
     return get(a.url, _seconds(a.timeout))
 
 

@@ -98,47 +98,17 @@ LabOpt = Annotated[str | None, typer.Option()]
 StoreOpt = Annotated[str | None, typer.Option(help="datastore URL instead of a lab")]
 
 
-def _read(file: str, policies: bool = False) -> tuple[Any, list[Any]]:
-    """A manifest file's objects, and its NetworkPolicies (an error unless
-    ``policies``: flatnet does not enforce them yet, so nothing applies them)."""
-    from flatnet.errors import LabFileError
-    from flatnet.manifest import docs, objects
-    from flatnet.policy.manifest import network_policy
+def _read(file: str) -> tuple[Any, Any]:
+    """A manifest file's Namespaces, Pods and Services, and its NetworkPolicies
+    (each with its line)."""
+    from flatnet.manifest import docs
+    from flatnet.policy.manifest import split
 
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
     except OSError as e:
         raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
-    all_docs = docs(text, file)
-
-    def is_policy(d: Any) -> bool:
-        return isinstance(d, dict) and d.get("kind") == "NetworkPolicy"
-
-    found, errors = [], []
-    for node, data in all_docs:
-        if not is_policy(data):
-            continue
-        if not policies:
-            errors.append(LabFileError(file, node.start_mark.line + 1, "NetworkPolicy is not "
-                          "enforced by flatnet yet: nothing was applied (see what it would "
-                          "decide: flatnet policy explain -f FILE FROM TO --port P)"))  # fmt: skip
-            continue
-        try:
-            found.append(network_policy(data, node, file))
-        except ManifestErrors as e:
-            errors.extend(e.errors)
-    others: list[Any] = []
-    try:
-        m = objects([d for d in all_docs if not is_policy(d[1])], file, None)
-    except ManifestErrors as e:
-        others = e.errors
-    if errors or others:
-        raise ManifestErrors(sorted(errors + others, key=lambda e: e.line or 0))
-    return m, found
-
-
-def _manifests(file: str) -> Any:
-    return _read(file)[0]
+    return split(docs(text, file), file, None)
 
 
 TimeoutOpt = Annotated[
@@ -160,19 +130,24 @@ def apply(
     wait: WaitOpt = False,
 ) -> None:
     """Create what is new, change what differs, leave what is equal (as kubectl
-    apply): the Namespaces, Services and (on a lab) Pods of a manifest file. New
-    pods are waited for until ready (or failed); those that are not are named."""
+    apply): the Namespaces, NetworkPolicies, Services and (on a lab) Pods of a
+    manifest file. New pods are waited for until ready (or failed); those that
+    are not are named."""
     from flatnet import keys, namespaces, services
     from flatnet.ipam import load_config
+    from flatnet.policy import objects as policy_objects
 
-    m = _manifests(file)
+    m, pols = _read(file)
     pods, svcs = m.pods, m.services
     s, st = _store_for(lab, store)
     try:
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be applied to a lab (give --lab)")
+        cfg = load_config(s) if svcs else None  # before anything is written
         namespaces.ensure(s)
-        m.require_namespaces(set(namespaces.load_all(s)), file)
+        have = set(namespaces.load_all(s))
+        m.require_namespaces(have, file)
+        pols.require_namespaces(have | {n.name for n in m.namespaces}, file)
         the = None
         if pods:
             from flatnet.lab.lab import Lab
@@ -181,8 +156,11 @@ def apply(
             plan = the.plan_pods(pods, file)  # checked before anything is made
         for ns, verdict in namespaces.apply(s, m.namespaces):
             out.print(f"namespace/{ns.name} {verdict}", markup=False)
+        # policies before pods: a new pod is isolated from its first packet
+        for pol, verdict in policy_objects.apply(s, [p for _, p in pols]):
+            out.print(f"networkpolicy.networking.k8s.io/{pol.name} {verdict}", markup=False)
         before = services.load_all(s)
-        for svc in services.apply(s, load_config(s), svcs):
+        for svc in services.apply(s, cfg, svcs) if cfg is not None else ():
             old = before.get(svc.key)
             verdict = "created" if old is None else "unchanged" if old == svc else "configured"
             out.print(f"service/{svc.name} {verdict} (clusterIP {svc.cluster_ip or '-'})")
@@ -202,19 +180,24 @@ def apply(
                     )
             _not_ready(not_ready, the.name)
         if wait:
+            pod_keys = [keys.pod(p.namespace, p.name) for p in pods]
             _wait_programmed(
-                s, [o.key for o in svcs] + [keys.pod(p.namespace, p.name) for p in pods]
+                s,
+                [o.key for o in svcs] + pod_keys,
+                [policy_objects.key(p) for _, p in pols] + pod_keys + [n.key for n in m.namespaces],
             )
     finally:
         s.close()
 
 
-def _wait_programmed(s: Any, written: list[str]) -> None:
-    """``apply --wait``: until the proxy of every Ready node has what was written."""
-    from flatnet.lab.waits import revision_of, wait_proxies
+def _wait_programmed(s: Any, for_proxies: list[str], for_policies: list[str]) -> None:
+    """``apply --wait``: until the proxy and the policy table of every Ready
+    node have what was written."""
+    from flatnet.lab.waits import revision_of, wait_policies, wait_proxies
 
     start = time.monotonic()
-    nodes = wait_proxies(s, revision_of(s, written), timeout=30)
+    nodes = wait_proxies(s, revision_of(s, for_proxies), timeout=30)
+    nodes = sorted(set(nodes) | set(wait_policies(s, revision_of(s, for_policies), timeout=30)))
     out.print(
         f"programmed on {len(nodes)} Ready node(s) ({', '.join(nodes) or '-'}) in "
         f"{time.monotonic() - start:.2f}s",
@@ -231,17 +214,25 @@ IgnoreOpt = Annotated[
 def delete(
     file: FileOpt, lab: LabOpt = None, store: StoreOpt = None, ignore_not_found: IgnoreOpt = False
 ) -> None:
-    """Delete the Services (and, on a lab, the Pods) named in a manifest file;
-    each is reported deleted or not found (exit 1, unless --ignore-not-found)."""
+    """Delete the NetworkPolicies, Services (and, on a lab, the Pods) named in a
+    manifest file; each is reported deleted or not found (exit 1, unless
+    --ignore-not-found)."""
     from flatnet import namespaces, services
+    from flatnet.policy import objects as policy_objects
 
-    m = _manifests(file)
+    m, pols = _read(file)
     pods, svcs = m.pods, m.services
     s, st = _store_for(lab, store)
     missing = []
     try:
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be deleted from a lab (give --lab)")
+        gone = set(policy_objects.delete(s, [(p.namespace, p.name) for _, p in pols]))
+        for _, p in pols:
+            if p.ref in gone:
+                out.print(f"networkpolicy.networking.k8s.io/{p.name} deleted")
+            else:
+                missing.append(f"networkpolicy.networking.k8s.io/{p.name}")
         gone = set(services.delete(s, [(x.namespace, x.name) for x in svcs]))
         for x in svcs:
             if f"{x.namespace}/{x.name}" in gone:
@@ -564,12 +555,24 @@ def lab_check(
     output: Annotated[
         Output, typer.Option("-o", "--output", help="wide (a table) or json")
     ] = Output.wide,
+    matrix: Annotated[
+        bool,
+        typer.Option("--matrix", help="the NetworkPolicy truth table: every pod to every pod"),
+    ] = False,
+    port: Annotated[
+        list[int] | None, typer.Option(min=1, max=65535, help="--matrix: a port (repeat; 80, 81)")
+    ] = None,
+    protocol: Annotated[
+        list[str] | None, typer.Option(help="--matrix: tcp or udp (repeat; both)")
+    ] = None,
 ) -> None:
     """Probe the lab as a user would: pod to pod, pod to the external host, node
     to pod, pod to each Service by its DNS name, and each NodePort from the
     external host (reach + source IP seen); a table per probe for small labs,
     a matrix for big ones; says which pods it skipped and why; fails when a
-    probe fails or none ran."""
+    probe fails or none ran. With --matrix: the upstream NetworkPolicy truth
+    table per port and protocol (. reached, X blocked), compared with what
+    the cluster's policies say; fails on any cell that differs."""
     from dataclasses import asdict
 
     from flatnet.lab import probe
@@ -577,7 +580,11 @@ def lab_check(
 
     if output not in (Output.wide, Output.json):
         raise ConfigError(f"lab check: -o {output} is not supported (wide or json)")
+    if not matrix and (port or protocol):
+        raise ConfigError("lab check: --port and --protocol go with --matrix")
     the = Lab.load(_one_lab(lab))
+    if matrix:
+        _policy_matrix(the, port or [80, 81], protocol or ["tcp", "udp"], output)
     st = the.st
     s = the.store()
     try:
@@ -610,6 +617,44 @@ def lab_check(
 
 
 BIG_LAB = 8  # more client pods than this: lab check draws a matrix, not a row per probe
+
+
+def _policy_matrix(the: Any, ports: list[int], protocols: list[str], output: Output) -> None:
+    from flatnet.lab import reach
+
+    protos = [p.upper() for p in protocols]
+    for p in protos:
+        if p not in ("TCP", "UDP"):
+            raise ConfigError(f"--protocol: '{p.lower()}' is not tcp or udp")
+    s = the.store()
+    try:
+        tables = reach.tables(the.st, s, ports, protos)
+    finally:
+        s.close()
+    tables = [t for t in tables if len(t.pods) > 1]
+    wrong = sum(len(t.wrong) for t in tables)
+    if output == Output.json:
+        print(json.dumps({"tables": [
+            {"port": t.port, "protocol": t.protocol, "pods": t.pods,
+             "observed": t.text("observed"), "expected": t.text("expected"),
+             "wrong": [f"{a} -> {b}" for a, b in t.wrong]} for t in tables
+        ], "wrong": wrong}, indent=2))  # fmt: skip
+    else:
+        for t in tables:
+            out.print(f"{t.protocol}/{t.port}: reachability (. reached, X blocked)", markup=False)
+            out.print(t.text(), markup=False, highlight=False)
+            if t.wrong:
+                out.print("expected (what the policies say):", markup=False)
+                out.print(t.text("expected"), markup=False, highlight=False)
+                for a, b in t.wrong:
+                    verdict = "reached" if t.observed[(a, b)] else "blocked"
+                    out.print(f"WRONG {a} -> {b} {t.protocol}/{t.port}: {verdict}", markup=False)
+            out.print("")
+        cells = sum(len(t.observed) for t in tables)
+        out.print(f"{cells - wrong}/{cells} cells as the policies say", markup=False)
+    if not tables:
+        _say("no pods to probe: none declares those ports (containerPort) with an IP")
+    raise typer.Exit(0 if tables and not wrong else 1)
 
 
 def _check_table(results: list[Any], st: Any) -> None:
@@ -672,26 +717,32 @@ def policy_explain(
     source: Annotated[str, typer.Argument(metavar="FROM", help="a pod (NAME, NS/NAME) or an IP")],
     target: Annotated[str, typer.Argument(metavar="TO", help="a pod (NAME, NS/NAME) or an IP")],
     port: Annotated[int, typer.Option(min=1, max=65535, help="the destination port")],
-    file: FileOpt,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "-f", "--filename", help="judge by this file's policies (what if), not the cluster's"
+        ),
+    ] = None,
     protocol: Annotated[str, typer.Option(help="tcp, udp or sctp")] = "tcp",
     namespace: NsOpt = "default",
     lab: LabOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Would the NetworkPolicies of FILE let FROM open a connection to TO on
-    --port? Says allowed or denied, and which policies and rules decide, from
-    both sides (egress of FROM, ingress of TO); exit 0 allowed, 1 denied.
-    The pods and namespaces are the cluster's; flatnet does not enforce
-    NetworkPolicy yet, so this is what the policies mean, not what happens."""
+    """May FROM open a connection to TO on --port? Says allowed or denied, and
+    which NetworkPolicies and rules decide, from both sides (egress of FROM,
+    ingress of TO); exit 0 allowed, 1 denied. The cluster's policies, pods and
+    namespaces; with -f, that file's policies instead (what they would do)."""
     from flatnet import namespaces, query
+    from flatnet.policy import objects as policy_objects
     from flatnet.policy.verdict import decide
 
     proto = protocol.upper()
     if proto not in ("TCP", "UDP", "SCTP"):
         raise ConfigError(f"--protocol: '{protocol}' is not tcp, udp or sctp")
-    _, policies = _read(file, policies=True)
+    from_file = [p for _, p in _read(file)[1]] if file is not None else None
     s, _ = _store_for(lab, store)
     try:
+        policies = from_file if from_file is not None else list(policy_objects.load_all(s).values())
         pods = query.pod_records(s)
         ns_labels = {n: ns.labels for n, ns in namespaces.load_all(s).items()}
     finally:
@@ -752,6 +803,7 @@ KINDS = {k: kind for kind, names in {
     "service": ("services", "service", "svc"),
     "endpoints": ("endpoints", "endpoint", "ep"),
     "namespace": ("namespaces", "namespace", "ns"),
+    "networkpolicy": ("networkpolicies", "networkpolicy", "netpol"),
 }.items() for k in names}  # fmt: skip
 NsOpt = Annotated[str, typer.Option("-n", "--namespace", help="the namespace (default: default)")]
 AllNsOpt = Annotated[bool, typer.Option("-A", "--all-namespaces", help="every namespace")]
@@ -780,7 +832,7 @@ def _store_for(lab: str | None, store: str | None) -> Any:
     return open_store(st.store_url), st
 
 
-_KIND_LIST = "pods, nodes, services, endpoints or namespaces"
+_KIND_LIST = "pods, nodes, services, endpoints, namespaces or networkpolicies"
 
 
 @app.command()
@@ -798,8 +850,9 @@ def get(
         bool, typer.Option("-w", "--watch", help="then print each object again when it changes")
     ] = False,
 ) -> None:
-    """Show what the cluster holds: get pods|nodes|services|endpoints|namespaces [NAME]
-    [-n NS | -A] [-o wide|json|yaml|name] [-w]."""
+    """Show what the cluster holds: get
+    pods|nodes|services|endpoints|namespaces|networkpolicies [NAME] [-n NS | -A]
+    [-o wide|json|yaml|name] [-w]."""
     if kind not in KINDS:
         raise ConfigError(f"unknown kind '{kind}': use {_KIND_LIST}")
     what = KINDS[kind]
@@ -883,6 +936,9 @@ def _items(
     elif what == "namespace":
         items = [r.to_dict() for r in query.namespaces(s)]
         cols = ["name", "status", "age", "labels"]
+    elif what == "networkpolicy":
+        items = [r.to_dict() for r in query.network_policies(s)]
+        cols = ["name", "podSelector", "policyTypes", "pods", "programmed"]
     else:
         rows = query.services(s)
         items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
@@ -941,7 +997,7 @@ def _cell(col: str, item: dict[str, Any]) -> str:
     if col == "endpoints":
         return ", ".join(v) or "<none>"
     if col == "programmed":
-        return f"{len(item['programmedOn'])}/{item['proxies']}"
+        return f"{len(item['programmedOn'])}/{item.get('proxies', item.get('tables'))}"
     if col == "ports":
         from flatnet.query import port_text
 

@@ -9,10 +9,12 @@ All keys live under ``/flatnet/``::
     namespaces/<name>              a Namespace (Namespace) with its labels
     pods/<namespace>/<name>        a pod as the API server would hold it (PodRecord)
     services/<namespace>/<name>    a Service (Service)
+    networkpolicies/<ns>/<name>    a NetworkPolicy (flatnet.policy.model.NetworkPolicy)
     serviceips/10.96.0.10          the claim of a cluster IP by one service
     nodeports/tcp/30080            the claim of a node port by one service
     status/<node>                  what the node's peer watcher programmed (PeerStatus)
     proxy/<node>                   what the node's service proxy programmed (ProxyStatus)
+    policy/<node>                  what the node's policy table programmed (PolicyStatus)
     heartbeats/<node>              the agent is alive (Heartbeat), tied to a TTL lease of seconds
 
 The prefixes end in ``/`` so a range over one never meets another's keys.
@@ -28,7 +30,9 @@ __all__ = [
     "IPAM",
     "NODES",
     "NAMESPACES",
+    "NETWORK_POLICIES",
     "NODE_PORTS",
+    "POLICY",
     "PODS",
     "PREFIX",
     "PROXY",
@@ -41,9 +45,11 @@ __all__ = [
     "last",
     "namespace",
     "node",
+    "network_policy",
     "node_port",
     "peer_status",
     "pod",
+    "policy_status",
     "proxy_status",
     "service",
     "service_ip",
@@ -63,6 +69,8 @@ SERVICE_IPS = PREFIX + "serviceips/"
 NODE_PORTS = PREFIX + "nodeports/"
 STATUS = PREFIX + "status/"
 PROXY = PREFIX + "proxy/"
+NETWORK_POLICIES = PREFIX + "networkpolicies/"
+POLICY = PREFIX + "policy/"
 HEARTBEATS = PREFIX + "heartbeats/"
 
 
@@ -101,6 +109,10 @@ def service(namespace: str, name: str) -> str:
     return f"{SERVICES}{namespace}/{name}"
 
 
+def network_policy(namespace: str, name: str) -> str:
+    return f"{NETWORK_POLICIES}{namespace}/{name}"
+
+
 def service_ip(ip: str) -> str:
     return SERVICE_IPS + ip
 
@@ -115,6 +127,10 @@ def peer_status(node_name: str) -> str:
 
 def proxy_status(node_name: str) -> str:
     return PROXY + node_name
+
+
+def policy_status(node_name: str) -> str:
+    return POLICY + node_name
 
 
 def heartbeat(node_name: str) -> str:

@@ -543,7 +543,7 @@ class Manifest:
             raise ManifestErrors(errors)
 
 
-KINDS = ("Namespace", "Pod", "Service")
+KINDS = ("Namespace", "Pod", "Service", "NetworkPolicy")  # policies: flatnet.policy.manifest
 
 
 def objects(

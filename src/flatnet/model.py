@@ -20,6 +20,7 @@ __all__ = [
     "NetworkConfig",
     "NodeRecord",
     "PeerStatus",
+    "PolicyStatus",
     "PodRecord",
     "ProxyStatus",
     "Service",
@@ -180,6 +181,20 @@ class ProxyStatus(Camel):
     revision: int = 0
     services: int = 0
     chains: int = 0
+    last_sync: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyStatus(Camel):
+    """What a node's policy table holds (``policy/<node>``): the store revision
+    it reflects, the policies that select pods of this node, how many of its
+    pods are isolated, and how long the last sync took."""
+
+    _wire = {"last_sync": "lastSyncSeconds"}
+    node: str
+    revision: int = 0
+    policies: list[str] = field(default_factory=list)  # namespace/name
+    isolated: int = 0
     last_sync: dict[str, float] = field(default_factory=dict)
 
 

@@ -59,7 +59,11 @@ def delete(store: Store, names: Iterable[str]) -> list[str]:
             raise ConfigError(f"namespace '{name}' cannot be deleted: every cluster has it")
         inside = [
             f"{kind}/{keys.last(kv.key)}"
-            for kind, prefix in (("pod", keys.PODS), ("service", keys.SERVICES))
+            for kind, prefix in (
+                ("pod", keys.PODS),
+                ("service", keys.SERVICES),
+                ("networkpolicy", keys.NETWORK_POLICIES),
+            )
             for kv in store.range(f"{prefix}{name}/")
         ]
         if inside:

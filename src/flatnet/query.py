@@ -7,6 +7,7 @@ JSON object ``-o json`` prints for it (the same keys kubectl users see:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from flatnet import keys
@@ -19,6 +20,7 @@ from flatnet.model import (
     ServicePort,
 )
 from flatnet.namespaces import load_all
+from flatnet.policy.model import LabelSelector, NetworkPolicy
 from flatnet.store import Store
 from flatnet.view import ClusterView
 
@@ -26,12 +28,15 @@ __all__ = [
     "NamespaceRow",
     "NodeRow",
     "PodRow",
+    "PolicyRow",
     "ServiceRow",
     "namespaces",
+    "network_policies",
     "nodes",
     "pod_records",
     "pods",
     "port_text",
+    "selector_text",
     "services",
 ]
 
@@ -237,4 +242,57 @@ def services(store: Store) -> list[ServiceRow]:
                 len(proxies),
             )
         )
+    return out
+
+
+def selector_text(sel: LabelSelector) -> str:
+    """kubectl's way of writing a selector: ``a=b,c in (d,e),!f``; ``<none>``
+    selects every pod."""
+    parts = [f"{k}={v}" for k, v in sel.match_labels]
+    for r in sel.match_expressions:
+        if r.operator in ("In", "NotIn"):
+            parts.append(f"{r.key} {r.operator.lower()} ({','.join(r.values)})")
+        else:
+            parts.append(r.key if r.operator == "Exists" else f"!{r.key}")
+    return ",".join(parts) or "<none>"
+
+
+@dataclass(frozen=True)
+class PolicyRow:
+    policy: NetworkPolicy
+    pods: list[str]  # the pods it selects (namespace/name)
+    programmed_on: list[str]  # Ready nodes whose policy table reflects it
+    nodes: int  # nodes with a policy table
+
+    def to_dict(self) -> dict[str, object]:
+        p = self.policy
+        return {
+            "namespace": p.namespace,
+            "name": p.name,
+            "podSelector": selector_text(p.pod_selector),
+            "policyTypes": list(p.policy_types),
+            "ingressRules": len(p.ingress),
+            "egressRules": len(p.egress),
+            "pods": self.pods,
+            "programmedOn": self.programmed_on,
+            "tables": self.nodes,
+        }
+
+
+def network_policies(store: Store) -> list[PolicyRow]:
+    pods = [p for p in pod_records(store) if p.mode != "host"]
+    alive = heartbeats(store)
+    tables = {
+        keys.last(kv.key): json.loads(kv.value)["revision"] for kv in store.range(keys.POLICY)
+    }
+    out = []
+    for kv in store.range(keys.NETWORK_POLICIES):
+        pol = NetworkPolicy.from_json(kv.value)
+        selected = sorted(
+            f"{p.namespace}/{p.name}"
+            for p in pods
+            if p.namespace == pol.namespace and pol.pod_selector.matches(p.labels)
+        )
+        done = sorted(n for n, rev in tables.items() if rev >= kv.mod_revision and n in alive)
+        out.append(PolicyRow(pol, selected, done, len(tables)))
     return out

@@ -3,6 +3,8 @@ the command and the problem, exit 2 — never a traceback (no root, no lab)."""
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 from pathlib import Path
@@ -158,7 +160,7 @@ spec:
 """
 
 
-def test_policy_explain_says_what_decides_and_apply_refuses_policies(tmp_path: Path) -> None:
+def test_policy_explain_says_what_decides_and_apply_takes_policies(tmp_path: Path) -> None:
     from flatnet import namespaces
     from flatnet.model import Namespace, PodRecord
     from flatnet.store.sqlite import SqliteStore
@@ -187,7 +189,30 @@ def test_policy_explain_says_what_decides_and_apply_refuses_policies(tmp_path: P
     assert r.returncode == 1 and "DENIED" in r.stdout
     r = flatnet(f"policy explain nosuch x/a --port 80 -f {f} {url}")
     assert r.returncode == 1 and "no pod 'nosuch' in namespace 'default'" in r.stderr
-    # apply: a NetworkPolicy is refused, naming its line, and nothing of the file is applied
+    # apply checks everything before it writes: this store has no cluster config
+    # for the file's Service, so the policy is not created either
     r = flatnet(f"apply -f {f} {url}")
-    assert r.returncode == 1 and f"{f}:6: NetworkPolicy is not enforced by flatnet yet" in r.stderr
-    assert flatnet(f"get services -A {url} -o name").stdout == ""
+    assert r.returncode == 1 and "no cluster network config" in r.stderr
+    assert flatnet(f"get netpol -A {url} -o name").stdout == ""
+    # a policy in a namespace that does not exist: refused with its line
+    only = POLICY[POLICY.index("apiVersion: networking") :]
+    f.write_text(only.replace("namespace: x", "namespace: nope"))
+    r = flatnet(f"apply -f {f} {url}")
+    assert r.returncode == 1
+    assert f"{f}:1: networkpolicy 'from-y': metadata.namespace: namespace 'nope' not found" in (
+        r.stderr
+    )
+    # applied, it is the cluster's: explain without -f judges by it, get shows it
+    f.write_text(only)
+    r = flatnet(f"apply -f {f} {url}")
+    assert r.returncode == 0 and r.stdout == "networkpolicy.networking.k8s.io/from-y created\n"
+    assert "unchanged" in flatnet(f"apply -f {f} {url}").stdout
+    r = flatnet(f"policy explain a x/a -n z --port 8080 {url}")
+    assert r.returncode == 1 and "isolated by x/from-y; no rule allows it" in r.stdout
+    (item,) = json.loads(flatnet(f"get networkpolicies -n x -o json {url}").stdout)["items"]
+    assert item["pods"] == ["x/a"] and item["policyTypes"] == ["Ingress"]
+    assert item["podSelector"] == "pod=a"
+    r = flatnet(f"delete -f {f} {url}")
+    assert r.returncode == 0 and "networkpolicy.networking.k8s.io/from-y deleted" in r.stdout
+    r = flatnet(f"delete -f {f} {url}")
+    assert r.returncode == 1 and "networkpolicy.networking.k8s.io/from-y not found" in r.stderr

@@ -3,9 +3,10 @@
 Start-up, in order (:func:`assemble`): open the store, agree on the cluster
 config, find the underlay, claim (or re-claim) the node subnet under a TTL
 lease (:class:`~flatnet.agent.lease.LeaseKeeper`), set up the backend and the
-node (sysctls, bridge, masquerade), load the fast path, and make the pod
-network, the peer watcher and the service proxy. Then :meth:`Agent.start`
-serves the CNI plugin and starts the threads: peers, proxy, lease keep-alive,
+node (sysctls, bridge, masquerade), load the fast path, and make the policy
+table's keeper, the pod network (whose ADD admits each pod to the policy
+table first), the peer watcher and the service proxy. Then :meth:`Agent.start`
+serves the CNI plugin and starts the threads: peers, proxy, policy, lease keep-alive,
 IP reclaim, and the heartbeat (:mod:`flatnet.agent.heartbeat`: the node's
 Ready condition). The agent never switches its own threads into another
 namespace: ``ns`` (None on a real host) names where its kernel objects go.
@@ -38,6 +39,7 @@ from flatnet.kernel.nft import Nft
 from flatnet.kernel.routes import Routes
 from flatnet.kernel.veths import NodeVeths
 from flatnet.model import Allocation, Lease, NetworkConfig
+from flatnet.policy.sync import PolicySync
 from flatnet.proxy.sync import ServiceProxy
 from flatnet.store import Store, open_store
 
@@ -60,6 +62,7 @@ class AgentOptions:
     reap_delay: float = 0.5  # batch window for destroying deleted pods' veths
     resync_every: float = 10.0  # peer routes re-converged this often without events
     proxy_resync: float = 300.0  # the whole service table rewritten this often
+    policy_resync: float = 300.0  # the whole policy table rewritten this often
     heartbeat: float = 1.0  # seconds between heartbeats; NotReady after 3 missed
 
 
@@ -73,6 +76,7 @@ class Parts:
     pods: PodNetwork
     peers: PeerWatcher
     proxy: ServiceProxy
+    policy: PolicySync
     cni: CNIServer
     heartbeat: HeartbeatKeeper
 
@@ -107,9 +111,11 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         fast = _fast_path(o.ns, cfg, backend, ctx, ipam, attached(veths, ipam))
         if fast is not None:
             undo.callback(fast.close)
-        pods = PodNetwork(veths, o.bridge, ipam, mtu, o.reap_delay, fast)
-        _remtu(pods, mtu)
         ttl = keeper.ttl_lease
+        own = {ip, str(ipam.gateway), str(ipam.subnet.network_address)}
+        policy = PolicySync(store, nft, Conntrack(o.ns), o.node, lambda: own, ttl, o.policy_resync)
+        pods = PodNetwork(veths, o.bridge, ipam, mtu, o.reap_delay, fast, policy.admit)
+        _remtu(pods, mtu)
         peers = PeerWatcher(
             store,
             backend,
@@ -122,6 +128,7 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         proxy = ServiceProxy(store, nft, Conntrack(o.ns), o.node, cfg.pod_cidr, ttl, o.proxy_resync)
         keeper.subscribe(peers.rebind)
         keeper.subscribe(proxy.rebind)
+        keeper.subscribe(policy.rebind)
         cni = CNIServer(o.socket_path, CNIHandler(cfg, pods, ready))
         heartbeat = HeartbeatKeeper(store, o.node, o.heartbeat, 3 * o.heartbeat)
         undo.pop_all()
@@ -129,7 +136,7 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         "node %s: subnet %s, underlay %s on %s (MTU %d), backend %s, pod MTU %d",
         o.node, lease.subnet, ip, under.dev, under.mtu, cfg.backend, mtu,
     )  # fmt: skip
-    return Parts(store, keeper, backend, pods, peers, proxy, cni, heartbeat)
+    return Parts(store, keeper, backend, pods, peers, proxy, policy, cni, heartbeat)
 
 
 def _fast_path(
@@ -198,6 +205,7 @@ class Agent:
         p.pods.start_reaper()
         p.cni.start(self._spawn)
         self._spawn(lambda: p.proxy.run(self._stop), "proxy")
+        self._spawn(lambda: p.policy.run(self._stop), "policy")
         self._spawn(lambda: p.keeper.run(self._stop), "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
         self._spawn(lambda: p.peers.run(self._stop), "peers")
@@ -220,7 +228,7 @@ class Agent:
         p.heartbeat.stop()
         p.cni.stop()
         for t in self._threads:
-            if t.name in ("peers", "proxy"):
+            if t.name in ("peers", "proxy", "policy"):
                 t.join(timeout=5)
         p.pods.close()
         p.backend.stop()

@@ -3,7 +3,8 @@
 ADD, in this order (each step undone if a later one fails, so a failed ADD
 leaves no veth, address or IP allocation):
 
-1. an IP from the node subnet, keyed by (container ID, ifname);
+1. an IP from the node subnet, keyed by (container ID, ifname); the policy
+   table admits the pod with it (isolated from its first packet);
 2. one rtnetlink request in the node namespace makes the veth pair: host end
    ``fl<hash>`` already on the bridge and up, peer ``<ifname>`` born inside
    the pod's namespace; MACs are chosen here (pod: ``0a:58:<ip>``, so a
@@ -35,6 +36,7 @@ import contextlib
 import errno
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flatnet.errors import CNIError, Code, KernelError, NamespaceNotFound, SyscallError
@@ -72,10 +74,12 @@ class PodNetwork:
         mtu: int,
         reap_delay: float = 0.5,
         fast: FastPathMaps | None = None,
+        admit: Callable[[str, str], None] | None = None,
     ) -> None:
         """``kernel``: the node's pod links (:class:`flatnet.kernel.veths.NodeVeths`,
         or a fake); ``fast``: the fast path's maps, when it runs (pods enter and
-        leave them)."""
+        leave them); ``admit(pod, ip)``: called once the pod has its IP and
+        before it has an interface (the policy table takes it in)."""
         self.kernel, self.bridge, self.ipam, self.mtu = kernel, bridge, ipam, mtu
         self.reap_delay = reap_delay
         self.plen = ipam.subnet.prefixlen
@@ -84,6 +88,7 @@ class PodNetwork:
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
         self.fast = fast
+        self.admit = admit
 
     def close(self) -> None:
         self.stop_reaper()
@@ -98,6 +103,8 @@ class PodNetwork:
         with contextlib.ExitStack() as undo:
             alloc = self.ipam.allocate(cid, ifname, pod, pod_ns)
             undo.callback(self.ipam.release, cid, ifname)
+            if self.admit is not None:
+                self.admit(pod, alloc.ip)
             host_mac, pod_mac = _random_mac(), links.ip_mac(alloc.ip)
             self._make_veth(host, host_mac, pod_ns, ifname, pod_mac)
             undo.callback(self.kernel.delete, host)

@@ -13,9 +13,10 @@ unit-tested without root. Contracts, for real and fake alike:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from flatnet.kernel.conntrack import Flow
 from flatnet.kernel.objects import Changes, Desired
 
 __all__ = ["ConntrackTable", "FastPathMaps", "Firewall", "PodLinks", "RouteTable"]
@@ -49,6 +50,10 @@ class ConntrackTable(Protocol):
     def delete_udp(self, targets: Iterable[tuple[str, int, str]]) -> int:
         """Delete the UDP entries each ``(dst, dport, reply_src)`` names (dst ""
         any address); returns how many went."""
+        ...
+
+    def delete_where(self, doomed: Callable[[Flow], bool]) -> int:
+        """Delete every entry ``doomed`` says; returns how many went."""
         ...
 
 

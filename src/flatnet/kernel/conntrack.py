@@ -6,7 +6,8 @@ original tuple as the dump gave it (``IPCTNL_MSG_CT_DELETE``), all acked before
 it returns. An entry gone
 meanwhile (ENOENT) is success. The service proxy uses it to drop UDP flows
 still pointing at endpoints that went away (kube-proxy #48370), one dump for
-all the endpoints a change removed.
+all the endpoints a change removed; the policy table, to cut the established
+flows a policy change no longer allows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from flatnet.errors import KernelError
@@ -38,7 +39,8 @@ _NFGEN = struct.pack("=BBH", socket.AF_INET, 0, 0)  # family, NFNETLINK_V0, res_
 
 @dataclass(frozen=True)
 class Flow:
-    """One entry: protocol number, original tuple, and the reply's source."""
+    """One entry: protocol number, original tuple, and the reply's source
+    address and port (after DNAT: the endpoint it was sent to)."""
 
     proto: int
     src: str
@@ -46,6 +48,7 @@ class Flow:
     sport: int
     dport: int
     reply_src: str
+    reply_sport: int = 0
 
 
 def _attrs(data: bytes, off: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -89,7 +92,8 @@ def _entry(msg: bytes) -> tuple[Flow, bytes] | None:
     if not orig:
         return None
     proto, src, dst, sport, dport = _tuple(orig)
-    return Flow(proto, src, dst, sport, dport, _tuple(reply)[1]), orig
+    _, rsrc, _, rsport, _ = _tuple(reply)
+    return Flow(proto, src, dst, sport, dport, rsrc, rsport), orig
 
 
 class Conntrack:
@@ -151,12 +155,18 @@ class Conntrack:
         all. Returns how many were deleted."""
         exact = set(targets)
         anywhere = {(port, src) for dst, port, src in exact if not dst}
-        gone = [
-            raw
-            for f, raw in self._dump()
-            if f.proto == socket.IPPROTO_UDP
-            and ((f.dst, f.dport, f.reply_src) in exact or (f.dport, f.reply_src) in anywhere)
-        ] if exact else []  # fmt: skip
+        if not exact:
+            return 0
+        return self.delete_where(
+            lambda f: (
+                f.proto == socket.IPPROTO_UDP
+                and ((f.dst, f.dport, f.reply_src) in exact or (f.dport, f.reply_src) in anywhere)
+            )
+        )
+
+    def delete_where(self, doomed: Callable[[Flow], bool]) -> int:
+        """Delete every entry ``doomed`` says (one dump); returns how many."""
+        gone = [raw for f, raw in self._dump() if doomed(f)]
         if not gone:
             return 0
         with self._lock:

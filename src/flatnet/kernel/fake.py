@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from flatnet.errors import KernelError, SyscallError
+from flatnet.kernel.conntrack import Flow
 from flatnet.kernel.objects import Changes, Desired, Fdb, Neigh, Route
 
 __all__ = [
@@ -93,6 +94,11 @@ class FakeConntrack:
             f for f in self.flows for dst, port, src in asked
             if f[1:] == (port, src) and (not dst or f[0] == dst)
         ]  # fmt: skip
+        self.flows = [f for f in self.flows if f not in gone]
+        return len(gone)
+
+    def delete_where(self, doomed: Callable[[Flow], bool]) -> int:
+        gone = [f for f in self.flows if doomed(Flow(17, "", f[0], 0, f[1], f[2], f[1]))]
         self.flows = [f for f in self.flows if f not in gone]
         return len(gone)
 

@@ -45,6 +45,7 @@ from flatnet.lab.underlay import Underlay
 from flatnet.lab.waits import revision_of, wait_agent, wait_peers, wait_proxies
 from flatnet.manifest import Pod, pod_ref
 from flatnet.model import PodRecord, Service, ServicePort
+from flatnet.policy import objects as policies
 from flatnet.services import dns_ip
 from flatnet.store import Store, open_store
 
@@ -333,6 +334,7 @@ class Lab:
                 save_config(store, topo.network)
                 namespaces.ensure(store)
                 namespaces.apply(store, topo.namespaces)
+                policies.apply(store, topo.policies)  # before any pod: isolated from the start
                 b.agents(agent_url, store)
                 b.pods(store)
             finally:

@@ -16,7 +16,9 @@ until every node's proxy has programmed that.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -32,7 +34,7 @@ from flatnet.kernel import netns
 from flatnet.lab.kubelet import container_argv, status_file
 from flatnet.lab.procs import ETC_NETNS, pod_hostname, py, spawn, which
 from flatnet.lab.state import LabState, NodeState, PodState
-from flatnet.lab.waits import wait_proxies
+from flatnet.lab.waits import wait_policies, wait_proxies
 from flatnet.manifest import AGNHOST_PORT, Pod, pod_ref, ref_name
 from flatnet.model import PodRecord
 from flatnet.services import dns_ip
@@ -114,6 +116,7 @@ def relabel(st: LabState, pods: list[Pod], store: Store) -> None:
     st.save()
     if rev:
         wait_proxies(store, rev)
+        wait_policies(store, rev)
 
 
 def check_commands(pods: list[Pod], path: str) -> None:
@@ -226,6 +229,9 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
             st.add_ns(ns)
         if p.mode == "bridge":
             _resolv_conf(st, p, ns, store)
+            # the API server has the pod, with its labels, before its CNI ADD:
+            # the node's policy table isolates it from its first packet
+            store.put(keys.pod(p.namespace, p.name), _record(st, p).to_json())
         ip = _attach(st, p, ns, cid, node)
         if p.mode == "bridge":
             _hosts(ns, p.name, ip)
@@ -240,10 +246,18 @@ def _create_pod(st: LabState, p: Pod, store: Store) -> None:
         status.unlink(missing_ok=True)  # a pod of the same name before
         host = pod_hostname(p.name, p.mode)
         argv = container_argv(argv, status, p.restart_policy)
-        pid = spawn(ns, argv, log, {"FLATNET_POD_NAME": p.name}, hostname=host)
+        pid = spawn(ns, argv, log, _pod_env(p.name), hostname=host)
         with _lock:
             st.add_process(pid, f"pod:{p.ref}")
     store.put(keys.pod(p.namespace, p.name), _record(st, p).to_json())
+
+
+def _pod_env(name: str) -> dict[str, str]:
+    """A container's environment: the pod's name, and flatnet's own interpreter
+    first on PATH — the lab's "image": ``python -m flatnet.agnhost`` works in
+    any pod, whichever shell started the lab."""
+    bin_dir = os.path.dirname(sys.executable)
+    return {"FLATNET_POD_NAME": name, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def pod_netns(lab: str, namespace: str, name: str) -> str:
@@ -312,6 +326,7 @@ def delete_pod(st: LabState, ref: str, store: Store) -> bool:
         rec = PodRecord.from_json(kv.value)
         rev = store.put(key, replace(rec, phase="Terminating", ready=False).to_json())
         wait_proxies(store, rev)  # every proxy publishes its revision after each batch
+        wait_policies(store, rev)  # and no policy still counts its IP as this pod's
     st.kill(f"pod:{ref}", exact=True)
     if info.mode in ("bridge", "none"):
         node = st.nodes[info.node]

@@ -21,6 +21,8 @@ from flatnet.errors import ConfigError, LabFileError
 from flatnet.manifest import Pod
 from flatnet.model import Namespace, NetworkConfig, Service
 from flatnet.namespaces import SYSTEM
+from flatnet.policy.manifest import split
+from flatnet.policy.model import NetworkPolicy
 
 __all__ = ["LabTopo", "load", "parse"]
 
@@ -101,6 +103,7 @@ class LabTopo:
     services: tuple[Service, ...] = ()
     dns: bool = True
     namespaces: tuple[Namespace, ...] = ()
+    policies: tuple[NetworkPolicy, ...] = ()
 
     def segments(self) -> list[str]:
         a = ipaddress.IPv4Network(self.underlay_cidr)
@@ -180,9 +183,10 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
     if problem:
         where = ("underlayCIDR",) if "underlayCIDR" in docs[0][1] else ("network",)
         raise LabFileError(path, manifest.line_of(docs[0][0], where), problem)
-    m = manifest.objects(docs[1:], path, lab.nodes)
+    m, policies = split(docs[1:], path, lab.nodes)
     pods, services = m.pods, m.services
     m.require_namespaces(set(SYSTEM), path)
+    policies.require_namespaces({*SYSTEM, *(n.name for n in m.namespaces)}, path)
     _check_pods(pods, path, [d for d in docs[1:] if d[1].get("kind") == "Pod"])
     return LabTopo(
         lab.name,
@@ -199,6 +203,7 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         tuple(services),
         lab.dns,
         tuple(m.namespaces),
+        tuple(p for _, p in policies),
     )
 
 

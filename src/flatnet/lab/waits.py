@@ -1,8 +1,10 @@
 """Waiting for a lab to reach a state: an agent ready, peers programmed,
-service proxies caught up. Each gives up with :class:`~flatnet.errors.LabTimeout`."""
+service proxies and policy tables caught up. Each gives up with
+:class:`~flatnet.errors.LabTimeout`."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +14,10 @@ from flatnet.agent.heartbeat import heartbeats
 from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import LabTimeout
 from flatnet.lab.state import NodeState
-from flatnet.model import PeerStatus, ProxyStatus
+from flatnet.model import PeerStatus
 from flatnet.store import Store
 
-__all__ = ["revision_of", "wait_agent", "wait_peers", "wait_proxies"]
+__all__ = ["revision_of", "wait_agent", "wait_peers", "wait_policies", "wait_proxies"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -33,20 +35,25 @@ def wait_proxies(store: Store, rev: int, timeout: float = 10) -> list[str]:
     """Until the service proxy of every Ready node (its agent's heartbeat is
     alive) has programmed the store up to ``rev``; a NotReady node is not
     waited for (kubectl would not wait either). Returns the nodes waited for."""
+    return _wait(store, rev, timeout, keys.PROXY, "service proxies")
+
+
+def wait_policies(store: Store, rev: int, timeout: float = 10) -> list[str]:
+    """The same for every Ready node's policy table (:func:`wait_proxies`)."""
+    return _wait(store, rev, timeout, keys.POLICY, "policy tables")
+
+
+def _wait(store: Store, rev: int, timeout: float, prefix: str, what: str) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
-        seen = {
-            s.node: s.revision
-            for s in (ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY))
-        }
+        seen = {keys.last(kv.key): json.loads(kv.value)["revision"] for kv in store.range(prefix)}
         alive = sorted(heartbeats(store))
         late = [n for n in alive if seen.get(n, 0) < rev]
         if not late:
             return alive
         if time.monotonic() > deadline:
             raise LabTimeout(
-                f"the service proxies of {', '.join(late)} did not reach revision {rev} "
-                f"within {timeout}s"
+                f"the {what} of {', '.join(late)} did not reach revision {rev} within {timeout}s"
             )
         time.sleep(0.02)
 

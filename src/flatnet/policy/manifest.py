@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
-from flatnet.manifest import Known, Meta, check, port_or_name
+from flatnet.errors import LabFileError, ManifestErrors
+from flatnet.manifest import Known, Manifest, Meta, check, objects, port_or_name
 from flatnet.policy.model import (
     IPBlock,
     LabelSelector,
@@ -25,7 +26,7 @@ from flatnet.policy.model import (
     Rule,
 )
 
-__all__ = ["network_policy"]
+__all__ = ["Policies", "network_policy", "split"]
 
 
 class _Requirement(Known):
@@ -157,7 +158,7 @@ def network_policy(data: Any, node: yaml.Node, path: str) -> NetworkPolicy:
     m: _NetworkPolicy = check(_NetworkPolicy, data, node, path)
     s = m.spec
     types: list[str] = list(s.policyTypes or [])
-    if s.policyTypes is None:
+    if not types:  # missing or empty: defaulted, as the API server does
         types = ["Ingress", "Egress"] if s.egress else ["Ingress"]
     selector = _selector(s.podSelector)
     assert selector is not None
@@ -169,3 +170,58 @@ def network_policy(data: Any, node: yaml.Node, path: str) -> NetworkPolicy:
         tuple(Rule(_peers(r.from_), _ports(r.ports)) for r in s.ingress or ()),
         tuple(Rule(_peers(r.to), _ports(r.ports)) for r in s.egress or ()),
     )
+
+
+class Policies(list[tuple[int, NetworkPolicy]]):
+    """A file's NetworkPolicies, each with the line it starts on."""
+
+    def require_namespaces(self, have: set[str], path: str) -> None:
+        """Each policy's namespace exists (or is in the file: ``have``)."""
+        errors = [
+            LabFileError(
+                path,
+                line,
+                f"networkpolicy '{p.name}': metadata.namespace: namespace '{p.namespace}' "
+                "not found (create it, or add a kind: Namespace document)",
+            )
+            for line, p in self
+            if p.namespace not in have
+        ]
+        if errors:
+            raise ManifestErrors(errors)
+
+
+def split(
+    documents: list[tuple[yaml.Node, Any]], path: str, nodes: list[str] | tuple[str, ...] | None
+) -> tuple[Manifest, Policies]:
+    """A file's Namespaces, Pods and Services, and its NetworkPolicies; every
+    mistake of the file at once, in line order."""
+    found, errors = Policies(), []
+    rest = []
+    for node, data in documents:
+        if not (isinstance(data, dict) and data.get("kind") == "NetworkPolicy"):
+            rest.append((node, data))
+            continue
+        try:
+            found.append((node.start_mark.line + 1, network_policy(data, node, path)))
+        except ManifestErrors as e:
+            errors.extend(e.errors)
+    seen: dict[str, int] = {}
+    for line, p in found:
+        if p.ref in seen:
+            errors.append(
+                LabFileError(
+                    path,
+                    line,
+                    f"networkpolicy '{p.ref}' is defined twice (first on line {seen[p.ref]})",
+                )  # fmt: skip
+            )
+        seen.setdefault(p.ref, line)
+    m = Manifest()
+    try:
+        m = objects(rest, path, nodes)
+    except ManifestErrors as e:
+        errors.extend(e.errors)
+    if errors:
+        raise ManifestErrors(sorted(errors, key=lambda e: e.line or 0))
+    return m, found

@@ -8,7 +8,9 @@ direction in ``policy_types`` means "isolated, nothing allowed".
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 __all__ = ["IPBlock", "LabelSelector", "NetworkPolicy", "Peer", "PolicyPort", "Requirement", "Rule"]
 
@@ -57,9 +59,9 @@ class IPBlock:
 
     def contains(self, ip: str) -> bool:
         a = ipaddress.ip_address(ip)
-        if a not in ipaddress.ip_network(self.cidr):
+        if a not in ipaddress.ip_network(self.cidr, strict=False):
             return False
-        return not any(a in ipaddress.ip_network(x) for x in self.except_)
+        return not any(a in ipaddress.ip_network(x, strict=False) for x in self.except_)
 
 
 @dataclass(frozen=True)
@@ -104,3 +106,42 @@ class NetworkPolicy:
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> NetworkPolicy:
+        d = json.loads(text)
+        return cls(
+            d["name"],
+            d["namespace"],
+            _selector(d["pod_selector"]),
+            tuple(d["policy_types"]),
+            tuple(_rule(r) for r in d["ingress"]),
+            tuple(_rule(r) for r in d["egress"]),
+        )
+
+
+def _selector(d: dict[str, Any]) -> LabelSelector:
+    return LabelSelector(
+        tuple((k, v) for k, v in d["match_labels"]),
+        tuple(
+            Requirement(r["key"], r["operator"], tuple(r["values"])) for r in d["match_expressions"]
+        ),
+    )
+
+
+def _rule(d: dict[str, Any]) -> Rule:
+    peers = tuple(
+        Peer(
+            _selector(p["pod_selector"]) if p["pod_selector"] is not None else None,
+            _selector(p["namespace_selector"]) if p["namespace_selector"] is not None else None,
+            IPBlock(p["ip_block"]["cidr"], tuple(p["ip_block"]["except_"]))
+            if p["ip_block"] is not None
+            else None,
+        )
+        for p in d["peers"]
+    )
+    ports = tuple(PolicyPort(p["protocol"], p["port"], p["end_port"]) for p in d["ports"])
+    return Rule(peers, ports)
