@@ -87,31 +87,37 @@ def subjects(store: Store, port: int, protocol: str) -> list[PodRecord]:
 def tables(
     st: LabState, store: Store, ports: list[int], protocols: list[str], timeout: float = 1.0
 ) -> list[Table]:
-    """One table per (port, protocol), probed all at once."""
+    """One table per (port, protocol), every probe of every table at once."""
     policies = list(policy_objects.load_all(store).values())
     ns_labels = {n: ns.labels for n, ns in namespaces.load_all(store).items()}
-    out = []
-    with ThreadPoolExecutor(max_workers=96) as pool:
+    jobs = []
+    with ThreadPoolExecutor(max_workers=128) as pool:
         for port in ports:
             for proto in protocols:
                 pods = subjects(store, port, proto)
                 refs = [f"{p.namespace}/{p.name}" for p in pods]
-                pairs = [(a, b) for a in pods for b in pods if a is not b]
-                futures = {
-                    (f"{a.namespace}/{a.name}", f"{b.namespace}/{b.name}"): pool.submit(
-                        probe, _netns(st, a), b.ip, port, proto, timeout
+                cells = {
+                    (f"{a.namespace}/{a.name}", f"{b.namespace}/{b.name}"): (
+                        pool.submit(probe, _netns(st, a), b.ip, port, proto, timeout),
+                        decide(
+                            policies, ns_labels, Endpoint(a.ip, a), Endpoint(b.ip, b), port, proto
+                        ).allowed,
                     )
-                    for a, b in pairs
+                    for a in pods
+                    for b in pods
+                    if a is not b
                 }
-                expected = {
-                    (f"{a.namespace}/{a.name}", f"{b.namespace}/{b.name}"): decide(
-                        policies, ns_labels, Endpoint(a.ip, a), Endpoint(b.ip, b), port, proto
-                    ).allowed
-                    for a, b in pairs
-                }
-                observed = {cell: f.result() for cell, f in futures.items()}
-                out.append(Table(port, proto, refs, observed, expected))
-    return out
+                jobs.append((port, proto, refs, cells))
+        return [
+            Table(
+                port,
+                proto,
+                refs,
+                {c: f.result() for c, (f, _) in cells.items()},
+                {c: want for c, (_, want) in cells.items()},
+            )
+            for port, proto, refs, cells in jobs
+        ]
 
 
 def _netns(st: LabState, pod: PodRecord) -> str:

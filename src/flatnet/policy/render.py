@@ -17,6 +17,12 @@ IP (masquerading happens later, at srcnat)::
                                                         policies that isolate it)
     ingress-<ns>/<pod>             the same on ip saddr
 
+A connection whose conntrack entry is gone (cut by a policy change) must not
+come back the other way round: conntrack picks up a mid-stream TCP packet as a
+new connection, and the isolated pod's next ACK would open it, its peer's data
+riding in as "replies". So a new TCP packet that is no SYN, to or from an
+isolated pod (``@isolated``), is dropped (``mid-stream``).
+
 A packet pays one map lookup per direction, and for an isolated pod two set
 lookups: the cost does not grow with the number of pods or policies. Only the
 first packet of a connection is judged; replies and the rest of an allowed
@@ -41,16 +47,24 @@ DIRECTIONS = (("egress", "daddr"), ("ingress", "saddr"))
 BASE = """\
   map egress-pods { type ipv4_addr : verdict; }
   map ingress-pods { type ipv4_addr : verdict; }
+  set isolated { type ipv4_addr; }
   chain forward {
     type filter hook forward priority 0; policy accept;
     ct state established,related accept
+    jump mid-stream
     ip saddr vmap @egress-pods
     ip daddr vmap @ingress-pods
   }
   chain input {
     type filter hook input priority 0; policy accept;
     ct state established,related accept
+    jump mid-stream
     ip saddr vmap @egress-pods
+  }
+  chain mid-stream {
+    tcp flags & (syn | ack) == syn return
+    meta l4proto tcp ip saddr @isolated counter drop comment "TCP without a connection"
+    meta l4proto tcp ip daddr @isolated counter drop comment "TCP without a connection"
   }
 """
 ANY = "type ipv4_addr; flags interval;"
@@ -91,6 +105,10 @@ def _add(t: str, ref: str, ip: str, direction: str, addr: str, allow: Allow) -> 
     return cmds
 
 
+def _isolated(t: str, verb: str, ips: list[str]) -> list[str]:
+    return [f"{verb} element {t} isolated {{ {', '.join(sorted(ips))} }}"] if ips else []
+
+
 def _fill(t: str, name: str, allow: Allow) -> list[str]:
     any_, ports = _elements(allow)
     cmds = []
@@ -113,7 +131,9 @@ def _remove(t: str, ref: str, ip: str, direction: str) -> tuple[list[str], list[
 def full(pods: Iterable[PodPolicy]) -> str:
     """The whole table, replacing whatever is there (one transaction)."""
     t = f"ip {TABLE}"
+    pods = list(pods)
     out = [f"table {t}", f"delete table {t}", f"table {t} {{", BASE, "}"]
+    out += _isolated(t, "add", [p.ip for p in pods])
     for p in pods:
         for direction, addr in DIRECTIONS:
             allow = p.egress if direction == "egress" else p.ingress
@@ -155,5 +175,9 @@ def diff(old: Mapping[str, PodPolicy], new: Mapping[str, PodPolicy]) -> str:
                 if o.ip != n.ip:
                     unmap.append(f"delete element {t} {direction}-pods {{ {o.ip} }}")
                     make.append(f"add element {t} {direction}-pods {{ {n.ip} : jump {name} }}")
+    gone = {o.ip for r, o in old.items() if r not in new or new[r].ip != o.ip}
+    came = {n.ip for r, n in new.items() if r not in old or old[r].ip != n.ip}
+    unmap += _isolated(t, "delete", list(gone - came))
+    make += _isolated(t, "add", list(came - gone))
     cmds = unmap + drop + make
     return "\n".join(cmds) + "\n" if cmds else ""
