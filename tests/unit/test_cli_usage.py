@@ -4,7 +4,6 @@ the command and the problem, exit 2 — never a traceback (no root, no lab)."""
 from __future__ import annotations
 
 import json
-
 import subprocess
 import sys
 from pathlib import Path
