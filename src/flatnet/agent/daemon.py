@@ -39,6 +39,7 @@ from flatnet.kernel.nft import Nft
 from flatnet.kernel.routes import Routes
 from flatnet.kernel.veths import NodeVeths
 from flatnet.model import Allocation, Lease, NetworkConfig
+from flatnet.policy.guard import Guard, PodIdentity
 from flatnet.policy.sync import PolicySync
 from flatnet.proxy.sync import ServiceProxy
 from flatnet.store import Store, open_store
@@ -108,13 +109,21 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         ipam = PodIPAM(store, lease.subnet, o.node)
         veths = NodeVeths(o.ns)
         undo.callback(veths.close)
-        fast = _fast_path(o.ns, cfg, backend, ctx, ipam, attached(veths, ipam))
+        present = attached(veths, ipam)
+        fast = _fast_path(o.ns, cfg, backend, ctx, ipam, present)
         if fast is not None:
             undo.callback(fast.close)
         ttl = keeper.ttl_lease
         own = {ip, str(ipam.gateway), str(ipam.subnet.network_address)}
         policy = PolicySync(store, nft, Conntrack(o.ns), o.node, lambda: own, ttl, o.policy_resync)
-        pods = PodNetwork(veths, o.bridge, ipam, mtu, o.reap_delay, fast, policy.admit)
+        guard = Guard(nft)
+        guard.sync(
+            PodIdentity(
+                links.host_veth_name(a.container_id, a.ifname), links.ip_mac(a.ip), a.ip, a.pod
+            )  # fmt: skip
+            for a in present
+        )
+        pods = PodNetwork(veths, o.bridge, ipam, mtu, o.reap_delay, fast, policy.admit, guard)
         _remtu(pods, mtu)
         peers = PeerWatcher(
             store,

@@ -5,7 +5,9 @@ leaves no veth, address or IP allocation):
 
 1. an IP from the node subnet, keyed by (container ID, ifname); the policy
    table admits the pod with it (isolated from its first packet);
-2. one rtnetlink request in the node namespace makes the veth pair: host end
+2. the pod's identity (host veth, MAC, IP) enters the node's anti-spoofing
+   table (:mod:`flatnet.policy.guard`): from its first frame it can send only
+   as itself; one rtnetlink request in the node namespace makes the veth pair: host end
    ``fl<hash>`` already on the bridge and up, peer ``<ifname>`` born inside
    the pod's namespace; MACs are chosen here (pod: ``0a:58:<ip>``, so a
    reused IP keeps its MAC and no neighbour cache goes stale);
@@ -44,6 +46,7 @@ from flatnet.ipam import PodIPAM
 from flatnet.kernel import links
 from flatnet.kernel.api import FastPathMaps, PodLinks
 from flatnet.model import Allocation
+from flatnet.policy.guard import Guard, PodIdentity
 
 DOOMED = 0x666C6E74  # link group of host veths waiting to be destroyed ("flnt")
 
@@ -75,11 +78,13 @@ class PodNetwork:
         reap_delay: float = 0.5,
         fast: FastPathMaps | None = None,
         admit: Callable[[str, str], None] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         """``kernel``: the node's pod links (:class:`flatnet.kernel.veths.NodeVeths`,
         or a fake); ``fast``: the fast path's maps, when it runs (pods enter and
         leave them); ``admit(pod, ip)``: called once the pod has its IP and
-        before it has an interface (the policy table takes it in)."""
+        before it has an interface (the policy table takes it in); ``guard``:
+        the node's anti-spoofing table (each pod enters it before its veth exists)."""
         self.kernel, self.bridge, self.ipam, self.mtu = kernel, bridge, ipam, mtu
         self.reap_delay = reap_delay
         self.plen = ipam.subnet.prefixlen
@@ -89,6 +94,7 @@ class PodNetwork:
         self._reaper: threading.Thread | None = None
         self.fast = fast
         self.admit = admit
+        self.guard = guard
 
     def close(self) -> None:
         self.stop_reaper()
@@ -106,6 +112,9 @@ class PodNetwork:
             if self.admit is not None:
                 self.admit(pod, alloc.ip)
             host_mac, pod_mac = _random_mac(), links.ip_mac(alloc.ip)
+            if self.guard is not None:
+                self.guard.add(PodIdentity(host, pod_mac, alloc.ip, pod))
+                undo.callback(self.guard.remove, host)
             self._make_veth(host, host_mac, pod_ns, ifname, pod_mac)
             undo.callback(self.kernel.delete, host)
             gw = str(self.ipam.gateway)
@@ -162,6 +171,8 @@ class PodNetwork:
         self.ipam.release(cid, ifname)
         self._unmap([alloc.ip] if alloc is not None else [])
         self._doom({host})
+        if self.guard is not None:
+            self.guard.remove(host)
 
     # -- destroying doomed host veths ----------------------------------------
     def _doom(self, names: set[str]) -> None:

@@ -21,7 +21,9 @@ unchanged:
    A/B on one lab);
 1. routed to this node: the frame is addressed to the device (``pkt_type``
    host) or, on a pod's veth, to the gateway's MAC — bridged traffic between
-   pods of one node stays bridged;
+   pods of one node stays bridged; a pod's frame only from the pod's own IP
+   (its map entry names that veth): a forged source takes the stack, where
+   the guard table (:mod:`flatnet.policy.guard`) drops it;
 2. no IP options, not a fragment, TTL > 1, TCP or UDP, TCP without SYN, FIN
    or RST (opening and closing go through conntrack), source and destination
    both in the pod CIDR (services, NodePorts and masqueraded flows never

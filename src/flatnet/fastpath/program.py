@@ -4,7 +4,8 @@ Each stage below emits the instructions for one step of the package doc
 (:mod:`flatnet.fastpath`), in the order the program runs them::
 
     routed_here (1) ─┬─ host frame ── decap (0, vxlan) ── into_pod (4a)
-                     └─ gateway MAC ─ plain: flow (2, 3) ─ local_pod ── into_pod (4a)
+                     └─ gateway MAC ─ own_source (1b)
+                                     plain: flow (2, 3) ─ local_pod ── into_pod (4a)
                                                          └─ fib (4b) ─ encap (4c, vxlan)
                                                                      └─ neigh ─ exit
     anything that fails a check: pass (TCX_PASS, on to the stack)
@@ -99,8 +100,20 @@ class Program:
         a.jmp("!=", R5, self.gw_lo, "pass", w=True)
         a.ld(2, R5, R2, 4)
         a.jmp("!=", R5, self.gw_hi, "pass")
+        self.own_source()
         a.goto("plain")
         a.label("host")
+
+    def own_source(self) -> None:
+        """1b. a pod's frame comes from its own IP: the map's entry for the
+        source is the veth it came in on (a forged or unknown source takes the
+        stack, where the guard table drops it)."""
+        a = self.a
+        self.lookup(self.map_fd, 14 + 12)
+        a.jmp("==", R0, 0, "pass")
+        a.ld(4, R5, R0, 0)
+        a.ld(4, R4, R6, SKB_IFINDEX)
+        a.jmp("!=", R5, Reg(R4), "pass")
 
     def header_ok(self, ip: int) -> None:
         """2. for the IPv4 header at ``ip``: no options, not a fragment, TTL > 1,
