@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -273,3 +274,81 @@ def test_the_kernel_enforces_while_the_agent_is_down(lab: str) -> None:
     assert listing() == before  # the restarted agent wrote the same table
     assert wrong_cells(the, (80,)) == []
     delete_all(the)
+
+
+def _udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    """An IPv4 + UDP packet as a raw-socket sender writes it (the kernel fills
+    in the IP checksum; UDP checksum 0: none)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )  # fmt: skip
+    return ip + udp
+
+
+def _arp_reply(sender_mac: str, sender_ip: str, target_mac: str, target_ip: str) -> bytes:
+    smac, tmac = (bytes.fromhex(m.replace(":", "")) for m in (sender_mac, target_mac))
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + smac + socket.inet_aton(sender_ip)
+    return tmac + smac + b"\x08\x06" + arp + tmac + socket.inet_aton(target_ip)
+
+
+def test_pods_cannot_forge_who_they_are(lab: str) -> None:
+    """Raw datagrams from y/c (x/a's node) and z/a (another node) with y/a's
+    source IP and with a foreign one never reach x/a, an honest one does; a
+    forged ARP reply (y/c claims the gateway) does not change x/a's neighbour;
+    the forged frames are counted in the sender's guard chain."""
+    from flatnet.kernel import links
+
+    the = Lab.load(lab)
+    pods = the.st.pods
+    xa, ya = pods["x/a"].ip, pods["y/a"].ip
+    assert pods["y/c"].node == pods["x/a"].node != pods["z/a"].node
+    rx = netns.socket_in(netns.path_of(pods["x/a"].ns), socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("0.0.0.0", 9999))
+    rx.settimeout(1.0)
+    try:
+        for attacker in ("y/c", "z/a"):
+
+            def send(attacker: str = attacker) -> None:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as honest:
+                    honest.sendto(b"honest", (xa, 9999))
+                with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+                    for forged in (ya, "10.99.0.7", "192.168.50.254"):
+                        raw.sendto(_udp_packet(forged, xa, 4000, 9999, b"forged"), (xa, 0))
+
+            netns.run_in(netns.path_of(pods[attacker].ns), send)
+            data, peer = rx.recvfrom(100)
+            assert (data, peer[0]) == (b"honest", pods[attacker].ip)
+            with pytest.raises(TimeoutError):
+                data, peer = rx.recvfrom(100)
+                pytest.fail(f"forged datagram arrived: {data!r} from {peer}")
+        # ARP: x/a knows its gateway; y/c tells x/a "the gateway is at my MAC"
+        gw = xa.rsplit(".", 1)[0] + ".1"  # node subnets are /24 in the example
+        x_ns = pods["x/a"].ns
+        subprocess.run(["ip", "netns", "exec", x_ns, "ping", "-c", "1", "-W", "1", gw],
+                       capture_output=True)  # fmt: skip
+        time.sleep(1.1)  # past the neighbour's locktime: an honest reply would now be taken
+        frame = _arp_reply(links.ip_mac(pods["y/c"].ip), gw, links.ip_mac(xa), xa)
+
+        def forge() -> None:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+                s.bind(("eth0", 0))
+                for _ in range(3):
+                    s.send(frame)
+
+        netns.run_in(netns.path_of(pods["y/c"].ns), forge)
+        time.sleep(0.3)
+        neigh = subprocess.run(["ip", "-n", x_ns, "neigh", "show", gw], capture_output=True,
+                               text=True).stdout  # fmt: skip
+        assert links.ip_mac(gw) in neigh and links.ip_mac(pods["y/c"].ip) not in neigh, neigh
+        veth = links.host_veth_name(pods["y/c"].container_id, "eth0")
+        node_ns = the.st.nodes[pods["y/c"].node].ns
+        chain = subprocess.run(
+            ["ip", "netns", "exec", node_ns, "nft", "list", "chain", "bridge", "flatnet-guard",
+             f"guard-{veth}"], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        counted = int(re.search(r"counter packets (\d+)", chain).group(1))  # type: ignore[union-attr]
+        assert counted >= 6 and '"y/c: forged source"' in chain  # 3 datagrams + 3 ARP replies
+    finally:
+        rx.close()
