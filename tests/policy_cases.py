@@ -287,3 +287,96 @@ def render(text: str, ips: dict[str, str]) -> str:
     for ref, ip in ips.items():
         text = text.replace("{" + ref + "}", ip)
     return text
+
+
+def cnp(name: str, spec: str) -> str:
+    body = "\n".join("  " + ln for ln in spec.strip().splitlines())
+    return (
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n"
+        f"metadata: {{name: {name}}}\nspec:\n{body}\n"
+    )
+
+
+NS = "{matchLabels: {kubernetes.io/metadata.name: NAME}}"
+
+# ClusterNetworkPolicy (network-policy-api v1alpha2): the tiers' order, by our
+# own cases (the upstream conformance suite is Go against a live cluster).
+CASES.update(
+    {
+        "cnp: an Admin Deny beats a NetworkPolicy allow": docs(
+            np("allow-all", "x", "podSelector: {}\ningress:\n- {}"),
+            cnp(
+                "deny-y-to-x",
+                f"tier: Admin\npriority: 10\nsubject:\n  namespaces: {NS.replace('NAME', 'x')}\n"
+                f"ingress:\n- action: Deny\n  from:\n  - namespaces: {NS.replace('NAME', 'y')}",
+            ),
+        ),
+        "cnp: an Admin Accept beats a NetworkPolicy deny": docs(
+            np("deny-all", "x", "podSelector: {}\npolicyTypes: [Ingress, Egress]"),
+            cnp(
+                "accept-y-to-x-80",
+                f"tier: Admin\npriority: 10\nsubject:\n  namespaces: {NS.replace('NAME', 'x')}\n"
+                f"ingress:\n- action: Accept\n  from:\n  - namespaces: {NS.replace('NAME', 'y')}\n"
+                "  match:\n  - tcp: [{port: {number: 80}}]",
+            ),
+        ),
+        "cnp: Pass defers to the NetworkPolicies, later Admin rules do not apply": docs(
+            np(
+                "only-from-z",
+                "x",
+                "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n"
+                f"  - namespaceSelector: {NS.replace('NAME', 'z')}",
+            ),
+            cnp(
+                "pass-y",
+                f"tier: Admin\npriority: 5\nsubject:\n  namespaces: {NS.replace('NAME', 'x')}\n"
+                f"ingress:\n- action: Pass\n  from:\n  - namespaces: {NS.replace('NAME', 'y')}\n"
+                "- action: Deny\n  from:\n  - namespaces: {}",
+            ),
+        ),
+        "cnp: the lower priority number goes first": docs(
+            cnp(
+                "accept-y",
+                f"tier: Admin\npriority: 5\nsubject:\n  pods:\n    namespaceSelector: {{}}\n"
+                "    podSelector: {matchLabels: {pod: a}}\n"
+                f"ingress:\n- action: Accept\n  from:\n  - namespaces: {NS.replace('NAME', 'y')}",
+            ),
+            cnp(
+                "deny-all-to-a",
+                "tier: Admin\npriority: 6\nsubject:\n  pods:\n    namespaceSelector: {}\n"
+                "    podSelector: {matchLabels: {pod: a}}\n"
+                "ingress:\n- action: Deny\n  from:\n  - namespaces: {}",
+            ),
+        ),
+        "cnp: the Baseline tier decides only where no NetworkPolicy does": docs(
+            np(
+                "a-from-y",
+                "x",
+                "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n"
+                f"  - namespaceSelector: {NS.replace('NAME', 'y')}",
+            ),
+            cnp(
+                "baseline-deny-x",
+                f"tier: Baseline\npriority: 10\nsubject:\n  namespaces: {NS.replace('NAME', 'x')}\n"
+                "ingress:\n- action: Deny\n  from:\n  - namespaces: {}",
+            ),
+        ),
+        "cnp: Baseline Accept before Baseline Deny, egress by networks and ports": docs(
+            cnp(
+                "z-egress",
+                "tier: Baseline\npriority: 1\nsubject:\n  namespaces: "
+                f"{NS.replace('NAME', 'z')}\negress:\n"
+                "- name: dns-and-81\n  action: Accept\n  to:\n  - networks: [10.244.0.0/16]\n"
+                "  match:\n  - udp: [{port: {portRange: {start: 81, end: 81}}}]\n"
+                "- action: Deny\n  to:\n  - networks: [0.0.0.0/0]",
+            ),
+        ),
+        "cnp: a named port, on each destination pod": docs(
+            cnp(
+                "deny-81-tcp-to-x",
+                f"tier: Admin\npriority: 1\nsubject:\n  namespaces: {NS.replace('NAME', 'x')}\n"
+                "ingress:\n- action: Deny\n  from:\n  - namespaces: {}\n  match:\n  - namedPort: serve-81-tcp",
+            ),
+        ),
+    }
+)

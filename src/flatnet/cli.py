@@ -102,7 +102,7 @@ def _read(file: str) -> tuple[Any, Any]:
     """A manifest file's Namespaces, Pods and Services, and its NetworkPolicies
     (each with its line)."""
     from flatnet.manifest import docs
-    from flatnet.policy.manifest import split
+    from flatnet.policy.files import split
 
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
@@ -158,7 +158,7 @@ def apply(
             out.print(f"namespace/{ns.name} {verdict}", markup=False)
         # policies before pods: a new pod is isolated from its first packet
         for pol, verdict in policy_objects.apply(s, [p for _, p in pols]):
-            out.print(f"networkpolicy.networking.k8s.io/{pol.name} {verdict}", markup=False)
+            out.print(f"{_policy_kind(pol)}/{pol.name} {verdict}", markup=False)
         before = services.load_all(s)
         for svc in services.apply(s, cfg, svcs) if cfg is not None else ():
             old = before.get(svc.key)
@@ -188,6 +188,13 @@ def apply(
             )
     finally:
         s.close()
+
+
+def _policy_kind(p: Any) -> str:
+    """kubectl's name of a policy's kind, as apply and delete print it."""
+    if hasattr(p, "tier"):
+        return "clusternetworkpolicy.policy.networking.k8s.io"
+    return "networkpolicy.networking.k8s.io"
 
 
 def _wait_programmed(s: Any, for_proxies: list[str], for_policies: list[str]) -> None:
@@ -227,12 +234,13 @@ def delete(
     try:
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be deleted from a lab (give --lab)")
-        gone = set(policy_objects.delete(s, [(p.namespace, p.name) for _, p in pols]))
-        for _, p in pols:
-            if p.ref in gone:
-                out.print(f"networkpolicy.networking.k8s.io/{p.name} deleted")
+        refs = [(getattr(p, "namespace", ""), p.name) for _, p in pols]
+        gone = set(policy_objects.delete(s, refs))
+        for (ns, name), (_, p) in zip(refs, pols, strict=True):
+            if (f"{ns}/{name}" if ns else name) in gone:
+                out.print(f"{_policy_kind(p)}/{name} deleted")
             else:
-                missing.append(f"networkpolicy.networking.k8s.io/{p.name}")
+                missing.append(f"{_policy_kind(p)}/{name}")
         gone = set(services.delete(s, [(x.namespace, x.name) for x in svcs]))
         for x in svcs:
             if f"{x.namespace}/{x.name}" in gone:
@@ -739,38 +747,138 @@ def policy_explain(
     proto = protocol.upper()
     if proto not in ("TCP", "UDP", "SCTP"):
         raise ConfigError(f"--protocol: '{protocol}' is not tcp, udp or sctp")
-    from_file = [p for _, p in _read(file)[1]] if file is not None else None
+    from_file = _read(file)[1] if file is not None else None
     s, _ = _store_for(lab, store)
     try:
-        policies = from_file if from_file is not None else list(policy_objects.load_all(s).values())
+        if from_file is not None:
+            policies, cluster = from_file.namespaced, from_file.cluster
+        else:
+            policies = list(policy_objects.load_all(s).values())
+            cluster = list(policy_objects.load_cluster(s).values())
         pods = query.pod_records(s)
         ns_labels = {n: ns.labels for n, ns in namespaces.load_all(s).items()}
     finally:
         s.close()
     src, dst = (_endpoint(x, namespace, pods) for x in (source, target))
-    v = decide(policies, ns_labels, src, dst, port, proto)
+    v = decide(policies, ns_labels, src, dst, port, proto, cluster)
     out.print(
         f"{_who(src)} -> {_who(dst)} port {port}/{proto}: "
         + ("allowed" if v.allowed else "DENIED"),
         markup=False,
     )
     for what, side, ep in (("egress of", v.egress, src), ("ingress of", v.ingress, dst)):
-        if ep.pod is None or ep.pod.mode == "host":
-            why = "not a pod" if ep.pod is None else "on the host's network"
-            out.print(f"  {what} {_who(ep)}: not subject to policy ({why})", markup=False)
-        elif not side.isolating:
-            out.print(f"  {what} {_who(ep)}: not isolated (no policy selects it)", markup=False)
-        else:
-            verdict = (
-                "allowed by " + ", ".join(side.allowed_by)
-                if side.allowed_by
-                else "no rule allows it"
-            )
-            out.print(
-                f"  {what} {_who(ep)}: isolated by {', '.join(side.isolating)}; {verdict}",
-                markup=False,
-            )
+        for line in _explain_side(side, ep):
+            out.print(f"  {what} {_who(ep)}: {line}", markup=False)
     raise typer.Exit(0 if v.allowed else 1)
+
+
+@policy_app.command("log")
+def policy_log(
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="then print each new one")] = False,
+    pod: Annotated[
+        str | None, typer.Option(help="only attempts from or to this pod (NAME, NS/NAME)")
+    ] = None,
+    namespace: NsOpt = "default",
+    count: Annotated[
+        bool, typer.Option("--count", help="the kernel's counts of denied packets per pod")
+    ] = False,
+    output: Annotated[Output, typer.Option("-o", "--output", help="wide or json")] = Output.wide,
+    lab: LabOpt = None,
+    file: Annotated[
+        str | None, typer.Option(help="a node's log (default: the lab's nodes', else the agent's)")
+    ] = None,
+) -> None:
+    """Denied connection attempts, one line each: time, node, source and
+    destination pod, protocol/port, direction, and the policy that isolated
+    the pod (or the ClusterNetworkPolicy rule that denied it). Logged by the
+    kernel at most 10 a second per pod and rule; --count gives the exact
+    per-pod counts from the policy tables."""
+    from flatnet.policy.denials import Follower, text
+
+    if output not in (Output.wide, Output.json):
+        raise ConfigError(f"policy log: -o {output} is not supported (wide or json)")
+    if file is not None:
+        paths = [Path(file)]
+        if not paths[0].exists():
+            raise ConfigError(f"--file: {file} does not exist")
+    else:
+        from flatnet.lab.lab import Lab
+
+        the = Lab.load(_one_lab(lab))
+        if count:
+            _policy_counts(the, output)
+            return
+        paths = [the.st.dir / "nodes" / n / "policy.log" for n in the.st.nodes]
+    want = None
+    if pod is not None:
+        ns, _, name = pod.rpartition("/")
+        want = f"{ns or namespace}/{name}"
+    reader = Follower(paths)
+    while True:
+        for line in reader.new():
+            if want is not None and want not in (line["srcPod"], line["dstPod"]):
+                continue
+            print(json.dumps(line) if output == Output.json else text(line), flush=True)
+        if not follow:
+            return
+        time.sleep(0.3)
+
+
+def _policy_counts(the: Any, output: Output) -> None:
+    """Each pod direction's drop counters, read from every node's policy table."""
+    import re
+
+    from flatnet.kernel.nft import Nft
+
+    rows = []
+    for node, info in the.st.nodes.items():
+        nft = Nft(info.ns)
+        try:
+            objs = nft.list_json("table ip flatnet-policy")
+        finally:
+            nft.close()
+        for o in objs:
+            rule = o.get("rule")
+            if not rule or "comment" not in rule:
+                continue
+            packets = next((e["counter"]["packets"] for e in rule["expr"] if "counter" in e), None)
+            m = re.match(r"(\S+) (ingress|egress): (.*)", rule["comment"])
+            if packets is not None and m:
+                rows.append({"node": node, "pod": m[1], "direction": m[2], "reason": m[3],
+                             "packets": packets})  # fmt: skip
+    if output == Output.json:
+        print(json.dumps({"items": rows}, indent=2))
+        return
+    t = _table("NODE", "POD", "DIRECTION", "DENIED PACKETS", "WHY")
+    for r in sorted(rows, key=lambda r: (r["pod"], r["direction"])):
+        t.add_row(r["node"], r["pod"], r["direction"], str(r["packets"]), r["reason"])
+    out.print(t)
+
+
+def _explain_side(side: Any, ep: Any) -> list[str]:
+    """What decided one direction, tier by tier (Admin, NetworkPolicy, Baseline)."""
+    if ep.pod is None or ep.pod.mode == "host":
+        return [
+            f"not subject to policy ({'not a pod' if ep.pod is None else 'on the host network'})"
+        ]
+    out = []
+    tier = side.decided_by
+    if side.admin is not None:
+        action, rule = side.admin
+        out.append(f"Admin tier: {action} by {rule}" + (" (on to the NetworkPolicies)"
+                   if action == "Pass" else ""))  # fmt: skip
+    if tier in ("admin",):
+        return out
+    if side.isolating:
+        verdict = (
+            "allowed by " + ", ".join(side.allowed_by) if side.allowed_by else "no rule allows it"
+        )
+        return [*out, f"isolated by {', '.join(side.isolating)}; {verdict}"]
+    if side.baseline is not None:
+        action, rule = side.baseline
+        out.append(f"not isolated by a NetworkPolicy; Baseline tier: {action} by {rule}")
+        return out
+    return [*out, "not isolated (no policy selects it)"]
 
 
 def _endpoint(x: str, namespace: str, pods: list[Any]) -> Any:
@@ -804,6 +912,7 @@ KINDS = {k: kind for kind, names in {
     "endpoints": ("endpoints", "endpoint", "ep"),
     "namespace": ("namespaces", "namespace", "ns"),
     "networkpolicy": ("networkpolicies", "networkpolicy", "netpol"),
+    "clusternetworkpolicy": ("clusternetworkpolicies", "clusternetworkpolicy", "cnp"),
 }.items() for k in names}  # fmt: skip
 NsOpt = Annotated[str, typer.Option("-n", "--namespace", help="the namespace (default: default)")]
 AllNsOpt = Annotated[bool, typer.Option("-A", "--all-namespaces", help="every namespace")]
@@ -832,7 +941,9 @@ def _store_for(lab: str | None, store: str | None) -> Any:
     return open_store(st.store_url), st
 
 
-_KIND_LIST = "pods, nodes, services, endpoints, namespaces or networkpolicies"
+_KIND_LIST = (
+    "pods, nodes, services, endpoints, namespaces, networkpolicies or clusternetworkpolicies"
+)
 
 
 @app.command()
@@ -851,7 +962,8 @@ def get(
     ] = False,
 ) -> None:
     """Show what the cluster holds: get
-    pods|nodes|services|endpoints|namespaces|networkpolicies [NAME] [-n NS | -A]
+    pods|nodes|services|endpoints|namespaces|networkpolicies|clusternetworkpolicies [NAME]
+    [-n NS | -A]
     [-o wide|json|yaml|name] [-w]."""
     if kind not in KINDS:
         raise ConfigError(f"unknown kind '{kind}': use {_KIND_LIST}")
@@ -939,13 +1051,16 @@ def _items(
     elif what == "networkpolicy":
         items = [r.to_dict() for r in query.network_policies(s)]
         cols = ["name", "podSelector", "policyTypes", "pods", "programmed"]
+    elif what == "clusternetworkpolicy":
+        items = [r.to_dict() for r in query.cluster_policies(s)]
+        cols = ["name", "tier", "priority", "subject", "pods", "programmed"]
     else:
         rows = query.services(s)
         items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
         cols = ["name", "endpoints"] if what == "endpoints" else [
             "name", "type", "clusterIP", "ports", "endpoints", "selector", "programmed",
         ]  # fmt: skip
-    namespaced = what not in ("node", "namespace")
+    namespaced = what not in ("node", "namespace", "clusternetworkpolicy")
     if namespaced and not all_namespaces:
         items = [it for it in items if it["namespace"] == namespace]
     if namespaced and all_namespaces:
@@ -968,7 +1083,7 @@ def _show(
     header: bool = True,
 ) -> None:
     """Print objects as ``get`` does: a table, or ``-o json|yaml|name``."""
-    namespaced = what not in ("node", "namespace")
+    namespaced = what not in ("node", "namespace", "clusternetworkpolicy")
     items = [dict(it) for it in items]
     if output != Output.wide:
         for it in items:

@@ -10,6 +10,7 @@ All keys live under ``/flatnet/``::
     pods/<namespace>/<name>        a pod as the API server would hold it (PodRecord)
     services/<namespace>/<name>    a Service (Service)
     networkpolicies/<ns>/<name>    a NetworkPolicy (flatnet.policy.model.NetworkPolicy)
+    clusternetworkpolicies/<name>  a ClusterNetworkPolicy (flatnet.policy.model)
     serviceips/10.96.0.10          the claim of a cluster IP by one service
     nodeports/tcp/30080            the claim of a node port by one service
     status/<node>                  what the node's peer watcher programmed (PeerStatus)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 
 __all__ = [
+    "CLUSTER_POLICIES",
     "CONFIG",
     "HEARTBEATS",
     "IPAM",
@@ -40,6 +42,7 @@ __all__ = [
     "SERVICE_IPS",
     "STATUS",
     "SUBNETS",
+    "cluster_policy",
     "heartbeat",
     "ipam_prefix",
     "last",
@@ -70,6 +73,7 @@ NODE_PORTS = PREFIX + "nodeports/"
 STATUS = PREFIX + "status/"
 PROXY = PREFIX + "proxy/"
 NETWORK_POLICIES = PREFIX + "networkpolicies/"
+CLUSTER_POLICIES = PREFIX + "clusternetworkpolicies/"
 POLICY = PREFIX + "policy/"
 HEARTBEATS = PREFIX + "heartbeats/"
 
@@ -111,6 +115,10 @@ def service(namespace: str, name: str) -> str:
 
 def network_policy(namespace: str, name: str) -> str:
     return f"{NETWORK_POLICIES}{namespace}/{name}"
+
+
+def cluster_policy(name: str) -> str:
+    return CLUSTER_POLICIES + name
 
 
 def service_ip(ip: str) -> str:

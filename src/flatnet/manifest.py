@@ -543,7 +543,13 @@ class Manifest:
             raise ManifestErrors(errors)
 
 
-KINDS = ("Namespace", "Pod", "Service", "NetworkPolicy")  # policies: flatnet.policy.manifest
+KINDS = (
+    "Namespace",
+    "Pod",
+    "Service",
+    "NetworkPolicy",
+    "ClusterNetworkPolicy",
+)  # policies: flatnet.policy.files
 
 
 def objects(

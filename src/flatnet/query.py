@@ -20,16 +20,19 @@ from flatnet.model import (
     ServicePort,
 )
 from flatnet.namespaces import load_all
-from flatnet.policy.model import LabelSelector, NetworkPolicy
+from flatnet.policy.model import ClusterNetworkPolicy, LabelSelector, NetworkPolicy
+from flatnet.policy.verdict import selects
 from flatnet.store import Store
 from flatnet.view import ClusterView
 
 __all__ = [
+    "ClusterPolicyRow",
     "NamespaceRow",
     "NodeRow",
     "PodRow",
     "PolicyRow",
     "ServiceRow",
+    "cluster_policies",
     "namespaces",
     "network_policies",
     "nodes",
@@ -296,3 +299,45 @@ def network_policies(store: Store) -> list[PolicyRow]:
         done = sorted(n for n, rev in tables.items() if rev >= kv.mod_revision and n in alive)
         out.append(PolicyRow(pol, selected, done, len(tables)))
     return out
+
+
+@dataclass(frozen=True)
+class ClusterPolicyRow:
+    policy: ClusterNetworkPolicy
+    pods: list[str]  # its subjects (namespace/name)
+    programmed_on: list[str]
+    nodes: int
+
+    def to_dict(self) -> dict[str, object]:
+        p = self.policy
+        ns_sel, pod_sel = p.subject
+        subject = f"namespaces {selector_text(ns_sel)}" + (
+            f", pods {selector_text(pod_sel)}" if pod_sel is not None else ""
+        )
+        return {
+            "name": p.name,
+            "tier": p.tier,
+            "priority": p.priority,
+            "subject": subject,
+            "ingressRules": len(p.ingress),
+            "egressRules": len(p.egress),
+            "pods": self.pods,
+            "programmedOn": self.programmed_on,
+            "tables": self.nodes,
+        }
+
+
+def cluster_policies(store: Store) -> list[ClusterPolicyRow]:
+    pods = [p for p in pod_records(store) if p.mode != "host"]
+    ns_labels = {n: ns.labels for n, ns in load_all(store).items()}
+    alive = heartbeats(store)
+    tables = {
+        keys.last(kv.key): json.loads(kv.value)["revision"] for kv in store.range(keys.POLICY)
+    }
+    out = []
+    for kv in store.range(keys.CLUSTER_POLICIES):
+        pol = ClusterNetworkPolicy.from_json(kv.value)
+        subjects = sorted(f"{p.namespace}/{p.name}" for p in pods if selects(pol, p, ns_labels))
+        done = sorted(n for n, rev in tables.items() if rev >= kv.mod_revision and n in alive)
+        out.append(ClusterPolicyRow(pol, subjects, done, len(tables)))
+    return sorted(out, key=lambda r: (r.policy.tier != "Admin", r.policy.priority, r.policy.name))

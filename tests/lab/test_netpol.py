@@ -2,7 +2,8 @@
 namespaces x, y, z × pods a, b, c serving 80 and 81 on TCP and UDP), once per
 backend with the eBPF fast path on, and on vxlan with it off.
 
-Every translated upstream case (tests/policy_cases.py) is applied, and the
+Every translated upstream case (tests/policy_cases.py), and our
+ClusterNetworkPolicy cases of the tiers' order, is applied, and the
 kernel's truth table — 9×9 real connection attempts per port and protocol —
 must equal what the API says (the oracle) in every cell; then it is deleted and
 everything reaches everything again. Also: label changes of pods and
@@ -39,7 +40,7 @@ from flatnet.lab.state import LABS_DIR
 from flatnet.lab.waits import revision_of, wait_policies
 from flatnet.manifest import docs
 from flatnet.policy import objects
-from flatnet.policy.manifest import network_policy
+from flatnet.policy.files import split
 
 pytestmark = pytest.mark.lab
 EXAMPLE = Path(__file__).parents[2] / "examples" / "netpol.yaml"
@@ -73,7 +74,7 @@ def ips(the: Lab) -> dict[str, str]:
 
 
 def apply(the: Lab, text: str) -> list[str]:
-    pols = [network_policy(d, n, "case.yaml") for n, d in docs(text, "case.yaml")]
+    pols = [p for _, p in split(docs(text, "case.yaml"), "case.yaml", None)[1]]
     s = the.store()
     try:
         objects.apply(s, pols)
@@ -87,6 +88,7 @@ def delete_all(the: Lab) -> None:
     s = the.store()
     try:
         objects.delete(s, [tuple(r.split("/")) for r in objects.load_all(s)])  # type: ignore[misc]
+        objects.delete(s, [("", name) for name in objects.load_cluster(s)])
         deadline = time.monotonic() + 10
         while any(json.loads(kv.value)["isolated"] for kv in s.range(keys.POLICY)):
             assert time.monotonic() < deadline, "policy tables still isolate pods"
@@ -109,7 +111,7 @@ def wrong_cells(the: Lab, ports: tuple[int, ...] = (80, 81), timeout: float = 0.
     ]
 
 
-def test_every_upstream_case_as_the_api_says(lab: str) -> None:
+def test_every_translated_case_as_the_api_says(lab: str) -> None:
     if not fast_path(lab):
         pytest.skip("the cases run on the fast-path labs; this one is for revocation")
     the = Lab.load(lab)
@@ -352,3 +354,57 @@ def test_pods_cannot_forge_who_they_are(lab: str) -> None:
         assert counted >= 6 and '"y/c: forged source"' in chain  # 3 datagrams + 3 ARP replies
     finally:
         rx.close()
+
+
+def test_denied_attempts_are_logged_counted_and_explained(lab: str) -> None:
+    """The cluster admin's tiers through the CLI: an Admin Deny and a Baseline
+    Deny around x/a's own policy; every denied cell of the matrix appears in
+    `flatnet policy log` with the rule or policy that denied it, the kernel's
+    counters count them, and `policy explain` names the same."""
+    if not fast_path(lab):
+        pytest.skip("once per backend is enough")
+    the = Lab.load(lab)
+    examples = EXAMPLE.parent / "manifests"
+    for f in ("netpol-x-from-y.yaml", "cnp-tiers.yaml"):
+        flatnet("apply", "-f", str(examples / f), "--lab", lab, "--wait")
+    try:
+        cnps = json.loads(flatnet("get", "cnp", "--lab", lab, "-o", "json").stdout)["items"]
+        assert [(c["name"], c["tier"], c["pods"]) for c in cnps] == [
+            ("z-never-reaches-x", "Admin", ["x/a", "x/b", "x/c"]),
+            ("x-default-closed-to-y", "Baseline", ["x/a", "x/b", "x/c"]),
+        ]
+        s = the.store()
+        try:
+            (table,) = tables(the.st, s, [80], ["TCP"], 0.5)
+        finally:
+            s.close()
+        assert table.wrong == []
+        denied = {c for c, ok in table.observed.items() if not ok}
+        assert (
+            ("z/a", "x/a") in denied and ("y/a", "x/b") in denied and ("y/a", "x/a") not in denied
+        )
+        deadline = time.monotonic() + 5
+        while True:
+            r = flatnet("policy", "log", "--lab", lab, "-o", "json")
+            lines = [json.loads(x) for x in r.stdout.splitlines()]
+            logged = {(x["srcPod"], x["dstPod"]) for x in lines if x["port"] == 80}
+            if denied <= logged or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert denied <= logged, denied - logged
+        why = {(x["srcPod"], x["dstPod"]): x["reason"] for x in lines}
+        assert why[("z/a", "x/a")] == "denied by cnp/z-never-reaches-x ingress[0] (deny-from-z)"
+        assert why[("y/a", "x/b")] == "denied by cnp/x-default-closed-to-y ingress[0]"
+        assert why[("x/b", "x/a")] == "isolated by x/x-a-from-y"
+        text = flatnet("policy", "log", "--lab", lab, "--pod", "x/b").stdout
+        assert "DENIED x/b (" in text and "TCP/80 ingress of x/a: isolated by x/x-a-from-y" in text
+        counts = json.loads(flatnet("policy", "log", "--count", "--lab", lab, "-o", "json").stdout)
+        by = {(c["pod"], c["reason"]): c["packets"] for c in counts["items"]}
+        assert by[("x/a", "isolated by x/x-a-from-y")] >= 2  # x/b and x/c
+        r = flatnet("policy", "explain", "z/a", "x/a", "--port", "80", "--lab", lab, check=False)
+        assert r.returncode == 1
+        assert "Admin tier: Deny by cnp/z-never-reaches-x ingress[0] (deny-from-z)" in r.stdout
+    finally:
+        for f in ("netpol-x-from-y.yaml", "cnp-tiers.yaml"):
+            flatnet("delete", "-f", str(examples / f), "--lab", lab)
+        delete_all(the)

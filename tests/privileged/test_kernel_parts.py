@@ -108,3 +108,31 @@ def test_tun_is_persistent_with_vnet_headers(ns: str) -> None:
     out = ip(ns, "-d", "link", "show", "flatnet-tun")
     assert "tun" in out and "vnet_hdr" in out  # the device outlives the fd
     os.close(tun.open_tun(ns, "flatnet-tun"))  # and is re-attached
+
+
+def test_nflog_reads_what_a_rule_logs_with_its_prefix(ns: str) -> None:
+    from flatnet.kernel.nflog import GROUP, NflogReader
+
+    ip(ns, "link", "set", "lo", "up")
+    Nft(ns).apply(
+        "table ip t {\n chain o {\n  type filter hook output priority 0;\n"
+        f'  udp dport 9 log prefix "ingress x/a" group {GROUP}\n }}\n}}\n'
+    )
+    reader = NflogReader(ns)
+    try:
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 4321))
+                s.sendto(b"x", ("127.0.0.1", 9))
+
+        netns.run_in(ns, send)
+        got = reader.read(timeout=2)
+        assert len(got) == 1
+        (g,) = got
+        assert (g.prefix, g.src, g.dst, g.proto, g.sport, g.dport) == (
+            "ingress x/a", "127.0.0.1", "127.0.0.1", socket.IPPROTO_UDP, 4321, 9,
+        )  # fmt: skip
+        assert abs(g.time - __import__("time").time()) < 5
+    finally:
+        reader.close()

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 from policy_cases import CASES, render
-from unit.test_policy_compile import NODES, load, model
+from unit.test_policy_compile import NODES, load, load_all, model
 
 from flatnet.kernel import netns
 from flatnet.kernel.nft import Nft
@@ -45,9 +45,9 @@ def test_every_diff_lands_on_the_full_table(ns: str) -> None:
     pods, ns_labels = model()
     ips = {k: p.ip for k, p in pods.items()}
     states = []
-    for text in CASES.values():
-        pols = load(render(text, ips))
-        states.append(compile_node(pols, pods.values(), ns_labels, NODES[0]))
+    for text in CASES.values():  # NetworkPolicies and ClusterNetworkPolicies
+        pols, cnps = load_all(render(text, ips))
+        states.append(compile_node(pols, pods.values(), ns_labels, NODES[0], cnps))
     moved = dict(pods, **{"x/a": replace(pods["x/a"], ip="10.244.0.99")})  # a pod's new IP
     deny = load(CASES["should support a 'default-deny-all' policy"])
     states.append(compile_node(deny, moved.values(), ns_labels, NODES[0]))

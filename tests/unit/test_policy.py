@@ -10,6 +10,7 @@ import pytest
 from flatnet.errors import ManifestErrors
 from flatnet.manifest import docs
 from flatnet.model import Namespace, PodRecord
+from flatnet.policy.cluster_manifest import cluster_network_policy
 from flatnet.policy.manifest import network_policy
 from flatnet.policy.verdict import Endpoint, decide
 
@@ -42,7 +43,12 @@ def np(spec: str, ns: str = "x", name: str = "p") -> object:
     return policy(head + "spec:\n" + "\n".join("  " + ln for ln in spec.strip().splitlines()))
 
 
-def truth(policies: list[object], port: int = 80, protocol: str = "TCP") -> dict[str, str]:
+def truth(
+    policies: list[object],
+    port: int = 80,
+    protocol: str = "TCP",
+    cluster: list[object] = (),  # type: ignore[assignment]
+) -> dict[str, str]:
     """The upstream reachability table: for each source, a row of . (allowed)
     and X (blocked) over the 9 destinations, loopback cells left out."""
     out = {}
@@ -53,7 +59,7 @@ def truth(policies: list[object], port: int = 80, protocol: str = "TCP") -> dict
                 row += "-"
                 continue
             v = decide(policies, NAMESPACES, Endpoint(src.ip, src), Endpoint(dst.ip, dst), port,
-                       protocol)  # type: ignore[arg-type]  # fmt: skip
+                       protocol, cluster)  # type: ignore[arg-type]  # fmt: skip
             row += "." if v.allowed else "X"
         out[s] = row
     return out
@@ -227,3 +233,163 @@ def test_bad_manifests_name_file_line_and_field(old: str, new: str, line: int, w
     with pytest.raises(ManifestErrors) as e:
         policy(BAD.replace(old, new, 1))
     assert f"p.yaml:{line}: " in str(e.value) and words in str(e.value), str(e.value)
+
+
+# -- ClusterNetworkPolicy: the tiers' order, hand-checked ------------------------
+def cnp(spec: str, name: str = "c") -> object:
+    head = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n"
+    body = "\n".join("  " + ln for ln in spec.strip().splitlines())
+    ((node, data),) = docs(f"{head}metadata: {{name: {name}}}\nspec:\n{body}\n", "c.yaml")
+    return cluster_network_policy(data, node, "c.yaml")
+
+
+X, Y, Z = ("{matchLabels: {kubernetes.io/metadata.name: NS}}".replace("NS", n) for n in "xyz")
+
+
+def test_an_admin_deny_beats_a_networkpolicy_allow() -> None:
+    allow = np("podSelector: {}\ningress:\n- {}")
+    deny = cnp(f"tier: Admin\npriority: 1\nsubject: {{namespaces: {X}}}\n"
+               f"ingress: [{{action: Deny, from: [{{namespaces: {Y}}}]}}]")  # fmt: skip
+    t = truth([allow], cluster=[deny])
+    assert (t["y/a"], t["z/a"], t["x/b"]) == ("XXX-.....", "......-..", ".-.......")
+    v = decide([allow], NAMESPACES, Endpoint(PODS["y/a"].ip, PODS["y/a"]),
+               Endpoint(PODS["x/a"].ip, PODS["x/a"]), 80, "TCP", [deny])  # type: ignore[list-item]  # fmt: skip
+    assert v.ingress.decided_by == "admin" and v.ingress.admin == ("Deny", "cnp/c ingress[0]")
+
+
+def test_an_admin_accept_beats_a_networkpolicy_deny_on_its_port_only() -> None:
+    deny_all = np("podSelector: {}\npolicyTypes: [Ingress, Egress]")
+    accept = cnp(f"tier: Admin\npriority: 1\nsubject: {{namespaces: {X}}}\n"
+                 f"ingress: [{{action: Accept, from: [{{namespaces: {Y}}}],"
+                 " match: [{tcp: [{port: {number: 80}}]}]}]")  # fmt: skip
+    t80, t81 = truth([deny_all], 80, cluster=[accept]), truth([deny_all], 81, cluster=[accept])
+    assert (t80["y/a"], t80["z/a"], t80["x/a"]) == ("...-.....", "XXX...-..", "-XXXXXXXX")
+    assert t81["y/a"] == "XXX-....."
+
+
+def test_pass_defers_to_the_networkpolicies_and_skips_later_admin_rules() -> None:
+    only_z = np(
+        "podSelector: {matchLabels: {pod: a}}\n"
+        f"ingress: [{{from: [{{namespaceSelector: {Z}}}]}}]"
+    )
+    admin = cnp(f"tier: Admin\npriority: 5\nsubject: {{namespaces: {X}}}\ningress:\n"
+                f"- {{action: Pass, from: [{{namespaces: {Y}}}]}}\n"
+                "- {action: Deny, from: [{namespaces: {}}]}")  # fmt: skip
+    t = truth([only_z], cluster=[admin])
+    # y: passed to x/a's NetworkPolicy (only z: denied), to x/b, x/c (none: allowed);
+    # z and x: denied by the second rule, though x/a's policy would let z in
+    assert (t["y/a"], t["z/a"], t["x/a"]) == ("X..-.....", "XXX...-..", "-XX......")
+
+
+def test_the_lower_priority_number_goes_first() -> None:
+    sub = "subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}}"
+    accept = cnp(f"tier: Admin\npriority: 5\n{sub}\n"
+                 f"ingress: [{{action: Accept, from: [{{namespaces: {Y}}}]}}]",
+                 "accept")  # fmt: skip
+    deny = cnp(f"tier: Admin\npriority: 6\n{sub}\n"
+               "ingress: [{action: Deny, from: [{namespaces: {}}]}]", "deny")  # fmt: skip
+    t = truth([], cluster=[deny, accept])
+    assert (t["x/b"], t["y/b"]) == ("X-.X..X..", "....-....")
+    swapped = cnp(f"tier: Admin\npriority: 4\n{sub}\n"
+                  "ingress: [{action: Deny, from: [{namespaces: {}}]}]", "deny")  # fmt: skip
+    assert truth([], cluster=[swapped, accept])["y/b"] == "X..X-.X.."
+
+
+def test_the_baseline_tier_decides_only_where_nothing_else_did() -> None:
+    a_from_y = np(
+        "podSelector: {matchLabels: {pod: a}}\n"
+        f"ingress: [{{from: [{{namespaceSelector: {Y}}}]}}]"
+    )
+    baseline = cnp(f"tier: Baseline\npriority: 1\nsubject: {{namespaces: {X}}}\n"
+                   "ingress: [{action: Deny, from: [{namespaces: {}}]}]")  # fmt: skip
+    t = truth([a_from_y], cluster=[baseline])
+    assert (t["y/a"], t["z/a"], t["x/a"], t["x/b"]) == (
+        ".XX-.....",
+        "XXX...-..",
+        "-XX......",
+        "X-X......",
+    )
+
+
+CNP = """\
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: c}
+spec:
+  tier: Admin
+  priority: 10
+  subject:
+    namespaces: {}
+  ingress:
+  - {action: Deny, from: [{namespaces: {}}], match: [{tcp: [{port: {number: 80}}]}]}
+  egress:
+  - action: Accept
+    to: [{networks: [10.0.0.0/8]}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "words"),
+    [
+        ("tier: Admin", "tier: Cluster", 5, "spec.tier: Input should be 'Admin' or 'Baseline'"),
+        (
+            "priority: 10",
+            "priority: 1001",
+            6,
+            "spec.priority: Input should be less than or equal to 1000",
+        ),
+        (
+            "    namespaces: {}",
+            "    namespaces: {}\n    pods: {namespaceSelector: {}, podSelector: {}}",
+            8,
+            "subject needs exactly one of namespaces, pods (has 2)",
+        ),
+        (
+            "[{namespaces: {}}], match",
+            "[{}], match",
+            10,
+            "a peer needs exactly one of namespaces, pods",
+        ),
+        (
+            "[{namespaces: {}}], match",
+            "[{nodes: {}}], match",
+            10,
+            "nodes: is not supported by flatnet",
+        ),
+        (
+            "[{namespaces: {}}], match",
+            "[{networks: [10.0.0.0/8]}], match",
+            10,
+            "networks: only egress rules have networks peers",
+        ),
+        ("{number: 80}", "{portRange: {start: 90, end: 80}}", 10, "end: 80 is below start 90"),
+        ("[10.0.0.0/8]", "[10.0.0/33]", 13, "networks[0]: '10.0.0/33' is not an IPv4 CIDR"),
+        (
+            "action: Accept",
+            "action: Allow",
+            12,
+            "action: Input should be 'Accept', 'Deny' or 'Pass'",
+        ),
+        (
+            "to: [{networks: [10.0.0.0/8]}]",
+            "to: [{networks: [10.0.0.0/8]}]\n    match: [{namedPort: http}]",
+            12,
+            "a namedPort cannot go with networks peers",
+        ),
+        (
+            "metadata: {name: c}",
+            "metadata: {name: c, namespace: x}",
+            3,
+            "namespace: a ClusterNetworkPolicy is cluster-wide",
+        ),
+    ],
+)
+def test_bad_cluster_policies_name_file_line_and_field(
+    old: str, new: str, line: int, words: str
+) -> None:
+    ((node, data),) = docs(CNP, "c.yaml")
+    assert cluster_network_policy(data, node, "c.yaml") is not None  # the base is good
+    ((node, data),) = docs(CNP.replace(old, new, 1), "c.yaml")
+    with pytest.raises(ManifestErrors) as e:
+        cluster_network_policy(data, node, "c.yaml")
+    assert f"c.yaml:{line}: " in str(e.value) and words in str(e.value), str(e.value)

@@ -11,13 +11,13 @@ import random
 from dataclasses import replace
 
 import pytest
-from policy_cases import CASES, render
+from policy_cases import CASES, np, render
 
 from flatnet.manifest import docs
 from flatnet.model import Namespace, PodRecord
-from flatnet.policy.compile import EVERYWHERE, compile_node, disjoint
-from flatnet.policy.manifest import network_policy
-from flatnet.policy.model import NetworkPolicy
+from flatnet.policy.compile import EVERYWHERE, compile_node, disjoint, span
+from flatnet.policy.files import split
+from flatnet.policy.model import ClusterNetworkPolicy, NetworkPolicy
 from flatnet.policy.verdict import Endpoint, decide
 
 NODES = ("n1", "n2", "n3")
@@ -39,7 +39,13 @@ def model() -> tuple[dict[str, PodRecord], dict[str, dict[str, str]]]:
 
 
 def load(text: str) -> list[NetworkPolicy]:
-    return [network_policy(d, n, "case.yaml") for n, d in docs(text, "case.yaml")]
+    """The case's NetworkPolicies (see :func:`load_all` for both kinds)."""
+    return load_all(text)[0]
+
+
+def load_all(text: str) -> tuple[list[NetworkPolicy], list[ClusterNetworkPolicy]]:
+    _, pols = split(docs(text, "case.yaml"), "case.yaml", None)
+    return pols.namespaced, pols.cluster
 
 
 def kernel_allows(compiled: dict, src: PodRecord, dst: PodRecord, port: int, proto: str) -> bool:
@@ -54,8 +60,8 @@ def kernel_allows(compiled: dict, src: PodRecord, dst: PodRecord, port: int, pro
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_compiled_tables_agree_with_the_api_on_every_pair(case: str) -> None:
     pods, ns_labels = model()
-    policies = load(render(CASES[case], {k: p.ip for k, p in pods.items()}))
-    compiled = {n: compile_node(policies, pods.values(), ns_labels, n) for n in NODES}
+    policies, cnps = load_all(render(CASES[case], {k: p.ip for k, p in pods.items()}))
+    compiled = {n: compile_node(policies, pods.values(), ns_labels, n, cnps) for n in NODES}
     wrong = []
     for src in pods.values():
         for dst in pods.values():
@@ -64,7 +70,7 @@ def test_compiled_tables_agree_with_the_api_on_every_pair(case: str) -> None:
             for port in (80, 81, 8081, 9000):
                 for proto in ("TCP", "UDP", "SCTP"):
                     want = decide(policies, ns_labels, Endpoint(src.ip, src),
-                                  Endpoint(dst.ip, dst), port, proto).allowed  # fmt: skip
+                                  Endpoint(dst.ip, dst), port, proto, cnps).allowed  # fmt: skip
                     got = kernel_allows(compiled, src, dst, port, proto)
                     if got != want:
                         wrong.append(f"{src.namespace}/{src.name}->{dst.namespace}/{dst.name} "
@@ -88,17 +94,17 @@ def test_host_network_pods_are_neither_subjects_nor_peers() -> None:
     pods["x/a"] = replace(pods["x/a"], mode="host")
     policies = load(CASES["should support a 'default-deny-all' policy"])
     assert "x/a" not in compile_node(policies, pods.values(), ns_labels, "n1")
-    allow = load(CASES["should support allow-all policy"].replace("ingress:\n- {}",
-                 "ingress:\n- from: [{podSelector: {}}]"))  # fmt: skip
+    allow = load(np("same-ns", "x", "podSelector: {}\ningress:\n- from: [{podSelector: {}}]"))
     got = compile_node(allow, pods.values(), ns_labels, "n2")["x/b"].ingress
-    assert got is not None
-    assert ipaddress.IPv4Network(pods["x/a"].ip) not in got.any
+    assert got is not None and got.allows(pods["x/c"].ip, "TCP", 80)  # a peer
+    a = int(ipaddress.IPv4Address(pods["x/a"].ip))
+    assert not any(lo <= a <= hi for lo, hi in got.any)
 
 
 def test_disjoint_covers_the_same_space_without_overlaps() -> None:
     rnd = random.Random(7)
     cidrs = ("10.0.0.0/8", "10.244.0.0/16", "10.244.1.5/32", "10.244.1.0/24", "192.168.0.0/24")
-    nets = [ipaddress.IPv4Network(n) for n in cidrs]
+    nets = [span(n) for n in cidrs]
     for _ in range(200):
         ranges = []
         for _ in range(rnd.randint(1, 6)):
@@ -109,7 +115,8 @@ def test_disjoint_covers_the_same_space_without_overlaps() -> None:
         out = disjoint(ranges)
         for i, (n1, p1, lo1, hi1) in enumerate(out):
             for n2, p2, lo2, hi2 in out[i + 1 :]:
-                assert not (p1 == p2 and n1.overlaps(n2) and lo1 <= hi2 and lo2 <= hi1)
+                overlap = n1[0] <= n2[1] and n2[0] <= n1[1]
+                assert not (p1 == p2 and overlap and lo1 <= hi2 and lo2 <= hi1)
         for ip in ("10.1.2.3", "10.244.1.5", "10.244.1.9", "10.244.2.1", "192.168.0.9", "8.8.8.8"):
             a = ipaddress.IPv4Address(ip)
             for proto in ("tcp", "udp"):
@@ -128,7 +135,7 @@ def test_a_rule_without_peers_is_everywhere_and_excepts_cut_holes() -> None:
     got = compile_node([pol], pods.values(), ns_labels, "n1")["x/a"].egress
     assert got is not None
     assert not got.allows(pods["x/b"].ip, "TCP", 80) and got.allows(pods["x/c"].ip, "TCP", 80)
-    assert all(n.num_addresses < 2**28 for n in got.any)  # the /4 with a /32 cut out
+    assert len(got.any) == 2 and all(hi - lo + 1 < 2**28 for lo, hi in got.any)  # /4 minus a /32
     (everyone,) = load(CASES["should allow egress access on one named port"])
     got = compile_node([everyone], pods.values(), ns_labels, "n1")["x/a"].egress
     assert got is not None and EVERYWHERE not in got.any  # named: only pods that name it

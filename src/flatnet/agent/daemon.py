@@ -6,7 +6,8 @@ lease (:class:`~flatnet.agent.lease.LeaseKeeper`), set up the backend and the
 node (sysctls, bridge, masquerade), load the fast path, and make the policy
 table's keeper, the pod network (whose ADD admits each pod to the policy
 table first), the peer watcher and the service proxy. Then :meth:`Agent.start`
-serves the CNI plugin and starts the threads: peers, proxy, policy, lease keep-alive,
+serves the CNI plugin and starts the threads: peers, proxy, policy, the log
+of denied attempts (:mod:`flatnet.policy.denials`), lease keep-alive,
 IP reclaim, and the heartbeat (:mod:`flatnet.agent.heartbeat`: the node's
 Ready condition). The agent never switches its own threads into another
 namespace: ``ns`` (None on a real host) names where its kernel objects go.
@@ -39,6 +40,7 @@ from flatnet.kernel.nft import Nft
 from flatnet.kernel.routes import Routes
 from flatnet.kernel.veths import NodeVeths
 from flatnet.model import Allocation, Lease, NetworkConfig
+from flatnet.policy.denials import DenialLog
 from flatnet.policy.guard import Guard, PodIdentity
 from flatnet.policy.sync import PolicySync
 from flatnet.proxy.sync import ServiceProxy
@@ -65,6 +67,7 @@ class AgentOptions:
     proxy_resync: float = 300.0  # the whole service table rewritten this often
     policy_resync: float = 300.0  # the whole policy table rewritten this often
     heartbeat: float = 1.0  # seconds between heartbeats; NotReady after 3 missed
+    policy_log: str = "/run/flatnet/policy.log"  # denied connection attempts, a JSON line each
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Parts:
     peers: PeerWatcher
     proxy: ServiceProxy
     policy: PolicySync
+    denials: DenialLog
     cni: CNIServer
     heartbeat: HeartbeatKeeper
 
@@ -145,7 +149,8 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         "node %s: subnet %s, underlay %s on %s (MTU %d), backend %s, pod MTU %d",
         o.node, lease.subnet, ip, under.dev, under.mtu, cfg.backend, mtu,
     )  # fmt: skip
-    return Parts(store, keeper, backend, pods, peers, proxy, policy, cni, heartbeat)
+    denials = DenialLog(o.ns, o.node, policy, o.policy_log)
+    return Parts(store, keeper, backend, pods, peers, proxy, policy, denials, cni, heartbeat)
 
 
 def _fast_path(
@@ -215,6 +220,7 @@ class Agent:
         p.cni.start(self._spawn)
         self._spawn(lambda: p.proxy.run(self._stop), "proxy")
         self._spawn(lambda: p.policy.run(self._stop), "policy")
+        self._spawn(lambda: p.denials.run(self._stop), "policy-log")
         self._spawn(lambda: p.keeper.run(self._stop), "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
         self._spawn(lambda: p.peers.run(self._stop), "peers")
@@ -237,7 +243,7 @@ class Agent:
         p.heartbeat.stop()
         p.cni.stop()
         for t in self._threads:
-            if t.name in ("peers", "proxy", "policy"):
+            if t.name in ("peers", "proxy", "policy", "policy-log"):
                 t.join(timeout=5)
         p.pods.close()
         p.backend.stop()

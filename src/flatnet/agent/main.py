@@ -43,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds between full rewrites of the service table",
     )
+    p.add_argument(
+        "--policy-log",
+        default="/run/flatnet/policy.log",
+        help="where denied connection attempts are written, a JSON line each",
+    )
     return p
 
 
@@ -70,6 +75,7 @@ def main(argv: list[str]) -> None:
                 network=net,
                 resync_every=a.resync,
                 proxy_resync=a.proxy_resync,
+                policy_log=a.policy_log,
             )
         ).run_forever()
     except FlatnetError as e:

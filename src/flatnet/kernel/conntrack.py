@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from flatnet.errors import KernelError
 from flatnet.kernel import netns
-from flatnet.kernel.rtnl import NLA_F_NESTED, NLMSGHDR, nla
+from flatnet.kernel.rtnl import NLA_F_NESTED, NLMSGHDR, attrs, nla
 
 __all__ = ["Conntrack", "Flow"]
 
@@ -51,27 +51,17 @@ class Flow:
     reply_sport: int = 0
 
 
-def _attrs(data: bytes, off: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-    end = len(data) if end is None else end
-    while off + 4 <= end:
-        n, kind = struct.unpack_from("=HH", data, off)
-        if n < 4:
-            return
-        yield kind & 0x3FFF, data[off + 4 : off + n]
-        off += (n + 3) & ~3
-
-
 def _tuple(raw: bytes) -> tuple[int, str, str, int, int]:
     proto, src, dst, sport, dport = 0, "", "", 0, 0
-    for kind, val in _attrs(raw):
+    for kind, val in attrs(raw):
         if kind == CTA_TUPLE_IP:
-            for k, v in _attrs(val):
+            for k, v in attrs(val):
                 if k == CTA_IP_V4_SRC:
                     src = socket.inet_ntoa(v[:4])
                 elif k == CTA_IP_V4_DST:
                     dst = socket.inet_ntoa(v[:4])
         elif kind == CTA_TUPLE_PROTO:
-            for k, v in _attrs(val):
+            for k, v in attrs(val):
                 if k == CTA_PROTO_NUM:
                     proto = v[0]
                 elif k == CTA_PROTO_SRC_PORT:
@@ -84,7 +74,7 @@ def _tuple(raw: bytes) -> tuple[int, str, str, int, int]:
 def _entry(msg: bytes) -> tuple[Flow, bytes] | None:
     """A dumped message as a Flow and its raw original-tuple attribute."""
     orig = reply = b""
-    for kind, val in _attrs(msg, 16 + len(_NFGEN)):
+    for kind, val in attrs(msg, 16 + len(_NFGEN)):
         if kind == CTA_TUPLE_ORIG:
             orig = val
         elif kind == CTA_TUPLE_REPLY:

@@ -24,11 +24,11 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flatnet.errors import SyscallError
 
-__all__ = ["NLMSGHDR", "Rtnl", "RtnlError", "mac_bytes", "nla"]
+__all__ = ["NLMSGHDR", "Rtnl", "RtnlError", "attrs", "mac_bytes", "nla"]
 
 NETLINK_ROUTE = 0
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -55,6 +55,17 @@ class RtnlError(SyscallError):
 
 def mac_bytes(mac: str) -> bytes:
     return bytes(int(b, 16) for b in mac.split(":"))
+
+
+def attrs(data: bytes, off: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """The (type, payload) of each netlink attribute in ``data[off:end]``."""
+    end = len(data) if end is None else end
+    while off + 4 <= end:
+        n, kind = struct.unpack_from("=HH", data, off)
+        if n < 4:
+            return
+        yield kind & 0x3FFF, data[off + 4 : off + n]
+        off += (n + 3) & ~3
 
 
 def nla(kind: int, data: bytes) -> bytes:

@@ -131,6 +131,8 @@ class _Builder:
                 info.underlay_ip,
                 "--resync",
                 str(self.t.agent_resync),
+                "--policy-log",
+                str(d / "policy.log"),
             )
             info.agent_argv = argv
             self.st.add_process(spawn(info.ns, argv, d / "agent.log"), f"agent:{node}")

@@ -89,6 +89,7 @@ def tables(
 ) -> list[Table]:
     """One table per (port, protocol), every probe of every table at once."""
     policies = list(policy_objects.load_all(store).values())
+    cluster = list(policy_objects.load_cluster(store).values())
     ns_labels = {n: ns.labels for n, ns in namespaces.load_all(store).items()}
     jobs = []
     with ThreadPoolExecutor(max_workers=128) as pool:
@@ -100,7 +101,13 @@ def tables(
                     (f"{a.namespace}/{a.name}", f"{b.namespace}/{b.name}"): (
                         pool.submit(probe, _netns(st, a), b.ip, port, proto, timeout),
                         decide(
-                            policies, ns_labels, Endpoint(a.ip, a), Endpoint(b.ip, b), port, proto
+                            policies,
+                            ns_labels,
+                            Endpoint(a.ip, a),
+                            Endpoint(b.ip, b),
+                            port,
+                            proto,
+                            cluster,
                         ).allowed,
                     )
                     for a in pods

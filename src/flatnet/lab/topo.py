@@ -21,8 +21,7 @@ from flatnet.errors import ConfigError, LabFileError
 from flatnet.manifest import Pod
 from flatnet.model import Namespace, NetworkConfig, Service
 from flatnet.namespaces import SYSTEM
-from flatnet.policy.manifest import split
-from flatnet.policy.model import NetworkPolicy
+from flatnet.policy.files import AnyPolicy, split
 
 __all__ = ["LabTopo", "load", "parse"]
 
@@ -103,7 +102,7 @@ class LabTopo:
     services: tuple[Service, ...] = ()
     dns: bool = True
     namespaces: tuple[Namespace, ...] = ()
-    policies: tuple[NetworkPolicy, ...] = ()
+    policies: tuple[AnyPolicy, ...] = ()
 
     def segments(self) -> list[str]:
         a = ipaddress.IPv4Network(self.underlay_cidr)

@@ -14,8 +14,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
-from flatnet.errors import LabFileError, ManifestErrors
-from flatnet.manifest import Known, Manifest, Meta, check, objects, port_or_name
+from flatnet.manifest import Known, Meta, check, port_or_name
 from flatnet.policy.model import (
     IPBlock,
     LabelSelector,
@@ -26,7 +25,7 @@ from flatnet.policy.model import (
     Rule,
 )
 
-__all__ = ["Policies", "network_policy", "split"]
+__all__ = ["Selector", "network_policy", "selector"]
 
 
 class _Requirement(Known):
@@ -43,7 +42,7 @@ class _Requirement(Known):
         return self
 
 
-class _Selector(Known):
+class Selector(Known):
     matchLabels: dict[StrictStr, StrictStr] = {}  # noqa: N815
     matchExpressions: list[_Requirement] = []  # noqa: N815
 
@@ -71,8 +70,8 @@ class _IPBlock(Known):
 
 
 class _Peer(Known):
-    podSelector: _Selector | None = None  # noqa: N815
-    namespaceSelector: _Selector | None = None  # noqa: N815
+    podSelector: Selector | None = None  # noqa: N815
+    namespaceSelector: Selector | None = None  # noqa: N815
     ipBlock: _IPBlock | None = None  # noqa: N815
 
     @model_validator(mode="after")
@@ -115,7 +114,7 @@ class _Egress(Known):
 
 
 class _Spec(Known):
-    podSelector: _Selector  # noqa: N815
+    podSelector: Selector  # noqa: N815
     policyTypes: list[Literal["Ingress", "Egress"]] | None = None  # noqa: N815
     ingress: list[_Ingress] | None = None
     egress: list[_Egress] | None = None
@@ -129,7 +128,7 @@ class _NetworkPolicy(Known):
     _ignored: ClassVar[tuple[str, ...]] = ("status",)
 
 
-def _selector(s: _Selector | None) -> LabelSelector | None:
+def selector(s: Selector | None) -> LabelSelector | None:
     if s is None:
         return None
     return LabelSelector(
@@ -141,8 +140,8 @@ def _selector(s: _Selector | None) -> LabelSelector | None:
 def _peers(peers: list[_Peer]) -> tuple[Peer, ...]:
     return tuple(
         Peer(
-            _selector(p.podSelector),
-            _selector(p.namespaceSelector),
+            selector(p.podSelector),
+            selector(p.namespaceSelector),
             IPBlock(p.ipBlock.cidr, tuple(p.ipBlock.except_)) if p.ipBlock else None,
         )
         for p in peers
@@ -160,68 +159,13 @@ def network_policy(data: Any, node: yaml.Node, path: str) -> NetworkPolicy:
     types: list[str] = list(s.policyTypes or [])
     if not types:  # missing or empty: defaulted, as the API server does
         types = ["Ingress", "Egress"] if s.egress else ["Ingress"]
-    selector = _selector(s.podSelector)
-    assert selector is not None
+    pods = selector(s.podSelector)
+    assert pods is not None
     return NetworkPolicy(
         m.metadata.name,
         m.metadata.namespace,
-        selector,
+        pods,
         tuple(dict.fromkeys(types)),
         tuple(Rule(_peers(r.from_), _ports(r.ports)) for r in s.ingress or ()),
         tuple(Rule(_peers(r.to), _ports(r.ports)) for r in s.egress or ()),
     )
-
-
-class Policies(list[tuple[int, NetworkPolicy]]):
-    """A file's NetworkPolicies, each with the line it starts on."""
-
-    def require_namespaces(self, have: set[str], path: str) -> None:
-        """Each policy's namespace exists (or is in the file: ``have``)."""
-        errors = [
-            LabFileError(
-                path,
-                line,
-                f"networkpolicy '{p.name}': metadata.namespace: namespace '{p.namespace}' "
-                "not found (create it, or add a kind: Namespace document)",
-            )
-            for line, p in self
-            if p.namespace not in have
-        ]
-        if errors:
-            raise ManifestErrors(errors)
-
-
-def split(
-    documents: list[tuple[yaml.Node, Any]], path: str, nodes: list[str] | tuple[str, ...] | None
-) -> tuple[Manifest, Policies]:
-    """A file's Namespaces, Pods and Services, and its NetworkPolicies; every
-    mistake of the file at once, in line order."""
-    found, errors = Policies(), []
-    rest = []
-    for node, data in documents:
-        if not (isinstance(data, dict) and data.get("kind") == "NetworkPolicy"):
-            rest.append((node, data))
-            continue
-        try:
-            found.append((node.start_mark.line + 1, network_policy(data, node, path)))
-        except ManifestErrors as e:
-            errors.extend(e.errors)
-    seen: dict[str, int] = {}
-    for line, p in found:
-        if p.ref in seen:
-            errors.append(
-                LabFileError(
-                    path,
-                    line,
-                    f"networkpolicy '{p.ref}' is defined twice (first on line {seen[p.ref]})",
-                )  # fmt: skip
-            )
-        seen.setdefault(p.ref, line)
-    m = Manifest()
-    try:
-        m = objects(rest, path, nodes)
-    except ManifestErrors as e:
-        errors.extend(e.errors)
-    if errors:
-        raise ManifestErrors(sorted(errors, key=lambda e: e.line or 0))
-    return m, found

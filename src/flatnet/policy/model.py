@@ -12,7 +12,18 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["IPBlock", "LabelSelector", "NetworkPolicy", "Peer", "PolicyPort", "Requirement", "Rule"]
+__all__ = [
+    "ClusterNetworkPolicy",
+    "ClusterPeer",
+    "ClusterRule",
+    "IPBlock",
+    "LabelSelector",
+    "NetworkPolicy",
+    "Peer",
+    "PolicyPort",
+    "Requirement",
+    "Rule",
+]
 
 
 @dataclass(frozen=True)
@@ -145,3 +156,76 @@ def _rule(d: dict[str, Any]) -> Rule:
     )
     ports = tuple(PolicyPort(p["protocol"], p["port"], p["end_port"]) for p in d["ports"])
     return Rule(peers, ports)
+
+
+# -- ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2) -----------------
+
+
+@dataclass(frozen=True)
+class ClusterPeer:
+    """One ``from``/``to`` entry of a ClusterNetworkPolicy rule: exactly one of
+    ``namespaces`` (every pod of them), ``pods`` (namespace selector AND pod
+    selector) or ``networks`` (CIDRs; egress only)."""
+
+    namespaces: LabelSelector | None = None
+    pods: tuple[LabelSelector, LabelSelector] | None = None  # (namespaces, pods)
+    networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClusterRule:
+    """One rule: ``action`` (Accept, Deny, Pass) for traffic from/to any of
+    ``peers`` that also matches one of ``ports`` (none: all traffic). A port's
+    protocol "" with a name: a container port of that name, any protocol."""
+
+    action: str
+    peers: tuple[ClusterPeer, ...]
+    ports: tuple[PolicyPort, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterNetworkPolicy:
+    """``tier`` Admin (before NetworkPolicy) or Baseline (after it);
+    ``priority`` 0-1000, lower first; ``subject`` the pods it applies to
+    (namespace selector, and pod selector or None for every pod of them)."""
+
+    name: str
+    tier: str
+    priority: int
+    subject: tuple[LabelSelector, LabelSelector | None]
+    ingress: tuple[ClusterRule, ...] = ()
+    egress: tuple[ClusterRule, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"cnp/{self.name}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ClusterNetworkPolicy:
+        d = json.loads(text)
+        ns_sel, pod_sel = d["subject"]
+        return cls(
+            d["name"],
+            d["tier"],
+            d["priority"],
+            (_selector(ns_sel), _selector(pod_sel) if pod_sel is not None else None),
+            tuple(_cluster_rule(r) for r in d["ingress"]),
+            tuple(_cluster_rule(r) for r in d["egress"]),
+        )
+
+
+def _cluster_rule(d: dict[str, Any]) -> ClusterRule:
+    peers = tuple(
+        ClusterPeer(
+            _selector(p["namespaces"]) if p["namespaces"] is not None else None,
+            (_selector(p["pods"][0]), _selector(p["pods"][1])) if p["pods"] is not None else None,
+            tuple(p["networks"]),
+        )
+        for p in d["peers"]
+    )
+    ports = tuple(PolicyPort(p["protocol"], p["port"], p["end_port"]) for p in d["ports"])
+    return ClusterRule(d["action"], peers, ports, d["name"])

@@ -1,24 +1,27 @@
-"""NetworkPolicies in the store (``networkpolicies/<namespace>/<name>``), as the
-API server keeps them: applied (created, configured, unchanged), deleted,
-listed. Each node's agent follows them (:mod:`flatnet.policy.sync`)."""
+"""Policies in the store, as the API server keeps them: NetworkPolicies
+(``networkpolicies/<namespace>/<name>``) and ClusterNetworkPolicies
+(``clusternetworkpolicies/<name>``): applied (created, configured, unchanged),
+deleted, listed. Each node's agent follows them (:mod:`flatnet.policy.sync`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from flatnet import keys
-from flatnet.policy.model import NetworkPolicy
+from flatnet.policy.model import ClusterNetworkPolicy, NetworkPolicy
 from flatnet.store import Store
 
-__all__ = ["apply", "delete", "key", "load_all"]
+__all__ = ["apply", "delete", "key", "load_all", "load_cluster"]
 
 
-def key(p: NetworkPolicy) -> str:
+def key(p: NetworkPolicy | ClusterNetworkPolicy) -> str:
+    if isinstance(p, ClusterNetworkPolicy):
+        return keys.cluster_policy(p.name)
     return keys.network_policy(p.namespace, p.name)
 
 
 def load_all(store: Store) -> dict[str, NetworkPolicy]:
-    """Every policy, by ``namespace/name``."""
+    """Every NetworkPolicy, by ``namespace/name``."""
     out = {}
     for kv in store.range(keys.NETWORK_POLICIES):
         p = NetworkPolicy.from_json(kv.value)
@@ -26,12 +29,23 @@ def load_all(store: Store) -> dict[str, NetworkPolicy]:
     return out
 
 
-def apply(store: Store, wanted: Iterable[NetworkPolicy]) -> list[tuple[NetworkPolicy, str]]:
+def load_cluster(store: Store) -> dict[str, ClusterNetworkPolicy]:
+    """Every ClusterNetworkPolicy, by name."""
+    out = {}
+    for kv in store.range(keys.CLUSTER_POLICIES):
+        p = ClusterNetworkPolicy.from_json(kv.value)
+        out[p.name] = p
+    return out
+
+
+def apply(
+    store: Store, wanted: Iterable[NetworkPolicy | ClusterNetworkPolicy]
+) -> list[tuple[NetworkPolicy | ClusterNetworkPolicy, str]]:
     """Each policy with kubectl's verdict: created, configured or unchanged."""
-    have = load_all(store)
-    out = []
+    out: list[tuple[NetworkPolicy | ClusterNetworkPolicy, str]] = []
     for p in wanted:
-        old = have.get(p.ref)
+        kv = store.get(key(p))
+        old = None if kv is None else type(p).from_json(kv.value)
         if old == p:
             out.append((p, "unchanged"))
             continue
@@ -41,6 +55,12 @@ def apply(store: Store, wanted: Iterable[NetworkPolicy]) -> list[tuple[NetworkPo
 
 
 def delete(store: Store, refs: Iterable[tuple[str, str]]) -> list[str]:
-    """Delete (namespace, name) policies; returns the ``namespace/name`` of those
+    """Delete (namespace, name) NetworkPolicies — namespace "" for a
+    ClusterNetworkPolicy; returns the ``namespace/name`` (or ``name``) of those
     that were there."""
-    return [f"{ns}/{name}" for ns, name in refs if store.delete(keys.network_policy(ns, name))]
+    gone = []
+    for ns, name in refs:
+        k = keys.network_policy(ns, name) if ns else keys.cluster_policy(name)
+        if store.delete(k):
+            gone.append(f"{ns}/{name}" if ns else name)
+    return gone

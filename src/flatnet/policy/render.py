@@ -30,19 +30,33 @@ connection pass as established. The node's own traffic to its pods leaves by
 the output hook, which the table does not hook: a pod's own node always
 reaches it. Pods on the host's network are node traffic, never subjects.
 
-A change is a diff of the pods' entries in one transaction: a new or changed
-pod's sets are flushed and refilled, its map entries replaced.
+With ClusterNetworkPolicies, an isolated pod's chain starts with the Admin
+tier's rules, each two set lookups with its action (Accept: ``return``, on to
+the other direction; Deny: counted ``drop``; Pass: ``goto`` the rest), and
+ends, in ``<direction>-<ns>/<pod>-rest``, with the NetworkPolicy union or,
+for a pod no NetworkPolicy isolates, the Baseline tier's rules::
+
+    ingress-x/a        ip saddr @ingress-x/a-a0-any counter drop (cnp/... Deny)
+                       ip saddr . ... @ingress-x/a-a0-ports counter drop
+                       goto ingress-x/a-rest
+    ingress-x/a-rest   the NetworkPolicy sets, as above, or Baseline rules
+
+A change is a diff of the pods' entries in one transaction: a pod direction
+that changed is taken down and made again (its sets refilled, its map entry
+replaced).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Mapping
 
-from flatnet.policy.compile import Allow, PodPolicy
+from flatnet.policy.compile import Allow, Net, PodPolicy, PortRange, TierRule
 
 __all__ = ["TABLE", "diff", "full"]
 
 TABLE = "flatnet-policy"
+LOG_GROUP = 66  # the NFLOG group denied attempts are logged to (flatnet.kernel.nflog.GROUP)
 DIRECTIONS = (("egress", "daddr"), ("ingress", "saddr"))
 BASE = """\
   map egress-pods { type ipv4_addr : verdict; }
@@ -71,37 +85,97 @@ ANY = "type ipv4_addr; flags interval;"
 PORTS = "type ipv4_addr . inet_proto . inet_service; flags interval;"
 
 
-def _rules(direction: str, addr: str, ref: str, allow: Allow) -> tuple[str, ...]:
-    name = f"{direction}-{ref}"
-    why = f"{ref} {direction}: isolated by {', '.join(allow.isolating)}"
-    if len(why) > 120:
-        why = why[:117] + "..."
-    return (
-        f"ip {addr} @{name}-any return",
-        f"ip {addr} . meta l4proto . th dport @{name}-ports return",
-        f'counter drop comment "{why}"',
-    )
+def _comment(text: str) -> str:
+    text = text.replace('"', "'")
+    return f'comment "{text[:117] + "..." if len(text) > 120 else text}"'
 
 
-def _elements(allow: Allow) -> tuple[list[str], list[str]]:
-    any_ = [str(n) for n in allow.any]
-    ports = [
-        f"{n} . {p} . {lo}" if lo == hi else f"{n} . {p} . {lo}-{hi}"
-        for n, p, lo, hi in allow.ports
+def _match(addr: str, sets: str, verdict: str) -> list[str]:
+    return [
+        f"ip {addr} @{sets}-any {verdict}",
+        f"ip {addr} . meta l4proto . th dport @{sets}-ports {verdict}",
     ]
-    return any_, ports
+
+
+def _layout(
+    direction: str, addr: str, ref: str, allow: Allow
+) -> tuple[dict[str, list[str]], dict[str, tuple[tuple[Net, ...], tuple[PortRange, ...]]]]:
+    """The chains (name -> rules) and sets (prefix -> (any, ports)) of one pod
+    in one direction: the Admin tier's rules, then (in ``-rest`` when the Admin
+    tier can Pass to it) the NetworkPolicy union or the Baseline tier's rules."""
+    base = f"{direction}-{ref}"
+    chains: dict[str, list[str]] = {}
+    sets: dict[str, tuple[tuple[Net, ...], tuple[PortRange, ...]]] = {}
+    rest = f"{base}-rest" if allow.admin else base
+
+    def verdict(r: TierRule, tier: str, i: int) -> str:
+        if r.action == "Accept":
+            return "return"
+        if r.action == "Deny":  # its own chain: logged, counted, dropped
+            deny = f"{base}-deny-{tier}{i}"
+            chains[deny] = _denied(
+                f"{direction} {ref} {r.name}", f"{ref} {direction}: denied by {r.name}"
+            )
+            return f"goto {deny}"
+        return f"goto {rest}" if tier == "a" else "return"  # Pass
+
+    if allow.admin:
+        chains[base] = []
+        for i, r in enumerate(allow.admin):
+            sets[f"{base}-a{i}"] = (r.any, r.ports)
+            chains[base] += _match(addr, f"{base}-a{i}", verdict(r, "a", i))
+        chains[base].append(f"goto {rest}")
+    chains.setdefault(rest, [])
+    if allow.isolating:
+        sets[base] = (allow.any, allow.ports)
+        chains[rest] += _match(addr, base, "return")
+        why = f"{ref} {direction}: isolated by {', '.join(allow.isolating)}"
+        chains[rest] += _denied(f"{direction} {ref}", why)
+    else:
+        for i, r in enumerate(allow.baseline):
+            sets[f"{base}-b{i}"] = (r.any, r.ports)
+            chains[rest] += _match(addr, f"{base}-b{i}", verdict(r, "b", i))
+    return chains, sets
+
+
+def _denied(prefix: str, why: str) -> list[str]:
+    """The end of a denied connection attempt: logged to NFLOG (at most 10 a
+    second per rule, so a flood costs nothing), counted, dropped."""
+    prefix = prefix.replace('"', "'")[:120]
+    return [
+        f'limit rate 10/second burst 20 packets log prefix "{prefix}" group {LOG_GROUP}',
+        "counter drop " + _comment(why),
+    ]
+
+
+def _addr(n: Net) -> str:
+    """A span as nftables writes it: one address, or first-last."""
+    lo = socket.inet_ntoa(n[0].to_bytes(4, "big"))
+    return lo if n[0] == n[1] else f"{lo}-{socket.inet_ntoa(n[1].to_bytes(4, 'big'))}"
+
+
+def _elements(any_: tuple[Net, ...], ports: tuple[PortRange, ...]) -> tuple[list[str], list[str]]:
+    a = [_addr(n) for n in any_]
+    p = [
+        f"{_addr(n)} . {pr} . {lo}" if lo == hi else f"{_addr(n)} . {pr} . {lo}-{hi}"
+        for n, pr, lo, hi in ports
+    ]
+    return a, p
 
 
 def _add(t: str, ref: str, ip: str, direction: str, addr: str, allow: Allow) -> list[str]:
-    name = f"{direction}-{ref}"
-    cmds = [
-        f"add set {t} {name}-any {{ {ANY} }}",
-        f"add set {t} {name}-ports {{ {PORTS} }}",
-        f"add chain {t} {name}",
-    ]
-    cmds += [f"add rule {t} {name} {r}" for r in _rules(direction, addr, ref, allow)]
-    cmds += _fill(t, name, allow)
-    cmds.append(f"add element {t} {direction}-pods {{ {ip} : jump {name} }}")
+    chains, sets = _layout(direction, addr, ref, allow)
+    cmds: list[str] = []
+    for name, (any_, ports) in sets.items():
+        cmds += [f"add set {t} {name}-any {{ {ANY} }}", f"add set {t} {name}-ports {{ {PORTS} }}"]
+        a, p = _elements(any_, ports)
+        if a:
+            cmds.append(f"add element {t} {name}-any {{ {', '.join(a)} }}")
+        if p:
+            cmds.append(f"add element {t} {name}-ports {{ {', '.join(p)} }}")
+    cmds += [f"add chain {t} {name}" for name in chains]  # every chain before a goto to it
+    cmds += [f"add rule {t} {name} {r}" for name, rules in chains.items() for r in rules]
+    cmds.append(f"add element {t} {direction}-pods {{ {ip} : jump {direction}-{ref} }}")
     return cmds
 
 
@@ -109,23 +183,13 @@ def _isolated(t: str, verb: str, ips: list[str]) -> list[str]:
     return [f"{verb} element {t} isolated {{ {', '.join(sorted(ips))} }}"] if ips else []
 
 
-def _fill(t: str, name: str, allow: Allow) -> list[str]:
-    any_, ports = _elements(allow)
-    cmds = []
-    if any_:
-        cmds.append(f"add element {t} {name}-any {{ {', '.join(any_)} }}")
-    if ports:
-        cmds.append(f"add element {t} {name}-ports {{ {', '.join(ports)} }}")
-    return cmds
-
-
-def _remove(t: str, ref: str, ip: str, direction: str) -> tuple[list[str], list[str]]:
-    """(first: the map entry, then: the chain and sets)."""
-    name = f"{direction}-{ref}"
-    return (
-        [f"delete element {t} {direction}-pods {{ {ip} }}"],
-        [f"delete chain {t} {name}", f"delete set {t} {name}-any", f"delete set {t} {name}-ports"],
-    )
+def _remove(t: str, ref: str, ip: str, direction: str, allow: Allow) -> tuple[list[str], list[str]]:
+    """(first: the map entry, then: the chains and sets)."""
+    chains, sets = _layout(direction, "saddr", ref, allow)
+    then = [f"flush chain {t} {name}" for name in chains]
+    then += [f"delete chain {t} {name}" for name in chains]
+    then += [f"delete set {t} {name}-{kind}" for name in sets for kind in ("any", "ports")]
+    return [f"delete element {t} {direction}-pods {{ {ip} }}"], then
 
 
 def full(pods: Iterable[PodPolicy]) -> str:
@@ -143,7 +207,9 @@ def full(pods: Iterable[PodPolicy]) -> str:
 
 
 def diff(old: Mapping[str, PodPolicy], new: Mapping[str, PodPolicy]) -> str:
-    """Commands turning the table of ``old`` into that of ``new`` ("" when equal)."""
+    """Commands turning the table of ``old`` into that of ``new`` ("" when equal):
+    a pod direction that changed is taken down and built again, in the same
+    transaction (the table never holds a half of it)."""
     t = f"ip {TABLE}"
     unmap: list[str] = []
     drop: list[str] = []
@@ -153,28 +219,14 @@ def diff(old: Mapping[str, PodPolicy], new: Mapping[str, PodPolicy]) -> str:
         for direction, addr in DIRECTIONS:
             was = None if o is None else (o.egress if direction == "egress" else o.ingress)
             now = None if n is None else (n.egress if direction == "egress" else n.ingress)
-            if was == now and (was is None or (o and n and o.ip == n.ip)):
+            if was == now and (was is None or (o is not None and n is not None and o.ip == n.ip)):
                 continue
-            name = f"{direction}-{ref}"
-            if was is not None and now is None:
-                assert o is not None
-                first, then = _remove(t, ref, o.ip, direction)
+            if was is not None and o is not None:
+                first, then = _remove(t, ref, o.ip, direction, was)
                 unmap += first
                 drop += then
-            elif was is None and now is not None:
-                assert n is not None
+            if now is not None and n is not None:
                 make += _add(t, ref, n.ip, direction, addr, now)
-            elif was is not None and now is not None:
-                assert o is not None and n is not None
-                if was.isolating != now.isolating:
-                    make.append(f"flush chain {t} {name}")
-                    make += [f"add rule {t} {name} {r}" for r in _rules(direction, addr, ref, now)]
-                if (was.any, was.ports) != (now.any, now.ports):
-                    make += [f"flush set {t} {name}-any", f"flush set {t} {name}-ports"]
-                    make += _fill(t, name, now)
-                if o.ip != n.ip:
-                    unmap.append(f"delete element {t} {direction}-pods {{ {o.ip} }}")
-                    make.append(f"add element {t} {direction}-pods {{ {n.ip} : jump {name} }}")
     gone = {o.ip for r, o in old.items() if r not in new or new[r].ip != o.ip}
     came = {n.ip for r, n in new.items() if r not in old or old[r].ip != n.ip}
     unmap += _isolated(t, "delete", list(gone - came))

@@ -1,9 +1,10 @@
 """The node's policy table: NetworkPolicies, pods and namespaces in the store →
 this node's ``ip flatnet-policy`` table.
 
-One thread follows ``networkpolicies/``, ``pods/`` and ``namespaces/`` (list,
-then watch). The first listing, and every ``resync`` seconds after, writes the
-whole table in one transaction (this repairs drift). Each batch of events —
+One thread follows ``networkpolicies/``, ``clusternetworkpolicies/``,
+``pods/`` and ``namespaces/`` (list, then watch). The first listing, and
+every ``resync`` seconds after, writes the whole table in one transaction
+(this repairs drift). Each batch of events —
 a policy added, changed or deleted, a pod's labels or IP, a namespace's labels
 — recompiles this node's pods (:func:`~flatnet.policy.compile.compile_node`)
 and applies the difference in one transaction, so a label change takes effect
@@ -36,7 +37,7 @@ from flatnet.kernel.conntrack import Flow
 from flatnet.model import NAME_LABEL, Namespace, PodRecord, PolicyStatus
 from flatnet.policy import render
 from flatnet.policy.compile import PodPolicy, compile_node
-from flatnet.policy.model import NetworkPolicy
+from flatnet.policy.model import ClusterNetworkPolicy, NetworkPolicy
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
 
@@ -64,6 +65,7 @@ class PolicySync:
         self.status_lease = status_lease
         self.resync = resync
         self.policies: dict[str, NetworkPolicy] = {}
+        self.cluster: dict[str, ClusterNetworkPolicy] = {}
         self.pods: dict[str, PodRecord] = {}
         self.namespaces: dict[str, dict[str, str]] = {}
         self.table: dict[str, PodPolicy] = {}
@@ -78,7 +80,12 @@ class PolicySync:
 
     # -- the cluster as this node sees it ------------------------------------
     def _take(self, key: str, value: str | None) -> None:
-        if key.startswith(keys.NETWORK_POLICIES):
+        if key.startswith(keys.CLUSTER_POLICIES):
+            if value is None:
+                self.cluster.pop(key, None)
+            else:
+                self.cluster[key] = ClusterNetworkPolicy.from_json(value)
+        elif key.startswith(keys.NETWORK_POLICIES):
             if value is None:
                 self.policies.pop(key, None)
             else:
@@ -104,7 +111,9 @@ class PolicySync:
     def _compile(self) -> dict[str, PodPolicy]:
         ns_labels = {p.namespace: {NAME_LABEL: p.namespace} for p in self.pods.values()}
         ns_labels.update(self.namespaces)
-        return compile_node(self.policies.values(), self.pods.values(), ns_labels, self.node)
+        return compile_node(
+            self.policies.values(), self.pods.values(), ns_labels, self.node, self.cluster.values()
+        )
 
     # -- kernel ----------------------------------------------------------------
     def full_sync(self) -> None:
@@ -122,7 +131,7 @@ class PolicySync:
 
     def listed(self, kvs: list[KV], rev: int) -> None:
         with self.lock:
-            self.policies, self.pods, self.namespaces = {}, {}, {}
+            self.policies, self.pods, self.namespaces, self.cluster = {}, {}, {}, {}
             for kv in kvs:
                 self._take(kv.key, kv.value)
             self.revision = rev
@@ -198,7 +207,7 @@ class PolicySync:
                 for p in self.table.values()
                 for a in (p.ingress, p.egress)
                 if a is not None
-                for ref in a.isolating
+                for ref in (*a.isolating, *(r.name.split()[0] for r in a.admin + a.baseline))
             }
         )
         status = PolicyStatus(self.node, self.revision, selecting, len(self.table), self.last_sync)
@@ -210,7 +219,7 @@ class PolicySync:
     def run(self, stop: threading.Event) -> None:
         follow(
             self.store,
-            (keys.NETWORK_POLICIES, keys.PODS, keys.NAMESPACES),
+            (keys.NETWORK_POLICIES, keys.CLUSTER_POLICIES, keys.PODS, keys.NAMESPACES),
             stop,
             self.listed,
             self.changed,

@@ -14,17 +14,33 @@ so one rule can mean different numbers on different pods. Pods on the host's
 network and addresses that are not pods are never isolated. What the oracle
 does not decide: replies (allowed connections' replies always pass) and
 traffic from a pod's own node (always allowed) — the data plane's rules.
+
+ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2) wrap that in
+tiers, per direction: the first matching rule of the Admin tier (policies by
+priority, rules in order) decides if it Accepts or Denies; Pass, or no match,
+goes on to the NetworkPolicies, which decide for a pod they select; for any
+other pod the Baseline tier's first matching rule decides the same way; and
+where nothing decided, the connection is allowed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from flatnet.model import PodRecord
-from flatnet.policy.model import NetworkPolicy, Peer, PolicyPort, Rule
+from flatnet.policy.model import (
+    ClusterNetworkPolicy,
+    ClusterPeer,
+    LabelSelector,
+    NetworkPolicy,
+    Peer,
+    PolicyPort,
+    Rule,
+)
 
-__all__ = ["Decision", "Endpoint", "Side", "decide"]
+__all__ = ["Decision", "Endpoint", "Side", "decide", "ordered", "selects"]
 
 
 @dataclass(frozen=True)
@@ -38,16 +54,38 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Side:
-    """One direction's verdict: ``isolating`` the policies that select the pod
-    for it (none: not isolated), ``allowed_by`` the rules that let it through
-    (``ns/name ingress[0]``)."""
+    """One direction's verdict, tier by tier: ``admin`` the first Admin-tier
+    ClusterNetworkPolicy rule that matches (action, ``cnp/name ingress[0]``),
+    ``isolating`` the NetworkPolicies that select the pod for it (none: not
+    isolated), ``allowed_by`` their rules that let it through (``ns/name
+    ingress[0]``), ``baseline`` the first matching Baseline-tier rule."""
 
     isolating: tuple[str, ...] = ()
     allowed_by: tuple[str, ...] = ()
+    admin: tuple[str, str] | None = None
+    baseline: tuple[str, str] | None = None
+
+    @property
+    def decided_by(self) -> str:
+        """The tier that decides: admin, networkpolicy, baseline or default."""
+        if self.admin is not None and self.admin[0] != "Pass":
+            return "admin"
+        if self.isolating:
+            return "networkpolicy"
+        if self.baseline is not None and self.baseline[0] != "Pass":
+            return "baseline"
+        return "default"
 
     @property
     def allowed(self) -> bool:
-        return not self.isolating or bool(self.allowed_by)
+        tier = self.decided_by
+        if tier == "admin":
+            return self.admin is not None and self.admin[0] == "Accept"
+        if tier == "networkpolicy":
+            return bool(self.allowed_by)
+        if tier == "baseline":
+            return self.baseline is not None and self.baseline[0] == "Accept"
+        return True
 
 
 @dataclass(frozen=True)
@@ -81,7 +119,7 @@ def _peer_matches(
 
 
 def _port_matches(p: PolicyPort, port: int, protocol: str, dst: PodRecord | None) -> bool:
-    if p.protocol != protocol:
+    if p.protocol and p.protocol != protocol:  # "" (a ClusterNetworkPolicy's named port): any
         return False
     if p.port is None:
         return True
@@ -109,6 +147,63 @@ def _rule_matches(
     return peers_ok and ports_ok
 
 
+def selects(
+    cnp: ClusterNetworkPolicy, pod: PodRecord, ns_labels: Mapping[str, dict[str, str]]
+) -> bool:
+    """Is ``pod`` (not on the host's network) a subject of ``cnp``?"""
+    ns_sel, pod_sel = cnp.subject
+    return ns_sel.matches(ns_labels.get(pod.namespace, {})) and (
+        pod_sel is None or pod_sel.matches(pod.labels)
+    )
+
+
+def _cluster_peer_matches(
+    peer: ClusterPeer, other: Endpoint, ns_labels: Mapping[str, dict[str, str]]
+) -> bool:
+    if peer.networks:
+        a = ipaddress.IPv4Address(other.ip)
+        return any(a in ipaddress.IPv4Network(n, strict=False) for n in peer.networks)
+    pod = _subject(other)
+    if pod is None:
+        return False
+    sel: tuple[LabelSelector, LabelSelector | None] = (
+        (peer.namespaces, None) if peer.namespaces is not None else peer.pods  # type: ignore[assignment]
+    )
+    return sel[0].matches(ns_labels.get(pod.namespace, {})) and (
+        sel[1] is None or sel[1].matches(pod.labels)
+    )
+
+
+def ordered(cluster: Iterable[ClusterNetworkPolicy], tier: str) -> list[ClusterNetworkPolicy]:
+    """A tier's policies in evaluation order: lower priority first, then by
+    name (the API leaves ties to the implementation; flatnet's is stable)."""
+    return sorted((c for c in cluster if c.tier == tier), key=lambda c: (c.priority, c.name))
+
+
+def _tier(
+    tier: str,
+    direction: str,
+    pod: PodRecord,
+    other: Endpoint,
+    port: int,
+    protocol: str,
+    dst: PodRecord | None,
+    cluster: Iterable[ClusterNetworkPolicy],
+    ns_labels: Mapping[str, dict[str, str]],
+) -> tuple[str, str] | None:
+    for cnp in ordered(cluster, tier):
+        if not selects(cnp, pod, ns_labels):
+            continue
+        rules = cnp.ingress if direction == "Ingress" else cnp.egress
+        for i, r in enumerate(rules):
+            if any(_cluster_peer_matches(p, other, ns_labels) for p in r.peers) and (
+                not r.ports or any(_port_matches(pp, port, protocol, dst) for pp in r.ports)
+            ):
+                label = f" ({r.name})" if r.name else ""
+                return r.action, f"{cnp.ref} {direction.lower()}[{i}]{label}"
+    return None
+
+
 def _side(
     direction: str,
     pod: PodRecord | None,
@@ -118,9 +213,15 @@ def _side(
     dst: PodRecord | None,
     policies: Iterable[NetworkPolicy],
     ns_labels: Mapping[str, dict[str, str]],
+    cluster: Iterable[ClusterNetworkPolicy] = (),
 ) -> Side:
     if pod is None:
         return Side()
+    cluster = list(cluster)
+    tiers = {
+        t: _tier(t, direction, pod, other, port, protocol, dst, cluster, ns_labels)
+        for t in ("Admin", "Baseline")
+    }
     isolating = [
         p
         for p in policies
@@ -134,7 +235,9 @@ def _side(
         for i, rule in enumerate(p.ingress if direction == "Ingress" else p.egress)
         if _rule_matches(rule, p.namespace, other, port, protocol, dst, ns_labels)
     ]
-    return Side(tuple(p.ref for p in isolating), tuple(allowed_by))
+    return Side(
+        tuple(p.ref for p in isolating), tuple(allowed_by), tiers["Admin"], tiers["Baseline"]
+    )
 
 
 def decide(
@@ -144,11 +247,14 @@ def decide(
     dst: Endpoint,
     port: int,
     protocol: str = "TCP",
+    cluster: Iterable[ClusterNetworkPolicy] = (),
 ) -> Decision:
     """May ``src`` open a connection to ``dst`` on ``port``/``protocol``?
-    ``ns_labels``: each namespace's labels (with ``kubernetes.io/metadata.name``)."""
-    pols = list(policies)
+    ``ns_labels``: each namespace's labels (with ``kubernetes.io/metadata.name``);
+    ``cluster``: the ClusterNetworkPolicies (Admin tier before, Baseline
+    tier after the NetworkPolicies)."""
+    pols, cnps = list(policies), list(cluster)
     to = _subject(dst)
-    egress = _side("Egress", _subject(src), dst, port, protocol, to, pols, ns_labels)
-    ingress = _side("Ingress", to, src, port, protocol, to, pols, ns_labels)
+    egress = _side("Egress", _subject(src), dst, port, protocol, to, pols, ns_labels, cnps)
+    ingress = _side("Ingress", to, src, port, protocol, to, pols, ns_labels, cnps)
     return Decision(egress, ingress)
