@@ -105,7 +105,8 @@ def test_vxlan_program_decapsulates_from_peers_only_and_encapsulates() -> None:
     # + skb_store_bytes, csum_diff, get_hash_recalc, skb_adjust_room
     assert helpers == {1, 9, 28, 34, 50, 69, 152, 155}
     maps = [c[4] for c in code if c[0] == 0x18 and c[2] == 1]
-    assert maps == [10, 9, 9, 11]  # peers (decap), pods (both branches), VTEPs (encap)
+    # pods (a pod's own source), peers (decap), pods (both branches), VTEPs (encap)
+    assert maps == [9, 10, 9, 9, 11]
     # the local underlay IP is the outer source: 192.168.50.11 as loaded little-endian
     assert any(c[0] == 0x62 and c[4] == 0x0B32A8C0 for c in code)
     # UDP port 8472, compared in network order as loaded little-endian
@@ -123,12 +124,12 @@ def test_program_bytes_are_pinned() -> None:
     plain = program("10.244.0.0/16", gw, 7, k, 128)
     vx = program("10.244.0.0/16", gw, 7, k, 128, Tunnel(1, 8472, 5, 2, "192.168.50.11", 8, 9))
     assert (len(plain) // 8, hashlib.sha256(plain).hexdigest()) == (
-        155,
-        "a64fb8b9288c255f10c30ead369fd51fdd236f98436d1a50b79bed84515ba1f8",
+        166,
+        "6476b82be8adb705418bbb35a1ddb906ac4b7bd17ff39bb8bbec273f6fc9cd49",
     )
     assert (len(vx) // 8, hashlib.sha256(vx).hexdigest()) == (
-        377,
-        "f01f18359de1f61697136e3da81e043164adc41134a960e609a912daa6ed5ae5",
+        388,
+        "6e2b60a6bc8951743b3eed659ef0df66fc053721e276e7d3da39e1b8b0ca3f53",
     )
 
 
@@ -143,6 +144,15 @@ def stage(name: str, *args: object) -> list[tuple[int, int, int, int, int]]:
             p.a.label(label)
     p.a.exit()
     return insns(p.a.code())
+
+
+def test_stage_own_source_wants_the_pods_entry_to_name_this_veth() -> None:
+    code = stage("own_source")
+    assert code[:2] == [(0x61, 5, 2, 26, 0), (0x63, 10, 5, -4, 0)]  # the source IP is the key
+    assert [c[4] for c in code if c[0] == 0x18 and c[2] == 1] == [9]  # the pods map
+    assert (0x61, 4, 6, 40, 0) in code  # skb->ifindex
+    compare = next(c for c in code if c[0] == 0x5D)  # jne r5, r4: another veth -> pass
+    assert compare[1:3] == (5, 4)
 
 
 def test_stage_ttl_decrements_and_patches_the_checksum() -> None:
