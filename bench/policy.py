@@ -52,6 +52,7 @@ CONNECTS = int(os.environ.get("CONNECTS", "500"))
 SECONDS = int(os.environ.get("SECONDS_EACH", "3"))
 FAST = os.environ.get("FAST_PATH", "1") != "0"
 NAMESPACES = 50
+CONNECT_PORT = 5202  # connects; iperf3 takes 5201
 
 LAB = """\
 kind: Lab
@@ -111,7 +112,7 @@ def bulk_policy(k: int) -> NetworkPolicy:
 def server_policy(k: int) -> NetworkPolicy:
     """One of POLICIES policies that select the server (when it carries
     ``bench: on``) and allow the client, each on its own port list."""
-    ports = (PolicyPort("TCP", 5201), PolicyPort("TCP", 10000 + k))
+    ports = (PolicyPort("TCP", 5201), PolicyPort("TCP", 5202), PolicyPort("TCP", 10000 + k))
     rule = Rule((Peer(sel(app="client")),), ports)
     return NetworkPolicy(f"srv{k}", "default", sel(bench="on"), ("Ingress",), (rule,))
 
@@ -201,7 +202,7 @@ def connects(client_ns: str, ip: str, n: int) -> list[float]:
         for _ in range(n):
             s = socket.socket()
             t = time.perf_counter()
-            s.connect((ip, 5201))
+            s.connect((ip, CONNECT_PORT))
             out.append((time.perf_counter() - t) * 1000)
             s.close()
         return out
@@ -231,7 +232,7 @@ def datapath(st: LabState, store: Store) -> None:
         store.put(keys.network_policy(p.namespace, p.name), p.to_json())
     srv = netns.socket_in(netns.path_of(server.ns), socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((server.ip, 5201))
+    srv.bind((server.ip, CONNECT_PORT))
     srv.listen(4096)
     stop = threading.Event()
 
@@ -255,8 +256,9 @@ def datapath(st: LabState, store: Store) -> None:
                 xs = connects(client.ns, server.ip, CONNECTS)
                 got[label] += xs
                 p50[label].append(pct(xs, 50))
-        srv.close()
         stop.set()
+        srv.shutdown(socket.SHUT_RDWR)
+        srv.close()
         for _ in range(ROUNDS):
             for label, on in (("0", ""), ("N", "on")):
                 programmed(store, relabel(store, keys.pod("default", "server"), bench=on))
