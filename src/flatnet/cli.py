@@ -814,12 +814,16 @@ def policy_log(
         ns, _, name = pod.rpartition("/")
         want = f"{ns or namespace}/{name}"
     reader = Follower(paths)
+    shown = 0
     while True:
         for line in reader.new():
             if want is not None and want not in (line["srcPod"], line["dstPod"]):
                 continue
             print(json.dumps(line) if output == Output.json else text(line), flush=True)
+            shown += 1
         if not follow:
+            if not shown:
+                err.print("no denied connection attempts logged", markup=False, highlight=False)
             return
         time.sleep(0.3)
 

@@ -66,6 +66,7 @@ __all__ = [
 
 Net = tuple[int, int]  # addresses first..last, as integers (a CIDR or any range)
 PortRange = tuple[Net, str, int, int]  # addresses, protocol ("tcp"), first, last port
+Group = tuple[tuple[Net, ...], str, int, int]  # many addresses on one port range
 EVERYWHERE: Net = (0, 2**32 - 1)
 
 
@@ -234,7 +235,7 @@ def _add_rule(
     pod: PodRecord,
     direction: str,
     any_: list[Net],
-    ports: list[PortRange],
+    ports: list[Group],
 ) -> None:
     _add(cluster, _rule_nets(cluster, policy_ns, rule), rule.ports, pod, direction, any_, ports)
 
@@ -246,7 +247,7 @@ def _add(
     pod: PodRecord,
     direction: str,
     any_: list[Net],
-    ports: list[PortRange],
+    ports: list[Group],
 ) -> None:
     """Traffic to/from ``nets`` on ``rule_ports`` (none: everything), into the
     two forms. A named port of protocol "" takes the container port's own."""
@@ -256,17 +257,17 @@ def _add(
     for pp in rule_ports:
         proto = pp.protocol.lower()
         if pp.port is None:
-            ports += [(n, proto, 0, 65535) for n in nets]
+            ports.append((nets, proto, 0, 65535))
         elif isinstance(pp.port, int):
             last = pp.end_port if pp.end_port is not None else pp.port
-            ports += [(n, proto, pp.port, last) for n in nets]
+            ports.append((nets, proto, pp.port, last))
         elif direction == "Ingress":  # a name: this pod's own container port
             named = pod.ports.get(pp.port)
             if named is not None and str(named[1]).upper() == (
                 pp.protocol or str(named[1]).upper()
             ):
                 p = str(named[1]).lower()
-                ports += [(n, p, int(named[0]), int(named[0])) for n in nets]
+                ports.append((nets, p, int(named[0]), int(named[0])))
         else:  # a name on each destination pod the peers hold
             for other in cluster.pods:
                 named = other.ports.get(pp.port)
@@ -275,7 +276,7 @@ def _add(
                 a = _ip(other.ip)
                 if any(n[0] <= a <= n[1] for n in nets):
                     p = str(named[1]).lower()
-                    ports.append(((a, a), p, int(named[0]), int(named[0])))
+                    ports.append((((a, a),), p, int(named[0]), int(named[0])))
 
 
 def _tier(
@@ -287,12 +288,12 @@ def _tier(
         for i, r in enumerate(cnp.ingress if direction == "Ingress" else cnp.egress):
             nets = merge(n for p in r.peers for n in cluster.cluster_nets(p))
             any_: list[Net] = []
-            ports: list[PortRange] = []
+            ports: list[Group] = []
             _add(cluster, nets, r.ports, pod, direction, any_, ports)
             label = f" ({r.name})" if r.name else ""
             out.append(TierRule(
                 r.action, f"{cnp.ref} {direction.lower()}[{i}]{label}",
-                merge(any_), disjoint(ports),
+                merge(any_), _disjoint(ports),
             ))  # fmt: skip
     return tuple(out)
 
@@ -332,14 +333,14 @@ def _allow(
     if (hit := cache.get(key)) is not None:
         return hit
     any_: list[Net] = []
-    ports: list[PortRange] = []
+    ports: list[Group] = []
     for p in isolating:
         for rule in p.ingress if direction == "Ingress" else p.egress:
             _add_rule(cluster, p.namespace, rule, pod, direction, any_, ports)
     cache[key] = Allow(
         tuple(sorted(p.ref for p in isolating)),
         merge(any_),
-        disjoint(ports),
+        _disjoint(ports),
         _tier(cluster, pod, direction, admin),
         _tier(cluster, pod, direction, baseline),
     )
@@ -349,18 +350,26 @@ def _allow(
 def disjoint(ranges: Iterable[PortRange]) -> tuple[PortRange, ...]:
     """The same (network, protocol, port) space as ``ranges``, as tuples that
     do not overlap, sorted."""
-    by_proto: dict[str, list[tuple[Net, int, int]]] = {}
-    for n, proto, lo, hi in ranges:
-        by_proto.setdefault(proto, []).append((n, lo, hi))
+    return _disjoint(((n,), proto, lo, hi) for n, proto, lo, hi in ranges)
+
+
+def _disjoint(groups: Iterable[Group]) -> tuple[PortRange, ...]:
+    """:func:`disjoint` of groups of addresses. Port ranges are few and
+    addresses many: the addresses are merged once per distinct range, then per
+    piece of the port axis."""
+    by_range: dict[tuple[str, int, int], list[Net]] = {}
+    for nets, proto, lo, hi in groups:
+        by_range.setdefault((proto, lo, hi), []).extend(nets)
     out: list[PortRange] = []
-    for proto in sorted(by_proto):
-        items = by_proto[proto]
-        cuts = sorted({lo for _, lo, _ in items} | {hi + 1 for _, _, hi in items})
+    for proto in sorted({p for p, _, _ in by_range}):
+        mine = {(lo, hi): merge(nets) for (p, lo, hi), nets in by_range.items() if p == proto}
+        cuts = sorted({lo for lo, _ in mine} | {hi + 1 for _, hi in mine})
         pieces: list[tuple[int, int, tuple[Net, ...]]] = []
         for a, b in zip(cuts, cuts[1:], strict=False):
-            nets = merge(n for n, lo, hi in items if lo <= a <= hi)
-            if not nets:
+            covering = [nets for (lo, hi), nets in mine.items() if lo <= a <= hi]
+            if not covering:
                 continue
+            nets = covering[0] if len(covering) == 1 else merge(n for c in covering for n in c)
             if pieces and pieces[-1][1] == a - 1 and pieces[-1][2] == nets:
                 pieces[-1] = (pieces[-1][0], b - 1, nets)
             else:
