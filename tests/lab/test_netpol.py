@@ -1,6 +1,7 @@
 """NetworkPolicy on a 3-node lab of the upstream model (examples/netpol.yaml:
 namespaces x, y, z × pods a, b, c serving 80 and 81 on TCP and UDP), once per
-backend with the eBPF fast path on, and on vxlan with it off.
+backend (vxlan, host-gw, udp) with the eBPF fast path on, and on vxlan with it
+off.
 
 Every translated upstream case (tests/policy_cases.py), and our
 ClusterNetworkPolicy cases of the tiers' order, is applied, and the
@@ -47,7 +48,7 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "netpol.yaml"
 PROTOCOLS = ["TCP", "UDP"]
 
 
-@pytest.fixture(scope="module", params=["vxlan", "host-gw", "vxlan/no-fast-path"])
+@pytest.fixture(scope="module", params=["vxlan", "host-gw", "udp", "vxlan/no-fast-path"])
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = "np" + uuid.uuid4().hex[:6]
     backend, _, slow = request.param.partition("/")
@@ -67,6 +68,13 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 def fast_path(name: str) -> bool:
     return "fastPath: false" not in Path(Lab.load(name).st.file).read_text()
+
+
+def main_lab(name: str) -> bool:
+    """vxlan and host-gw with the fast path run every test; udp the cases and
+    spoofing; vxlan without the fast path revocation, first packets and spoofing."""
+    text = Path(Lab.load(name).st.file).read_text()
+    return "fastPath: false" not in text and "backend: udp" not in text
 
 
 def ips(the: Lab) -> dict[str, str]:
@@ -128,7 +136,7 @@ def test_every_translated_case_as_the_api_says(lab: str) -> None:
 
 
 def test_the_cli_path_and_label_changes(lab: str, tmp_path: Path) -> None:
-    if not fast_path(lab):
+    if not main_lab(lab):
         pytest.skip("label changes run on the fast-path labs")
     the = Lab.load(lab)
     f = tmp_path / "p.yaml"
@@ -251,7 +259,7 @@ def test_a_new_pod_is_isolated_from_its_first_packet(lab: str, tmp_path: Path) -
 
 
 def test_the_kernel_enforces_while_the_agent_is_down(lab: str) -> None:
-    if not fast_path(lab):
+    if not main_lab(lab):
         pytest.skip("once is enough")
     the = Lab.load(lab)
     apply(the, CASES["should enforce policy based on PodSelector or NamespaceSelector"])
@@ -361,7 +369,7 @@ def test_denied_attempts_are_logged_counted_and_explained(lab: str) -> None:
     Deny around x/a's own policy; every denied cell of the matrix appears in
     `flatnet policy log` with the rule or policy that denied it, the kernel's
     counters count them, and `policy explain` names the same."""
-    if not fast_path(lab):
+    if not main_lab(lab):
         pytest.skip("once per backend is enough")
     the = Lab.load(lab)
     examples = EXAMPLE.parent / "manifests"
