@@ -61,6 +61,7 @@ bench: deps
 	$(PY) bench/convergence.py
 	$(PY) bench/services.py
 	$(PY) bench/dns.py
+	$(PY) bench/policy.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

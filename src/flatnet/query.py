@@ -8,6 +8,7 @@ JSON object ``-o json`` prints for it (the same keys kubectl users see:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flatnet import keys
@@ -282,12 +283,21 @@ class PolicyRow:
         }
 
 
-def network_policies(store: Store) -> list[PolicyRow]:
-    pods = [p for p in pod_records(store) if p.mode != "host"]
+def _policy_tables(store: Store) -> tuple[int, Callable[[int], list[str]]]:
+    """How many nodes have a policy table, and which Ready ones have
+    programmed a given store revision."""
     alive = heartbeats(store)
     tables = {
         keys.last(kv.key): json.loads(kv.value)["revision"] for kv in store.range(keys.POLICY)
     }
+    return len(tables), lambda rev: sorted(
+        n for n, seen in tables.items() if seen >= rev and n in alive
+    )
+
+
+def network_policies(store: Store) -> list[PolicyRow]:
+    pods = [p for p in pod_records(store) if p.mode != "host"]
+    n, programmed = _policy_tables(store)
     out = []
     for kv in store.range(keys.NETWORK_POLICIES):
         pol = NetworkPolicy.from_json(kv.value)
@@ -296,8 +306,7 @@ def network_policies(store: Store) -> list[PolicyRow]:
             for p in pods
             if p.namespace == pol.namespace and pol.pod_selector.matches(p.labels)
         )
-        done = sorted(n for n, rev in tables.items() if rev >= kv.mod_revision and n in alive)
-        out.append(PolicyRow(pol, selected, done, len(tables)))
+        out.append(PolicyRow(pol, selected, programmed(kv.mod_revision), n))
     return out
 
 
@@ -330,14 +339,10 @@ class ClusterPolicyRow:
 def cluster_policies(store: Store) -> list[ClusterPolicyRow]:
     pods = [p for p in pod_records(store) if p.mode != "host"]
     ns_labels = {n: ns.labels for n, ns in load_all(store).items()}
-    alive = heartbeats(store)
-    tables = {
-        keys.last(kv.key): json.loads(kv.value)["revision"] for kv in store.range(keys.POLICY)
-    }
+    n, programmed = _policy_tables(store)
     out = []
     for kv in store.range(keys.CLUSTER_POLICIES):
         pol = ClusterNetworkPolicy.from_json(kv.value)
         subjects = sorted(f"{p.namespace}/{p.name}" for p in pods if selects(pol, p, ns_labels))
-        done = sorted(n for n, rev in tables.items() if rev >= kv.mod_revision and n in alive)
-        out.append(ClusterPolicyRow(pol, subjects, done, len(tables)))
+        out.append(ClusterPolicyRow(pol, subjects, programmed(kv.mod_revision), n))
     return sorted(out, key=lambda r: (r.policy.tier != "Admin", r.policy.priority, r.policy.name))
