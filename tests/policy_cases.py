@@ -47,6 +47,32 @@ CASES: dict[str, str] = {
         "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n"
         "  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}",
     ),
+    "should enforce policy based on PodSelector with MatchExpressions": np(
+        "x-a-allows-x-b",
+        "x",
+        "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - podSelector:\n"
+        "      matchExpressions: [{key: pod, operator: In, values: [b]}]",
+    ),
+    "should enforce policy based on NamespaceSelector with MatchExpressions using default ns label": np(
+        "allow-client-a-via-ns-selector-for-immutable-ns-label",
+        "x",
+        "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector:\n"
+        "      matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [y]}]",
+    ),
+    "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed": docs(
+        np(
+            "deny-client-a-via-except-cidr-egress-rule",
+            "x",
+            "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- to:\n"
+            "  - ipBlock: {cidr: '{y/b}/24', except: ['{y/b}/32']}",
+        ),
+        np(
+            "allow-client-a-via-cidr-egress-rule",
+            "x",
+            "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- to:\n"
+            "  - ipBlock: {cidr: '{y/b}/32'}",
+        ),
+    ),
     "should enforce policy based on NamespaceSelector with MatchExpressions": np(
         "allow-ns-y-match-selector",
         "x",

@@ -792,7 +792,8 @@ def policy_log(
     destination pod, protocol/port, direction, and the policy that isolated
     the pod (or the ClusterNetworkPolicy rule that denied it). Logged by the
     kernel at most 10 a second per pod and rule; --count gives the exact
-    per-pod counts from the policy tables."""
+    per-pod counts from the policy tables, and the frames each pod sent with a
+    source that is not its own (dropped)."""
     from flatnet.policy.denials import Follower, text
 
     if output not in (Output.wide, Output.json):
@@ -838,7 +839,9 @@ def _policy_counts(the: Any, output: Output) -> None:
     for node, info in the.st.nodes.items():
         nft = Nft(info.ns)
         try:
-            objs = nft.list_json("table ip flatnet-policy")
+            objs = nft.list_json("table ip flatnet-policy") + nft.list_json(
+                "table bridge flatnet-guard"
+            )
         finally:
             nft.close()
         for o in objs:
@@ -847,9 +850,13 @@ def _policy_counts(the: Any, output: Output) -> None:
                 continue
             packets = next((e["counter"]["packets"] for e in rule["expr"] if "counter" in e), None)
             m = re.match(r"(\S+) (ingress|egress): (.*)", rule["comment"])
+            forged = re.match(r"(\S+): (forged source)", rule["comment"])
             if packets is not None and m:
                 rows.append({"node": node, "pod": m[1], "direction": m[2], "reason": m[3],
                              "packets": packets})  # fmt: skip
+            elif packets and forged:  # what a pod sent as someone else
+                rows.append({"node": node, "pod": forged[1], "direction": "sent",
+                             "reason": forged[2], "packets": packets})  # fmt: skip
     if output == Output.json:
         print(json.dumps({"items": rows}, indent=2))
         return

@@ -360,6 +360,13 @@ def test_pods_cannot_forge_who_they_are(lab: str) -> None:
         ).stdout  # fmt: skip
         counted = int(re.search(r"counter packets (\d+)", chain).group(1))  # type: ignore[union-attr]
         assert counted >= 6 and '"y/c: forged source"' in chain  # 3 datagrams + 3 ARP replies
+        counts = json.loads(flatnet("policy", "log", "--count", "--lab", lab, "-o", "json").stdout)
+        sent = {
+            (c["pod"], c["reason"]): c["packets"]
+            for c in counts["items"]
+            if c["direction"] == "sent"
+        }
+        assert sent[("y/c", "forged source")] == counted
     finally:
         rx.close()
 
@@ -417,4 +424,52 @@ def test_denied_attempts_are_logged_counted_and_explained(lab: str) -> None:
     finally:
         for f in ("netpol-x-from-y.yaml", "cnp-tiers.yaml"):
             flatnet("delete", "-f", str(examples / f), "--lab", lab)
+        delete_all(the)
+
+
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  selector: {pod: a}
+  ports: [{port: 8000, targetPort: 80}]
+"""
+
+
+def _connects(ns: str, ip: str, port: int) -> bool:
+    from flatnet.lab.reach import probe
+
+    return probe(ns, ip, port, "TCP", 0.5)
+
+
+def test_services_are_judged_on_the_endpoint_and_the_own_node_always_reaches(
+    lab: str, tmp_path: Path
+) -> None:
+    """x/a takes only y: through its ClusterIP, y/a gets in and z/a does not
+    (policy sees the endpoint after DNAT, and the client pod's own IP);
+    x/a's own node reaches it, another node does not (only an ipBlock could
+    let it in)."""
+    if not main_lab(lab):
+        pytest.skip("once per backend is enough")
+    the = Lab.load(lab)
+    f = tmp_path / "svc.yaml"
+    f.write_text(SERVICE)
+    flatnet("apply", "-f", str(f), "--lab", lab, "--wait")
+    try:
+        svc = json.loads(flatnet("get", "svc", "web", "-n", "x", "--lab", lab, "-o", "json").stdout)
+        vip = svc["items"][0]["clusterIP"]
+        pods = the.st.pods
+        assert _connects(pods["y/a"].ns, vip, 8000) and _connects(pods["z/a"].ns, vip, 8000)
+        only_y = "only from a different namespace, based on NamespaceSelector"
+        apply(the, next(text for case, text in CASES.items() if only_y in case))
+        assert _connects(pods["y/a"].ns, vip, 8000)
+        assert not _connects(pods["z/a"].ns, vip, 8000)
+        xa = pods["x/a"]
+        own = the.st.nodes[xa.node].ns
+        other = next(n.ns for name, n in the.st.nodes.items() if name != xa.node)
+        assert _connects(own, xa.ip, 80)  # the kubelet's probes come from here
+        assert not _connects(other, xa.ip, 80)
+    finally:
+        flatnet("delete", "-f", str(f), "--lab", lab)
         delete_all(the)
