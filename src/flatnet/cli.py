@@ -659,7 +659,8 @@ def _policy_matrix(the: Any, ports: list[int], protocols: list[str], output: Out
                     out.print(f"WRONG {a} -> {b} {t.protocol}/{t.port}: {verdict}", markup=False)
             out.print("")
         cells = sum(len(t.observed) for t in tables)
-        out.print(f"{cells - wrong}/{cells} cells as the policies say", markup=False)
+        if tables:
+            out.print(f"{cells - wrong}/{cells} cells as the policies say", markup=False)
     if not tables:
         _say("no pods to probe: none declares those ports (containerPort) with an IP")
     raise typer.Exit(0 if tables and not wrong else 1)
@@ -824,7 +825,9 @@ def policy_log(
             shown += 1
         if not follow:
             if not shown:
-                err.print("no denied connection attempts logged", markup=False, highlight=False)
+                whose = f" from or to {want}" if want is not None else ""
+                err.print(f"no denied connection attempts logged{whose}", markup=False,
+                          highlight=False)  # fmt: skip
             return
         time.sleep(0.3)
 

@@ -48,6 +48,10 @@ MISTAKES = {
     "logs": "Missing argument 'pod'",
     "lab logs": "Missing argument 'target'",
     "lab logs node1 --tail many": "Invalid value for '--tail'",
+    "lab check --matrix --port http": "Invalid value for '--port'",
+    "policy log --bogus": "No such option: --bogus",
+    "policy log --follow now": "Got unexpected extra argument",
+    "policy logs": "No such command 'logs'",
 }
 
 
