@@ -384,10 +384,12 @@ def compile_node(
     ns_labels: Mapping[str, dict[str, str]],
     node: str,
     cluster_policies: Iterable[ClusterNetworkPolicy] = (),
+    only: set[str] | None = None,
 ) -> dict[str, PodPolicy]:
     """Each pod of ``node`` some policy applies to (by ``namespace/name``) and
     what its table entries hold. ``pods``: every pod of the cluster (peers are
-    anywhere); ``ns_labels``: each namespace's labels."""
+    anywhere); ``ns_labels``: each namespace's labels; ``only``: just these
+    pods of the node (``namespace/name``)."""
     pods = list(pods)
     pols: dict[str, list[NetworkPolicy]] = {}
     for pol in policies:
@@ -399,6 +401,8 @@ def compile_node(
     out: dict[str, PodPolicy] = {}
     for pod in pods:
         if pod.node != node or not pod.ip or pod.mode != "bridge":
+            continue
+        if only is not None and f"{pod.namespace}/{pod.name}" not in only:
             continue
         ingress = _allow(cluster, pod, "Ingress", pols, tiers, cache)
         egress = _allow(cluster, pod, "Egress", pols, tiers, cache)

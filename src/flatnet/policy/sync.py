@@ -108,12 +108,13 @@ class PolicySync:
             else:
                 self.namespaces[name] = Namespace.from_json(value).labels
 
-    def _compile(self) -> dict[str, PodPolicy]:
+    def _compile(self, only: set[str] | None = None) -> dict[str, PodPolicy]:
         ns_labels = {p.namespace: {NAME_LABEL: p.namespace} for p in self.pods.values()}
         ns_labels.update(self.namespaces)
         return compile_node(
-            self.policies.values(), self.pods.values(), ns_labels, self.node, self.cluster.values()
-        )
+            self.policies.values(), self.pods.values(), ns_labels, self.node,
+            self.cluster.values(), only,
+        )  # fmt: skip
 
     # -- kernel ----------------------------------------------------------------
     def full_sync(self) -> None:
@@ -145,9 +146,10 @@ class PolicySync:
                 self.revision = max(self.revision, ev.revision)
             self._update("partial")
 
-    def _update(self, kind: str) -> None:
+    def _update(self, kind: str, new: dict[str, PodPolicy] | None = None) -> None:
         t0 = time.monotonic()
-        new = self._compile()
+        if new is None:
+            new = self._compile()
         script = render.diff(self.table, new)
         if script:
             self.nft.apply(script, what=f"policy changes in table ip {render.TABLE}")
@@ -172,7 +174,12 @@ class PolicySync:
         with self.lock:
             self.admitted[key] = ip
             self.pods[key] = replace(PodRecord.from_json(kv.value), ip=ip, node=self.node)
-            self._update("admit")
+            # only this pod: the others learn its IP from the store (until then
+            # it is no peer of theirs: denied, never wrongly allowed)
+            new = dict(self.table)
+            new.pop(pod, None)
+            new.update(self._compile(only={pod}))
+            self._update("admit", new)
 
     def _revoke(self, old: dict[str, PodPolicy], new: dict[str, PodPolicy]) -> None:
         """Cut the established flows of changed pods that the table no longer
