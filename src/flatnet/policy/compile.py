@@ -8,9 +8,9 @@ lists the table looks up in one step each:
 - ``ports``: (network, protocol, first port, last port) tuples (rules with ``ports``).
 
 They hold the union of every rule of every policy that selects the pod for
-that direction. A peer's pod and namespace selectors become the /32s of the
-pods they select now; an ``ipBlock`` its CIDR minus its ``except`` blocks; a
-rule without ``from``/``to``, 0.0.0.0/0. A named port is resolved on the
+that direction. A peer's pod and namespace selectors become the addresses of
+the pods they select now; an ``ipBlock`` its CIDR minus its ``except``
+blocks; a rule without ``from``/``to``, everything. A named port is resolved on the
 destination pod: for ingress, the pod itself; for egress, each pod the rule's
 peers hold that names that port — so one rule can mean different numbers on
 different pods, and never matches an address that is not a pod's.
@@ -29,9 +29,11 @@ order), each with its action and the traffic it matches in the same two
 forms; then the NetworkPolicy union; then the Baseline tier's rules (only for
 a pod no NetworkPolicy isolates: otherwise they can never decide).
 
-A pod that no policy applies to in a direction has None there: no map
-entry, nothing on its packets' path. Pods on the host's network are never subjects;
-pods sharing another pod's network (``container:``) are judged as that pod.
+Pods the same policies select (the replicas of a deployment) get the same
+lists, computed once per compile. A pod that no policy applies to in a
+direction has None there: no map entry, nothing on its packets' path. Pods
+on the host's network are never subjects; pods sharing another pod's network
+(``container:``) are judged as that pod.
 """
 
 from __future__ import annotations
