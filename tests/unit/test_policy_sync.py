@@ -97,3 +97,66 @@ def test_a_pod_is_admitted_with_its_ip_before_the_store_has_it(store: SqliteStor
     assert sync.table["x/c"].ip == "10.244.0.9"
     sync.changed([Event("delete", c.key, "", 5)])
     assert "delete element ip flatnet-policy ingress-pods { 10.244.0.9 }" in nft.scripts[-1]
+
+
+def test_what_compiles_keep_never_changes_what_they_produce(store: SqliteStore) -> None:
+    """Through every translated case applied and deleted as events, a pod's
+    status update and a relabel, the table kept from compile to compile is the
+    one a fresh compile makes."""
+    from dataclasses import replace
+
+    from policy_cases import CASES, render
+    from unit.test_policy_compile import NODES, load_all, model
+
+    from flatnet.policy import objects
+    from flatnet.policy.compile import compile_node
+
+    pods, ns_labels = model()
+    sync = PolicySync(store, FakeFirewall(), Flows([]), NODES[0], set)  # type: ignore[arg-type]
+    spaces = [Namespace("x", ns_labels["x"]), Namespace("y", ns_labels["y"]),
+              Namespace("z", ns_labels["z"])]  # fmt: skip
+    sync.listed(kvs(*pods.values(), *spaces), 1)
+    rev = 1
+
+    def event(kind: str, key: str, value: str = "") -> None:
+        nonlocal rev
+        rev += 1
+        sync.changed([Event(kind, key, value, rev)])  # type: ignore[arg-type]
+
+    def fresh() -> dict[str, object]:
+        return compile_node(sync.policies.values(), sync.pods.values(), ns_labels, NODES[0],
+                            sync.cluster.values())  # fmt: skip
+
+    ips = {k: p.ip for k, p in pods.items()}
+    for text in CASES.values():
+        pols, cnps = load_all(render(text, ips))
+        for p in [*pols, *cnps]:
+            event("put", objects.key(p), p.to_json())
+        assert sync.table == fresh()
+        ready = replace(pods["x/a"], ready=True, restarts=3)  # status only
+        event("put", ready.key, ready.to_json())
+        assert sync.table == fresh()
+        for p in [*pols, *cnps]:
+            event("delete", objects.key(p))
+        assert sync.table == fresh() == {}
+    # a relabel with a policy in place
+    pols, _ = load_all(CASES["should enforce policy based on any PodSelectors"])
+    for p in pols:
+        event("put", objects.key(p), p.to_json())
+    moved = replace(pods["x/b"], labels={"pod": "q"})
+    event("put", moved.key, moved.to_json())
+    assert sync.table == fresh() and not sync.table["x/a"].ingress.allows(moved.ip, "TCP", 80)  # type: ignore[union-attr]
+    # the same policy changed in place (its name stays): its lists are made again
+    from policy_cases import np
+
+    from flatnet.manifest import docs
+    from flatnet.policy.manifest import network_policy
+
+    for peer in ("c", "a"):
+        spec = "podSelector: {}\ningress: [{from: [{podSelector: {matchLabels: {pod: PEER}}}]}]"
+        spec = spec.replace("PEER", peer)
+        ((node, data),) = docs(np("same-name", "x", spec), "p.yaml")
+        p = network_policy(data, node, "p.yaml")
+        event("put", objects.key(p), p.to_json())
+        assert sync.table == fresh()
+    assert sync.table["x/a"].ingress.allows(pods["x/a"].ip, "TCP", 80)  # type: ignore[union-attr]

@@ -41,7 +41,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 from flatnet.model import PodRecord
 from flatnet.policy.model import (
@@ -156,17 +157,48 @@ class PodPolicy:
     egress: Allow | None = None
 
 
-class _Cluster:
-    """The pods peers can name, and each peer's networks (memoised for one
-    compile)."""
+@dataclass
+class Memo:
+    """What one compile can hand the next: each peer's addresses, and each
+    signature's lists (the policies that select a pod → its :class:`Allow`).
+    Valid while the pods and namespaces stay as they were: a pod or namespace
+    change :meth:`clear` s it; a policy change :meth:`forget` s only the lists
+    that policy went into."""
 
-    def __init__(self, pods: Iterable[PodRecord], ns_labels: Mapping[str, dict[str, str]]):
+    peers: dict[tuple[str, Peer], tuple[Net, ...]] = field(default_factory=dict)
+    allows: dict[tuple[object, ...], Allow] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.peers.clear()
+        self.allows.clear()
+
+    def forget(self, names: set[str]) -> None:
+        """Drop the lists built from these policies (``ns/name``, or a
+        ClusterNetworkPolicy's name)."""
+
+        def built_from(
+            key: tuple[object, ...],
+        ) -> bool:  # (direction, refs, admin, baseline, ports)
+            return any(names.intersection(cast(tuple[str, ...], key[i])) for i in (1, 2, 3))
+
+        self.allows = {k: v for k, v in self.allows.items() if not built_from(k)}
+
+
+class _Cluster:
+    """The pods peers can name, and each peer's networks (memoised)."""
+
+    def __init__(
+        self,
+        pods: Iterable[PodRecord],
+        ns_labels: Mapping[str, dict[str, str]],
+        memo: dict[tuple[str, Peer], tuple[Net, ...]],
+    ):
         self.pods = [p for p in pods if p.ip and p.mode != "host"]
         self.ns_labels = ns_labels
         self.by_ns: dict[str, list[PodRecord]] = {}
         for p in self.pods:
             self.by_ns.setdefault(p.namespace, []).append(p)
-        self._memo: dict[tuple[str, Peer], tuple[Net, ...]] = {}
+        self._memo = memo
 
     def in_namespaces(self, ns_sel: LabelSelector) -> list[PodRecord]:
         """The pods of every namespace ``ns_sel`` selects."""
@@ -387,19 +419,22 @@ def compile_node(
     node: str,
     cluster_policies: Iterable[ClusterNetworkPolicy] = (),
     only: set[str] | None = None,
+    memo: Memo | None = None,
 ) -> dict[str, PodPolicy]:
     """Each pod of ``node`` some policy applies to (by ``namespace/name``) and
     what its table entries hold. ``pods``: every pod of the cluster (peers are
     anywhere); ``ns_labels``: each namespace's labels; ``only``: just these
-    pods of the node (``namespace/name``)."""
+    pods of the node (``namespace/name``); ``memo``: what earlier compiles
+    found, kept valid by the caller (:class:`Memo`)."""
     pods = list(pods)
     pols: dict[str, list[NetworkPolicy]] = {}
     for pol in policies:
         pols.setdefault(pol.namespace, []).append(pol)
     cnps = list(cluster_policies)
     tiers = {t: ordered(cnps, t) for t in ("Admin", "Baseline")}
-    cluster = _Cluster(pods, ns_labels)
-    cache: dict[tuple[object, ...], Allow] = {}
+    memo = memo if memo is not None else Memo()
+    cluster = _Cluster(pods, ns_labels, memo.peers)
+    cache = memo.allows
     out: dict[str, PodPolicy] = {}
     for pod in pods:
         if pod.node != node or not pod.ip or pod.mode != "bridge":

@@ -8,9 +8,13 @@ every ``resync`` seconds after, writes the whole table in one transaction
 a policy added, changed or deleted, a pod's labels or IP, a namespace's labels
 — recompiles this node's pods (:func:`~flatnet.policy.compile.compile_node`)
 and applies the difference in one transaction, so a label change takes effect
-at once. Then the established flows the change no longer allows are deleted
-from conntrack: their next packet is judged again, and dropped (the eBPF fast
-path only carries flows conntrack holds, so it lets go of them too).
+at once. What one compile found is kept for the next while it holds: a policy
+change recomputes only the lists of the pods it selects; a pod's status
+(ready, restarts) reuses them all; a pod's labels, IP or ports, or a
+namespace, recompute everything. Then the established flows the change no
+longer allows are deleted from conntrack: their next packet is judged again,
+and dropped (the eBPF fast path only carries flows conntrack holds, so it
+lets go of them too).
 
 A new pod is admitted by the CNI ADD (:meth:`PolicySync.admit`) before its
 interface has an address: its entries are in the table from its first packet.
@@ -36,7 +40,7 @@ from flatnet.kernel.api import ConntrackTable, Firewall
 from flatnet.kernel.conntrack import Flow
 from flatnet.model import NAME_LABEL, Namespace, PodRecord, PolicyStatus
 from flatnet.policy import render
-from flatnet.policy.compile import PodPolicy, compile_node
+from flatnet.policy.compile import Memo, PodPolicy, compile_node
 from flatnet.policy.model import ClusterNetworkPolicy, NetworkPolicy
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
@@ -45,6 +49,11 @@ __all__ = ["PolicySync"]
 
 log = logging.getLogger("flatnet.agent.policy")
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_SCTP: "sctp"}
+
+
+def _identity(p: PodRecord) -> tuple[object, ...]:
+    """What policies read of a pod (its status, phase and restarts they do not)."""
+    return (p.ip, p.node, p.mode, p.labels, p.ports)
 
 
 class PolicySync:
@@ -70,6 +79,7 @@ class PolicySync:
         self.namespaces: dict[str, dict[str, str]] = {}
         self.table: dict[str, PodPolicy] = {}
         self.admitted: dict[str, str] = {}  # pod key -> IP given by CNI ADD, not yet in the store
+        self.memo = Memo()  # what one compile hands the next
         self.revision = 0
         self.last_sync: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -80,20 +90,28 @@ class PolicySync:
 
     # -- the cluster as this node sees it ------------------------------------
     def _take(self, key: str, value: str | None) -> None:
+        """One key's new value (None: deleted) into the view; what compiles
+        kept is dropped where it no longer holds (:class:`Memo`)."""
         if key.startswith(keys.CLUSTER_POLICIES):
             if value is None:
-                self.cluster.pop(key, None)
+                gone = self.cluster.pop(key, None)
             else:
+                gone = self.cluster.get(key)
                 self.cluster[key] = ClusterNetworkPolicy.from_json(value)
+            if gone is not None:
+                self.memo.forget({gone.name})
         elif key.startswith(keys.NETWORK_POLICIES):
             if value is None:
                 self.policies.pop(key, None)
             else:
                 self.policies[key] = NetworkPolicy.from_json(value)
+            self.memo.forget({key.removeprefix(keys.NETWORK_POLICIES)})
         elif key.startswith(keys.PODS):
+            old = self.pods.get(key)
             if value is None:
                 self.pods.pop(key, None)
                 self.admitted.pop(key, None)
+                self.memo.clear()
                 return
             pod = PodRecord.from_json(value)
             if pod.ip:
@@ -101,25 +119,29 @@ class PolicySync:
             elif key in self.admitted:  # the store has not heard of the IP yet
                 pod = replace(pod, ip=self.admitted[key], node=self.node)
             self.pods[key] = pod
+            if old is None or _identity(old) != _identity(pod):  # not just its status
+                self.memo.clear()
         elif key.startswith(keys.NAMESPACES):
             name = keys.last(key)
             if value is None:
                 self.namespaces.pop(name, None)
             else:
                 self.namespaces[name] = Namespace.from_json(value).labels
+            self.memo.clear()
 
     def _compile(self, only: set[str] | None = None) -> dict[str, PodPolicy]:
         ns_labels = {p.namespace: {NAME_LABEL: p.namespace} for p in self.pods.values()}
         ns_labels.update(self.namespaces)
         return compile_node(
             self.policies.values(), self.pods.values(), ns_labels, self.node,
-            self.cluster.values(), only,
+            self.cluster.values(), only, self.memo,
         )  # fmt: skip
 
     # -- kernel ----------------------------------------------------------------
     def full_sync(self) -> None:
         with self.lock:
             t0 = time.monotonic()
+            self.memo.clear()  # (the resync repairs drift: nothing kept is trusted)
             new = self._compile()
             self.nft.apply(render.full(new.values()), what=f"table ip {render.TABLE}")
             old, self.table = self.table, new
@@ -174,6 +196,7 @@ class PolicySync:
         with self.lock:
             self.admitted[key] = ip
             self.pods[key] = replace(PodRecord.from_json(kv.value), ip=ip, node=self.node)
+            self.memo.clear()
             # only this pod: the others learn its IP from the store (until then
             # it is no peer of theirs: denied, never wrongly allowed)
             new = dict(self.table)
