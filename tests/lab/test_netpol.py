@@ -121,7 +121,7 @@ def wrong_cells(the: Lab, ports: tuple[int, ...] = (80, 81), timeout: float = 0.
 
 def test_every_translated_case_as_the_api_says(lab: str) -> None:
     if not fast_path(lab):
-        pytest.skip("the cases run on the fast-path labs; this one is for revocation")
+        pytest.skip("the cases run on the fast-path labs; this one is for revocation and spoofing")
     the = Lab.load(lab)
     assert wrong_cells(the) == []  # no policy: all reach all
     failures = {}
@@ -137,7 +137,7 @@ def test_every_translated_case_as_the_api_says(lab: str) -> None:
 
 def test_the_cli_path_and_label_changes(lab: str, tmp_path: Path) -> None:
     if not main_lab(lab):
-        pytest.skip("label changes run on the fast-path labs")
+        pytest.skip("runs on the vxlan and host-gw labs")
     the = Lab.load(lab)
     f = tmp_path / "p.yaml"
     f.write_text(CASES["should allow ingress access from updated pod"])
@@ -260,7 +260,7 @@ def test_a_new_pod_is_isolated_from_its_first_packet(lab: str, tmp_path: Path) -
 
 def test_the_kernel_enforces_while_the_agent_is_down(lab: str) -> None:
     if not main_lab(lab):
-        pytest.skip("once is enough")
+        pytest.skip("runs on the vxlan and host-gw labs")
     the = Lab.load(lab)
     apply(the, CASES["should enforce policy based on PodSelector or NamespaceSelector"])
     node = the.st.pods["x/a"].node
@@ -377,7 +377,7 @@ def test_denied_attempts_are_logged_counted_and_explained(lab: str) -> None:
     `flatnet policy log` with the rule or policy that denied it, the kernel's
     counters count them, and `policy explain` names the same."""
     if not main_lab(lab):
-        pytest.skip("once per backend is enough")
+        pytest.skip("runs on the vxlan and host-gw labs")
     the = Lab.load(lab)
     examples = EXAMPLE.parent / "manifests"
     for f in ("netpol-x-from-y.yaml", "cnp-tiers.yaml"):
@@ -451,7 +451,7 @@ def test_services_are_judged_on_the_endpoint_and_the_own_node_always_reaches(
     x/a's own node reaches it, another node does not (only an ipBlock could
     let it in)."""
     if not main_lab(lab):
-        pytest.skip("once per backend is enough")
+        pytest.skip("runs on the vxlan and host-gw labs")
     the = Lab.load(lab)
     f = tmp_path / "svc.yaml"
     f.write_text(SERVICE)
