@@ -192,7 +192,9 @@ def apply(
 
 def _policy_kind(p: Any) -> str:
     """kubectl's name of a policy's kind, as apply and delete print it."""
-    if hasattr(p, "tier"):
+    from flatnet.policy.model import ClusterNetworkPolicy
+
+    if isinstance(p, ClusterNetworkPolicy):
         return "clusternetworkpolicy.policy.networking.k8s.io"
     return "networkpolicy.networking.k8s.io"
 
@@ -234,13 +236,12 @@ def delete(
     try:
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be deleted from a lab (give --lab)")
-        refs = [(getattr(p, "namespace", ""), p.name) for _, p in pols]
-        gone = set(policy_objects.delete(s, refs))
-        for (ns, name), (_, p) in zip(refs, pols, strict=True):
-            if (f"{ns}/{name}" if ns else name) in gone:
-                out.print(f"{_policy_kind(p)}/{name} deleted")
+        deleted = policy_objects.delete(s, [p for _, p in pols])
+        for _, p in pols:
+            if p in deleted:
+                out.print(f"{_policy_kind(p)}/{p.name} deleted")
             else:
-                missing.append(f"{_policy_kind(p)}/{name}")
+                missing.append(f"{_policy_kind(p)}/{p.name}")
         gone = set(services.delete(s, [(x.namespace, x.name) for x in svcs]))
         for x in svcs:
             if f"{x.namespace}/{x.name}" in gone:

@@ -95,8 +95,7 @@ def apply(the: Lab, text: str) -> list[str]:
 def delete_all(the: Lab) -> None:
     s = the.store()
     try:
-        objects.delete(s, [tuple(r.split("/")) for r in objects.load_all(s)])  # type: ignore[misc]
-        objects.delete(s, [("", name) for name in objects.load_cluster(s)])
+        objects.delete(s, [*objects.load_all(s).values(), *objects.load_cluster(s).values()])
         deadline = time.monotonic() + 10
         while any(json.loads(kv.value)["isolated"] for kv in s.range(keys.POLICY)):
             assert time.monotonic() < deadline, "policy tables still isolate pods"

@@ -64,7 +64,7 @@ def test_listing_writes_the_table_and_a_change_cuts_the_flows_it_revokes(
 ) -> None:
     nft = FakeFirewall()
     ct = Flows([tcp(B.ip, A.ip, 80), tcp("10.244.0.1", A.ip, 80), tcp(A.ip, B.ip, 80)])
-    sync = PolicySync(store, nft, ct, "n1", lambda: {"10.244.0.1"})  # type: ignore[arg-type]
+    sync = PolicySync(store, nft, ct, "n1", {"10.244.0.1"})  # type: ignore[arg-type]
     sync.listed(kvs(A, B, Namespace.of("x"), Namespace.of("y")), 4)
     assert "ingress-pods" in nft.scripts[-1] and "jump ingress-x/a" not in nft.scripts[-1]
     assert ct.deleted == []
@@ -83,7 +83,7 @@ def test_listing_writes_the_table_and_a_change_cuts_the_flows_it_revokes(
 
 def test_a_pod_is_admitted_with_its_ip_before_the_store_has_it(store: SqliteStore) -> None:
     nft = FakeFirewall()
-    sync = PolicySync(store, nft, Flows([]), "n1", set)  # type: ignore[arg-type]
+    sync = PolicySync(store, nft, Flows([]), "n1", set())  # type: ignore[arg-type]
     c = PodRecord("c", "x", "n1", "", labels={"app": "c"})  # as the API server has it
     store.put(c.key, c.to_json())
     sync.listed(kvs(A, c, DENY), 3)
@@ -112,7 +112,7 @@ def test_what_compiles_keep_never_changes_what_they_produce(store: SqliteStore) 
     from flatnet.policy.compile import compile_node
 
     pods, ns_labels = model()
-    sync = PolicySync(store, FakeFirewall(), Flows([]), NODES[0], set)  # type: ignore[arg-type]
+    sync = PolicySync(store, FakeFirewall(), Flows([]), NODES[0], set())  # type: ignore[arg-type]
     spaces = [Namespace("x", ns_labels["x"]), Namespace("y", ns_labels["y"]),
               Namespace("z", ns_labels["z"])]  # fmt: skip
     sync.listed(kvs(*pods.values(), *spaces), 1)

@@ -119,7 +119,7 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
             undo.callback(fast.close)
         ttl = keeper.ttl_lease
         own = {ip, str(ipam.gateway), str(ipam.subnet.network_address)}
-        policy = PolicySync(store, nft, Conntrack(o.ns), o.node, lambda: own, ttl, o.policy_resync)
+        policy = PolicySync(store, nft, Conntrack(o.ns), o.node, own, ttl, o.policy_resync)
         guard = Guard(nft)
         guard.sync(
             PodIdentity(

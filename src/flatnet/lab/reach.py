@@ -69,13 +69,13 @@ class Table:
         return "\n".join(lines)
 
 
-def subjects(store: Store, port: int, protocol: str) -> list[PodRecord]:
+def subjects(pods: list[PodRecord], port: int, protocol: str) -> list[PodRecord]:
     """The pods of the model: on a pod network, with an IP, declaring
     ``port``/``protocol`` among their container ports."""
     return sorted(
         (
             p
-            for p in (PodRecord.from_json(kv.value) for kv in store.range(keys.PODS))
+            for p in pods
             if p.mode == "bridge"
             and p.ip
             and any(int(n) == port and str(pr).upper() == protocol for n, pr in p.ports.values())
@@ -90,12 +90,13 @@ def tables(
     """One table per (port, protocol), every probe of every table at once."""
     policies = list(policy_objects.load_all(store).values())
     cluster = list(policy_objects.load_cluster(store).values())
+    everyone = [PodRecord.from_json(kv.value) for kv in store.range(keys.PODS)]
     ns_labels = {n: ns.labels for n, ns in namespaces.load_all(store).items()}
     jobs = []
     with ThreadPoolExecutor(max_workers=128) as pool:
         for port in ports:
             for proto in protocols:
-                pods = subjects(store, port, proto)
+                pods = subjects(everyone, port, proto)
                 refs = [f"{p.namespace}/{p.name}" for p in pods]
                 cells = {
                     (f"{a.namespace}/{a.name}", f"{b.namespace}/{b.name}"): (

@@ -54,13 +54,9 @@ def apply(
     return out
 
 
-def delete(store: Store, refs: Iterable[tuple[str, str]]) -> list[str]:
-    """Delete (namespace, name) NetworkPolicies — namespace "" for a
-    ClusterNetworkPolicy; returns the ``namespace/name`` (or ``name``) of those
-    that were there."""
-    gone = []
-    for ns, name in refs:
-        k = keys.network_policy(ns, name) if ns else keys.cluster_policy(name)
-        if store.delete(k):
-            gone.append(f"{ns}/{name}" if ns else name)
-    return gone
+def delete(
+    store: Store, wanted: Iterable[NetworkPolicy | ClusterNetworkPolicy]
+) -> list[NetworkPolicy | ClusterNetworkPolicy]:
+    """Delete these policies (by kind, namespace and name); returns those that
+    were there."""
+    return [p for p in wanted if store.delete(key(p))]

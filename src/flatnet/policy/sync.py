@@ -31,7 +31,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
 from flatnet import keys
@@ -63,7 +62,7 @@ class PolicySync:
         nft: Firewall,
         conntrack: ConntrackTable,
         node: str,
-        own_ips: Callable[[], set[str]],
+        own_ips: set[str],
         status_lease: int = 0,
         resync: float = 300.0,
     ) -> None:
@@ -211,7 +210,7 @@ class PolicySync:
         ingress = {p.ip: p.ingress for r, p in new.items() if p.ingress and old.get(r) != p}
         if not egress and not ingress:
             return
-        own = self.own_ips()
+        own = self.own_ips
 
         def doomed(f: Flow) -> bool:
             proto = PROTOCOLS.get(f.proto, str(f.proto))
