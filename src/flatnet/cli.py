@@ -1060,6 +1060,8 @@ def _items(
     elif what == "node":
         items = [r.to_dict() for r in query.nodes(s)]
         cols = ["name", "status", "underlayIP", "podSubnet", "backend", "peers", "refused"]
+        if any(i["sessions"] or i["problem"] for i in items):
+            cols.append("sessions")
     elif what == "namespace":
         items = [r.to_dict() for r in query.namespaces(s)]
         cols = ["name", "status", "age", "labels"]
@@ -1122,6 +1124,9 @@ def _cell(col: str, item: dict[str, Any]) -> str:
         return _age(time.time() - item["created"]) if item.get("created") else "-"
     if col == "refused":
         return "; ".join(v.values()) or "-"
+    if col == "sessions":  # bgp: BIRD's word for each session, and any trouble
+        cells = [f"{peer}: {state}" for peer, state in sorted(v.items())]
+        return "; ".join([*cells, *([item["problem"]] if item.get("problem") else [])]) or "-"
     if col in ("labels", "selector"):
         return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "-"
     if col == "endpoints":

@@ -27,11 +27,52 @@ __all__ = [
     "ServicePort",
 ]
 
-BACKENDS = ("host-gw", "vxlan", "udp", "none")
+BACKENDS = ("host-gw", "vxlan", "udp", "bgp", "none")
 BACKEND_OPTIONS: dict[str, dict[str, type]] = {
     "vxlan": {"vni": int, "port": int, "directRouting": bool, "txChecksumOffload": bool},
     "udp": {"port": int, "gso": bool},
+    "bgp": {
+        "asNumber": int,
+        "nodeASNumbers": dict,
+        "routeReflectors": list,
+        "peers": list,
+        "bfd": bool,
+        "crossSubnet": bool,
+        "vni": int,
+        "port": int,
+    },
 }
+
+
+def _asn(v: object, what: str) -> None:
+    if type(v) is not int or not 1 <= v <= 4294967295:
+        raise ConfigError(f"{what}: {v!r} is not an AS number (1..4294967295)")
+
+
+def _check_bgp(o: dict[str, Any]) -> None:
+    """The bgp backend's options, field by field (Calico's BGPConfiguration,
+    Node.spec.bgp and BGPPeer, folded into one place)."""
+    w = "network.backendOptions"
+    if "asNumber" in o:
+        _asn(o["asNumber"], f"{w}.asNumber")
+    for node, asn in (o.get("nodeASNumbers") or {}).items():
+        _asn(asn, f"{w}.nodeASNumbers.{node}")
+    for i, n in enumerate(o.get("routeReflectors") or []):
+        if not isinstance(n, str):
+            raise ConfigError(f"{w}.routeReflectors[{i}]: {n!r} is not a node name")
+    for i, p in enumerate(o.get("peers") or []):
+        where = f"{w}.peers[{i}]"
+        if not isinstance(p, dict) or set(p) - {"address", "asNumber", "nodes", "name"}:
+            raise ConfigError(f"{where}: takes address, asNumber, nodes (optional), name")
+        try:
+            ipaddress.IPv4Address(p.get("address"))
+        except ValueError:
+            raise ConfigError(
+                f"{where}.address: {p.get('address')!r} is not an IPv4 address"
+            ) from None
+        _asn(p.get("asNumber"), f"{where}.asNumber")
+        if "nodes" in p and not isinstance(p["nodes"], list):
+            raise ConfigError(f"{where}.nodes: must be a list of node names")
 
 
 def _net(value: str, what: str) -> ipaddress.IPv4Network:
@@ -94,6 +135,8 @@ class NetworkConfig(_Json):
                 )
             if type(v) is not known[k]:
                 raise ConfigError(f"network.backendOptions.{k}: {v!r} is not a {known[k].__name__}")
+        if self.backend == "bgp":
+            _check_bgp(self.backend_options)
         if not 576 <= self.mtu <= 65535:
             raise ConfigError(f"network.mtu: {self.mtu} is out of range 576..65535")
 
@@ -157,6 +200,8 @@ class PeerStatus(Camel):
     programmed: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
+    sessions: dict[str, str] = field(default_factory=dict)  # bgp: peer -> session state
+    problem: str = ""  # the backend's daemon is in trouble (bgp: BIRD)
 
 
 @dataclass(frozen=True)

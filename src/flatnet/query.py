@@ -82,6 +82,9 @@ class NodeRow:
     refused: dict[str, str] = field(default_factory=dict)  # peer -> why
     ready: bool = False
     since: float = 0.0
+    pending: list[str] = field(default_factory=list)  # not routed yet
+    sessions: dict[str, str] = field(default_factory=dict)  # bgp: peer -> BIRD's state
+    problem: str = ""
 
     @property
     def status(self) -> str:
@@ -96,6 +99,9 @@ class NodeRow:
             "backend": self.backend,
             "peers": self.peers,
             "refused": self.refused,
+            "pending": self.pending,
+            "sessions": self.sessions,
+            "problem": self.problem,
             "ready": self.ready,
             "agentSince": self.since,
         }
@@ -197,6 +203,9 @@ def nodes(store: Store) -> list[NodeRow]:
                 st.refused,
                 hb is not None,
                 hb.since if hb is not None else 0.0,
+                st.pending,
+                st.sessions,
+                st.problem,
             )  # fmt: skip
         )
     return out

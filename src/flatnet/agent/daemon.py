@@ -68,6 +68,7 @@ class AgentOptions:
     policy_resync: float = 300.0  # the whole policy table rewritten this often
     heartbeat: float = 1.0  # seconds between heartbeats; NotReady after 3 missed
     policy_log: str = "/run/flatnet/policy.log"  # denied connection attempts, a JSON line each
+    state_dir: str = "/run/flatnet"  # a backend's daemon keeps its files here (bgp: bird/)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,9 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         options = dict(cfg.backend_options)
         keeper = LeaseKeeper(store, cfg, o.node, ip, lambda s: backend.lease_data(s, options))
         lease = keeper.claim()  # published once, with what peers need (VTEP MAC...)
-        ctx = Context(o.ns, lease, under.dev, under.mtu, under.nets, options)
+        ctx = Context(
+            o.ns, lease, under.dev, under.mtu, under.nets, options, o.state_dir, cfg.pod_cidr
+        )
         for other in backends.names():  # objects of a backend this node ran before
             if other != cfg.backend:
                 backends.get(other).teardown(ctx)
@@ -224,6 +227,7 @@ class Agent:
         self._spawn(lambda: p.keeper.run(self._stop), "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
         self._spawn(lambda: p.peers.run(self._stop), "peers")
+        self._spawn(self._observe_loop, "peers-observe")
         p.heartbeat.beat()  # Ready in get nodes, before CNI STATUS says ready
         self._spawn(lambda: p.heartbeat.run(self._stop), "heartbeat")
         self.ready.set()
@@ -256,6 +260,16 @@ class Agent:
         self.start()
         done.wait()
         self.stop()
+
+    def _observe_loop(self) -> None:
+        """What the backend's daemon holds (bgp: BIRD's sessions), twice a second."""
+        assert self.parts is not None
+        peers = self.parts.peers
+        while not self._stop.wait(0.5):
+            try:
+                peers.refresh()
+            except Exception as e:
+                log.warning("peer status refresh failed: %s", e)
 
     def _reclaim_loop(self) -> None:
         assert self.parts is not None

@@ -48,6 +48,11 @@ def parser() -> argparse.ArgumentParser:
         default="/run/flatnet/policy.log",
         help="where denied connection attempts are written, a JSON line each",
     )
+    p.add_argument(
+        "--state-dir",
+        default="/run/flatnet",
+        help="where a backend's daemon keeps its files (bgp: BIRD's config and socket in bird/)",
+    )
     return p
 
 
@@ -76,6 +81,7 @@ def main(argv: list[str]) -> None:
                 resync_every=a.resync,
                 proxy_resync=a.proxy_resync,
                 policy_log=a.policy_log,
+                state_dir=a.state_dir,
             )
         ).run_forever()
     except FlatnetError as e:

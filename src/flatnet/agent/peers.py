@@ -10,9 +10,12 @@ again; if the store is unreachable it keeps the kernel as it is (the data
 plane lives there) and retries. (That loop is :func:`flatnet.store.follow.follow`,
 shared with the service proxy and the DNS server.)
 
-After every convergence that changed something it publishes
-``/flatnet/status/<node>``: which peers are programmed and which the backend
-refused, and why (``flatnet get nodes -o wide`` shows it).
+After every convergence it publishes ``/flatnet/status/<node>`` when it
+changed: which peers are programmed and which the backend refused, and why
+(``flatnet get nodes -o wide`` shows it). A backend with a daemon of its own
+(bgp: BIRD) is also asked what it holds every half second
+(:meth:`PeerWatcher.refresh`, from the agent): each session's state, and the
+peers whose routes it has not installed yet, which count as pending.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from flatnet import keys
 from flatnet.backends import Backend, Context
 from flatnet.kernel.api import RouteTable
+from flatnet.kernel.objects import Desired
 from flatnet.model import Lease, PeerStatus
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
@@ -54,6 +58,8 @@ class PeerWatcher:
         self.resync = resync
         self.leases: dict[str, Lease] = {}
         self._status: PeerStatus | None = None
+        self._want: Desired | None = None
+        self._lock = threading.Lock()  # sync (peers thread) and refresh (agent)
 
     def rebind(self, status_lease: int) -> None:
         """The node's TTL lease was re-granted: the status key went with the old
@@ -76,29 +82,50 @@ class PeerWatcher:
 
     def sync(self) -> None:
         """Converge the kernel to the current peers (idempotent)."""
-        peers = self.peers()
-        want = self.backend.desired(self.ctx, peers)
-        changes = self.routes.converge(want, self.devices)
-        self.backend.program(want)
-        programmed = [p.node for p in peers if p.node not in set(want.refused) | want.pending]
-        if self.on_peers is not None:
-            self.on_peers([(p.underlay_ip, p.subnet) for p in peers if p.node in programmed])
-        if changes:
-            log.info(
-                "peers converged: +%d -%d objects; programmed %s",
-                changes.added,
-                changes.removed,
-                ", ".join(programmed) or "none",
-            )
-        before = self._status.refused if self._status is not None else {}
-        for node, why in want.refused.items():
-            if before.get(node) != why:
-                log.warning("%s", why)
+        with self._lock:
+            peers = self.peers()
+            want = self._want = self.backend.desired(self.ctx, peers)
+            changes = self.routes.converge(want, self.devices)
+            self.backend.program(want)
+            kept = [p for p in peers if p.node not in set(want.refused) | want.pending]
+            if self.on_peers is not None:
+                self.on_peers([(p.underlay_ip, p.subnet) for p in kept])
+            if changes:
+                log.info(
+                    "peers converged: +%d -%d objects; programmed %s",
+                    changes.added,
+                    changes.removed,
+                    ", ".join(p.node for p in kept) or "none",
+                )
+            before = self._status.refused if self._status is not None else {}
+            for node, why in want.refused.items():
+                if before.get(node) != why:
+                    log.warning("%s", why)
+            self._publish(peers, want)
+
+    def refresh(self) -> None:
+        """Ask the backend's daemon what it holds; publish the status if it changed."""
+        with self._lock:
+            if self._want is not None:
+                self._publish(self.peers(), self._want)
+
+    def _publish(self, peers: list[Lease], want: Desired) -> None:
+        seen = self.backend.observe(self.ctx, peers)
+        pending = set(want.pending) | (set(seen.unrouted) - set(want.refused))
+        programmed = [p.node for p in peers if p.node not in set(want.refused) | pending]
         me = self.ctx.lease.node
         status = PeerStatus(
-            me, self.backend.name, programmed, sorted(want.pending), dict(want.refused)
+            me,
+            self.backend.name,
+            programmed,
+            sorted(pending),
+            dict(want.refused),
+            dict(seen.sessions),
+            seen.problem,
         )
         if status != self._status:
+            if seen.problem and (self._status is None or self._status.problem != seen.problem):
+                log.warning("%s", seen.problem)
             self._status = status
             self.store.put(keys.peer_status(me), status.to_json(), lease=self.status_lease)
 

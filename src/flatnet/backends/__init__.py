@@ -29,6 +29,9 @@ namespace, None on a real host):
 5. ``stop()`` — the agent stops: let go of what the process holds (the kernel
    objects stay, so traffic goes on).
 6. ``teardown(ctx)`` — remove the backend's devices (switching backends).
+7. ``observe(ctx, peers)`` — what the backend's own daemon holds now, asked
+   every half second (bgp: each BGP session's state, the peers whose routes
+   BIRD has not installed yet); empty for the kernel's backends.
 
 Modules register themselves with :func:`register`; :func:`get` builds one.
 """
@@ -38,7 +41,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from flatnet.errors import ConfigError
 from flatnet.kernel.objects import RTPROT_FLATNET, Desired, Fdb, Neigh, Route, VxlanTunnel
@@ -52,6 +55,7 @@ __all__ = [
     "Fdb",
     "Neigh",
     "NoDevices",
+    "Observed",
     "Route",
     "get",
     "names",
@@ -68,12 +72,24 @@ class Context:
     underlay_dev: str
     underlay_mtu: int
     underlay_nets: tuple[str, ...]  # the CIDRs directly connected on the underlay device
-    options: dict[str, object] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    state_dir: str = "/run/flatnet"  # where a backend keeps its daemon's files
+    pod_cidr: str = "10.244.0.0/16"
 
     def on_link(self, ip: str) -> bool:
         """Is ``ip`` on this node's L2 segment (reachable without a router)?"""
         a = ipaddress.IPv4Address(ip)
         return any(a in ipaddress.IPv4Network(n, strict=False) for n in self.underlay_nets)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a backend's daemon holds now: per peer the session state, the peers
+    not routed yet, and a problem with the daemon itself ("" when none)."""
+
+    sessions: dict[str, str] = field(default_factory=dict)
+    unrouted: frozenset[str] = frozenset()
+    problem: str = ""
 
 
 class Backend(Protocol):
@@ -96,6 +112,8 @@ class Backend(Protocol):
     def stop(self) -> None: ...
 
     def teardown(self, ctx: Context) -> None: ...
+
+    def observe(self, ctx: Context, peers: list[Lease]) -> Observed: ...
 
 
 class NoDevices:
@@ -125,6 +143,9 @@ class NoDevices:
     def teardown(self, ctx: Context) -> None:
         return None
 
+    def observe(self, ctx: Context, peers: list[Lease]) -> Observed:
+        return Observed()
+
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {}
 
@@ -138,7 +159,7 @@ def register(name: str) -> Callable[[Callable[[], Backend]], Callable[[], Backen
 
 
 def _load() -> None:
-    from flatnet.backends import hostgw, none, udp, vxlan  # noqa: F401  (they register)
+    from flatnet.backends import bgp, hostgw, none, udp, vxlan  # noqa: F401  (they register)
 
 
 def names() -> list[str]:

@@ -42,7 +42,7 @@ import select
 import socket
 import threading
 
-from flatnet.backends import Context, Desired, Route, register
+from flatnet.backends import Context, Desired, Observed, Route, register
 from flatnet.errors import KernelError
 from flatnet.kernel import links, netns, tun
 from flatnet.kernel.tun import VNET_HDR
@@ -135,6 +135,9 @@ class Udp:
     def teardown(self, ctx: Context) -> None:
         self.stop()
         links.delete(ctx.ns, DEV)
+
+    def observe(self, ctx: Context, peers: list[Lease]) -> Observed:
+        return Observed()
 
     def stop(self) -> None:
         """Stop both loops, then close the TUN fd and the socket (the persistent

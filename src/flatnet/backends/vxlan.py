@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from flatnet.backends import Context, Desired, Fdb, Neigh, Route, register
+from flatnet.backends import Context, Desired, Fdb, Neigh, Observed, Route, register
 from flatnet.kernel import links
 from flatnet.kernel.ethtool import set_tx_checksum
 from flatnet.kernel.objects import VxlanTunnel
@@ -99,6 +99,9 @@ class Vxlan:
 
     def program(self, want: Desired) -> None:
         return None
+
+    def observe(self, ctx: Context, peers: list[Lease]) -> Observed:
+        return Observed()
 
     def stop(self) -> None:
         return None

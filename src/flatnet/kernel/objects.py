@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["RTPROT_FLATNET", "Changes", "Desired", "Fdb", "Neigh", "Route", "VxlanTunnel"]
+__all__ = [
+    "RTPROT_FLATNET",
+    "BgpSession",
+    "Changes",
+    "Desired",
+    "Fdb",
+    "Neigh",
+    "Route",
+    "VxlanTunnel",
+]
 
 RTPROT_FLATNET = 66  # the route protocol number marking routes flatnet owns
 
@@ -36,10 +45,23 @@ class Fdb:
 
 
 @dataclass(frozen=True)
+class BgpSession:
+    """A BGP session a node's BIRD holds: to another node (``mesh``; on a
+    reflector, to a ``rr-client``) or to a router outside the cluster
+    (``external``)."""
+
+    name: str  # the peer node's name, or the external peer's
+    ip: str
+    asn: int
+    kind: str = "mesh"  # mesh | rr-client | external
+
+
+@dataclass(frozen=True)
 class Desired:
     """What a backend wants for a set of peers: the routes, neighbours and FDB
     entries to hold; for a userspace tunnel, where each peer subnet is sent
-    (``forward``: subnet -> (underlay IP, UDP port)); and the peers it did not
+    (``forward``: subnet -> (underlay IP, UDP port)); for a routing daemon,
+    the BGP sessions it holds (``bgp``); and the peers it did not
     program (refused: why; pending: not published enough yet)."""
 
     routes: frozenset[Route] = frozenset()
@@ -48,6 +70,7 @@ class Desired:
     refused: dict[str, str] = field(default_factory=dict)  # node -> why
     pending: frozenset[str] = frozenset()  # nodes that have not published enough yet
     forward: dict[str, tuple[str, int]] = field(default_factory=dict)
+    bgp: frozenset[BgpSession] = frozenset()  # sessions for a routing daemon (bgp)
 
 
 @dataclass(frozen=True)

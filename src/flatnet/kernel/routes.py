@@ -22,7 +22,7 @@ from flatnet.errors import KernelError
 from flatnet.kernel import netns
 from flatnet.kernel.objects import RTPROT_FLATNET, Changes, Desired, Fdb, Neigh, Route
 
-__all__ = ["Routes", "converge", "owned_routes"]
+__all__ = ["Routes", "converge", "owned_routes", "routes_of_proto"]
 
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 4
@@ -142,3 +142,13 @@ class Routes:
 
     def converge(self, want: Desired, devices: tuple[str, ...] = ()) -> Changes:
         return converge(self.ns, want, devices)
+
+
+def routes_of_proto(ns: str | None, proto: int) -> set[str]:
+    """The destinations (CIDRs) of the main table's routes of protocol ``proto``."""
+    with netns.netlink(ns, "list routes") as ipr:
+        return {
+            f"{r.get('RTA_DST')}/{r['dst_len']}"
+            for r in ipr.get_routes(family=socket.AF_INET, table=254)
+            if r["proto"] == proto
+        }

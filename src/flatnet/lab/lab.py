@@ -133,6 +133,8 @@ class _Builder:
                 str(self.t.agent_resync),
                 "--policy-log",
                 str(d / "policy.log"),
+                "--state-dir",
+                str(d),
             )
             info.agent_argv = argv
             self.st.add_process(spawn(info.ns, argv, d / "agent.log"), f"agent:{node}")

@@ -20,6 +20,7 @@ from typing import Any
 
 from flatnet.errors import ConfigError
 from flatnet.kernel import netns
+from flatnet.kernel.bird import Bird
 from flatnet.model import Camel
 
 __all__ = ["LABS_DIR", "LabState", "NodeState", "PodState", "Process", "alive", "list_labs"]
@@ -160,8 +161,12 @@ class LabState:
 
     def destroy(self, keep_logs: Path | None = None) -> list[str]:
         """Kill the lab's processes, delete its namespaces, remove its directory
-        (first copying every ``*.log`` under it to ``keep_logs``, when given)."""
+        (first copying every ``*.log`` under it to ``keep_logs``, when given).
+        The nodes' BIRDs (started by their agents, outliving them) are stopped
+        by the PID in their PID files, checked against their config's path."""
         self.kill()
+        for node in self.nodes:
+            Bird(None, self.dir / "nodes" / node / "bird").stop()
         removed = [ns for ns in reversed(self.namespaces) if netns.delete(ns)]
         for d in self.etc_dirs:
             shutil.rmtree(d, ignore_errors=True)

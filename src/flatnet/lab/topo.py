@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +69,7 @@ class _Lab(_Strict):
     nodes: list[str] = Field(min_length=1, max_length=60)
     external: bool = False
     dns: bool = True
+    routerAS: int = Field(default=64500, ge=1, le=4294967295)  # noqa: N815
 
     @field_validator("nodes")
     @classmethod
@@ -103,6 +104,7 @@ class LabTopo:
     dns: bool = True
     namespaces: tuple[Namespace, ...] = ()
     policies: tuple[AnyPolicy, ...] = ()
+    router_as: int = 64500
 
     def segments(self) -> list[str]:
         a = ipaddress.IPv4Network(self.underlay_cidr)
@@ -182,6 +184,8 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
     if problem:
         where = ("underlayCIDR",) if "underlayCIDR" in docs[0][1] else ("network",)
         raise LabFileError(path, manifest.line_of(docs[0][0], where), problem)
+    if net.backend == "bgp" and lab.underlay == "routed":
+        net = _router_peering(net, lab)
     m, policies = split(docs[1:], path, lab.nodes)
     pods, services = m.pods, m.services
     m.require_namespaces(set(SYSTEM), path)
@@ -203,7 +207,31 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         lab.dns,
         tuple(m.namespaces),
         tuple(p for _, p in policies),
+        lab.routerAS,
     )
+
+
+def _router_peering(net: NetworkConfig, lab: _Lab) -> NetworkConfig:
+    """bgp on a routed underlay: every node peers with its segment's router
+    (unless the file names its own ``peers``), and segment B gets an AS of
+    its own (unless the file sets ``nodeASNumbers`` or ``crossSubnet``): the
+    router passes each segment's blocks to the other — Calico's AS-per-rack
+    model. (The same topology as LabTopo's, from the raw fields.)"""
+    opts = dict(net.backend_options)
+    half = (len(lab.nodes) + 1) // 2
+    seg_a, seg_b = lab.nodes[:half], lab.nodes[half:]
+    first = ipaddress.IPv4Network(lab.underlayCIDR, strict=False)
+    second = ipaddress.IPv4Network(f"{first.broadcast_address + 1}/{first.prefixlen}")
+    if "peers" not in opts:
+        opts["peers"] = [
+            {"name": "router", "address": str(seg.network_address + 1),
+             "asNumber": lab.routerAS, "nodes": list(nodes)}
+            for seg, nodes in ((first, seg_a), (second, seg_b)) if nodes
+        ]  # fmt: skip
+    if "nodeASNumbers" not in opts and not opts.get("crossSubnet"):
+        base = int(opts.get("asNumber", 64512))
+        opts["nodeASNumbers"] = {n: base + 1 for n in seg_b}
+    return replace(net, backend_options=opts)
 
 
 def _check_pods(pods: list[Pod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:

@@ -12,7 +12,9 @@ Objects, in this order (each recorded in the state file before the next):
    an nftables drop rule for ``loss`` (table ``inet flatnet-lab-impair``), and
    for ``delay``/``jitter`` a delay line process on a netfilter queue
    (:mod:`flatnet.lab.delay`) — this kernel has no netem qdisc;
-4. the external host runs agnhost netexec on :8080.
+4. with ``backend: bgp`` on ``routed``, the router runs BIRD
+   (:func:`flatnet.bgp.conf.router`), peering with every node;
+5. the external host runs agnhost netexec on :8080.
 
 Per node: one veth pair, one address, one or two routes; nothing grows with pods.
 """
@@ -24,8 +26,11 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from flatnet.backends.bgp import asn_of
+from flatnet.bgp.conf import router
 from flatnet.errors import KernelError
 from flatnet.kernel import links, netns
+from flatnet.kernel.bird import Bird
 from flatnet.kernel.nft import Nft
 from flatnet.lab.delay import rule as delay_rule
 from flatnet.lab.procs import py, spawn, tool
@@ -80,6 +85,8 @@ class Underlay:
                     delay_line(ns, "eth0", how, log, record)
             self.progress("underlay: node namespaces on the switch", i + 1, len(members))
         self.st.save()
+        if t.underlay == "routed" and t.network.backend == "bgp":
+            self.router_bird()
         if t.external:
             pid = spawn(
                 self.st.external,
@@ -88,6 +95,22 @@ class Underlay:
                 {"FLATNET_POD_NAME": "external"},
             )
             self.st.add_process(pid, "external")
+
+    def router_bird(self) -> None:
+        """The router's BIRD: it peers with every node of the lab, installs what
+        they announce (ECMP where several announce one address, flows hashed by
+        ports) and passes it on."""
+        t = self.t
+        rt = self.st.router
+        netns.sysctl(rt, "net.ipv4.fib_multipath_hash_policy", "1")
+        local = {cidr: t.router_ip(i) for i, cidr in enumerate(t.segments())}
+        opts = t.network.backend_options
+        nodes = [(n, t.node_ip(n), asn_of(opts, n)) for n in t.nodes]
+        b = Bird(rt, self.st.dir / "router")
+        b.ensure(router(local, t.router_as, nodes, bool(opts.get("bfd", True))))
+        pid = b.pid()
+        if pid is not None:
+            self.st.add_process(pid, "bird:router")
 
     def _routes(self, member: str, seg: int) -> dict[str, str]:
         """Routes of a node or the external host. routed: nodes leave through their
