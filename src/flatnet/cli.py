@@ -135,6 +135,7 @@ def apply(
     are not are named."""
     from flatnet import keys, namespaces, services
     from flatnet.ipam import load_config
+    from flatnet.lb import pools
     from flatnet.policy import objects as policy_objects
 
     m, pols = _read(file)
@@ -143,7 +144,10 @@ def apply(
     try:
         if pods and st is None:
             raise ConfigError(f"{file}: Pods can only be applied to a lab (give --lab)")
-        cfg = load_config(s) if svcs else None  # before anything is written
+        cfg = load_config(s) if svcs or m.pools else None  # before anything is written
+        if cfg is not None:  # pools and services checked before anything is written
+            pools.check(cfg, m.pools, pools.load_all(s).values())
+            services.plan(s, cfg, svcs, m.pools)
         namespaces.ensure(s)
         have = set(namespaces.load_all(s))
         m.require_namespaces(have, file)
@@ -159,11 +163,19 @@ def apply(
         # policies before pods: a new pod is isolated from its first packet
         for pol, verdict in policy_objects.apply(s, [p for _, p in pols]):
             out.print(f"{_policy_kind(pol)}/{pol.name} {verdict}", markup=False)
+        had = pools.load_all(s)
+        for pool in pools.apply(s, cfg, m.pools) if cfg is not None else ():
+            old_pool = had.get(pool.name)
+            verdict = (
+                "created" if old_pool is None else "unchanged" if old_pool == pool else "configured"
+            )
+            out.print(f"ipaddresspool/{pool.name} {verdict}", markup=False)
         before = services.load_all(s)
         for svc in services.apply(s, cfg, svcs) if cfg is not None else ():
             old = before.get(svc.key)
             verdict = "created" if old is None else "unchanged" if old == svc else "configured"
-            out.print(f"service/{svc.name} {verdict} (clusterIP {svc.cluster_ip or '-'})")
+            lb = f", external IP {svc.ingress_ip}" if svc.ingress_ip else ""
+            out.print(f"service/{svc.name} {verdict} (clusterIP {svc.cluster_ip or '-'}{lb})")
         not_ready = []
         if the is not None:
             not_ready = the.add_pods(plan.created, s, timeout=timeout)
@@ -227,6 +239,7 @@ def delete(
     manifest file; each is reported deleted or not found (exit 1, unless
     --ignore-not-found)."""
     from flatnet import namespaces, services
+    from flatnet.lb import pools
     from flatnet.policy import objects as policy_objects
 
     m, pols = _read(file)
@@ -257,6 +270,12 @@ def delete(
                     out.print(f"pod/{p.name} deleted")
                 else:
                     missing.append(f"pod/{p.name}")
+        gone = set(pools.delete(s, [p.name for p in m.pools]))
+        for p in m.pools:
+            if p.name in gone:
+                out.print(f"ipaddresspool/{p.name} deleted")
+            else:
+                missing.append(f"ipaddresspool/{p.name}")
         gone = set(namespaces.delete(s, [n.name for n in m.namespaces]))
         for n in m.namespaces:
             if n.name in gone:
@@ -928,6 +947,7 @@ KINDS = {k: kind for kind, names in {
     "namespace": ("namespaces", "namespace", "ns"),
     "networkpolicy": ("networkpolicies", "networkpolicy", "netpol"),
     "clusternetworkpolicy": ("clusternetworkpolicies", "clusternetworkpolicy", "cnp"),
+    "ipaddresspool": ("ipaddresspools", "ipaddresspool", "ippool"),
 }.items() for k in names}  # fmt: skip
 NsOpt = Annotated[str, typer.Option("-n", "--namespace", help="the namespace (default: default)")]
 AllNsOpt = Annotated[bool, typer.Option("-A", "--all-namespaces", help="every namespace")]
@@ -1071,13 +1091,17 @@ def _items(
     elif what == "clusternetworkpolicy":
         items = [r.to_dict() for r in query.cluster_policies(s)]
         cols = ["name", "tier", "priority", "subject", "pods", "programmed"]
+    elif what == "ipaddresspool":
+        items = query.address_pools(s)
+        cols = ["name", "addresses", "autoAssign", "advertisement", "inUse"]
     else:
         rows = query.services(s)
         items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
         cols = ["name", "endpoints"] if what == "endpoints" else [
-            "name", "type", "clusterIP", "ports", "endpoints", "selector", "programmed",
+            "name", "type", "clusterIP", "externalIP", "ports", "endpoints", "selector",
+            "programmed",
         ]  # fmt: skip
-    namespaced = what not in ("node", "namespace", "clusternetworkpolicy")
+    namespaced = what not in ("node", "namespace", "clusternetworkpolicy", "ipaddresspool")
     if namespaced and not all_namespaces:
         items = [it for it in items if it["namespace"] == namespace]
     if namespaced and all_namespaces:
@@ -1100,7 +1124,7 @@ def _show(
     header: bool = True,
 ) -> None:
     """Print objects as ``get`` does: a table, or ``-o json|yaml|name``."""
-    namespaced = what not in ("node", "namespace", "clusternetworkpolicy")
+    namespaced = what not in ("node", "namespace", "clusternetworkpolicy", "ipaddresspool")
     items = [dict(it) for it in items]
     if output != Output.wide:
         for it in items:

@@ -13,6 +13,9 @@ All keys live under ``/flatnet/``::
     clusternetworkpolicies/<name>  a ClusterNetworkPolicy (flatnet.policy.model)
     serviceips/10.96.0.10          the claim of a cluster IP by one service
     nodeports/tcp/30080            the claim of a node port by one service
+    ippools/<name>                 a LoadBalancer address pool (AddressPool)
+    lbips/172.30.0.5               the claim of a LoadBalancer address by one service
+    lb/<node>                      the LoadBalancer addresses the node announces (BGP, L2)
     status/<node>                  what the node's peer watcher programmed (PeerStatus)
     proxy/<node>                   what the node's service proxy programmed (ProxyStatus)
     policy/<node>                  what the node's policy table programmed (PolicyStatus)
@@ -29,6 +32,9 @@ __all__ = [
     "CLUSTER_POLICIES",
     "CONFIG",
     "HEARTBEATS",
+    "LB",
+    "LB_IPS",
+    "POOLS",
     "IPAM",
     "NODES",
     "NAMESPACES",
@@ -43,6 +49,9 @@ __all__ = [
     "STATUS",
     "SUBNETS",
     "cluster_policy",
+    "lb_ip",
+    "lb_status",
+    "pool",
     "heartbeat",
     "ipam_prefix",
     "last",
@@ -76,6 +85,9 @@ NETWORK_POLICIES = PREFIX + "networkpolicies/"
 CLUSTER_POLICIES = PREFIX + "clusternetworkpolicies/"
 POLICY = PREFIX + "policy/"
 HEARTBEATS = PREFIX + "heartbeats/"
+POOLS = PREFIX + "ippools/"
+LB_IPS = PREFIX + "lbips/"
+LB = PREFIX + "lb/"
 
 
 def _net_part(net: ipaddress.IPv4Network | str) -> str:
@@ -123,6 +135,18 @@ def cluster_policy(name: str) -> str:
 
 def service_ip(ip: str) -> str:
     return SERVICE_IPS + ip
+
+
+def pool(name: str) -> str:
+    return POOLS + name
+
+
+def lb_ip(ip: str) -> str:
+    return LB_IPS + ip
+
+
+def lb_status(node_name: str) -> str:
+    return LB + node_name
 
 
 def node_port(protocol: str, port: int) -> str:

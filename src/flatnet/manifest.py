@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from flatnet.errors import LabFileError, ManifestErrors
-from flatnet.model import Namespace, Service, ServicePort
+from flatnet.model import AddressPool, Namespace, Service, ServicePort
 
 __all__ = [
     "AGNHOST_PORT",
@@ -224,8 +224,11 @@ class _AffinityConfig(BaseModel):
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["ClusterIP", "NodePort", "ExternalName"] = "ClusterIP"
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
     clusterIP: StrictStr | None = None  # noqa: N815
+    loadBalancerIP: StrictStr | None = None  # noqa: N815
+    loadBalancerClass: StrictStr | None = None  # noqa: N815
+    allocateLoadBalancerNodePorts: bool | None = None  # noqa: N815
     clusterIPs: list[StrictStr] | None = None  # noqa: N815
     selector: dict[StrictStr, StrictStr] | None = None
     ports: list[_Port] = []
@@ -248,6 +251,16 @@ class _Spec(BaseModel):
             raise ValueError(f"'{v}' is not an IPv4 address or None") from None
         return v
 
+    @field_validator("loadBalancerIP")
+    @classmethod
+    def _lb_ip(cls, v: str | None) -> str | None:
+        if v:
+            try:
+                ipaddress.IPv4Address(v)
+            except ValueError:
+                raise ValueError(f"'{v}' is not an IPv4 address") from None
+        return v
+
     @model_validator(mode="after")
     def _whole(self) -> _Spec:
         if self.type == "ExternalName":
@@ -266,12 +279,18 @@ class _Spec(BaseModel):
                 raise ValueError(f"ports[{i}].name: '{p.name}' is used twice")
             if [(q.port, q.protocol) for q in self.ports].count((p.port, p.protocol)) > 1:
                 raise ValueError(f"ports[{i}].port: {p.port}/{p.protocol} is used twice")
-            if p.nodePort is not None and self.type != "NodePort":
-                raise ValueError(f"ports[{i}].nodePort: only for type NodePort")
-        if self.type == "NodePort" and self.clusterIP == "None":
-            raise ValueError("clusterIP: a NodePort service cannot be headless")
-        if self.externalTrafficPolicy == "Local" and self.type != "NodePort":
-            raise ValueError("externalTrafficPolicy: Local is only for type NodePort")
+            if p.nodePort is not None and self.type not in ("NodePort", "LoadBalancer"):
+                raise ValueError(f"ports[{i}].nodePort: only for type NodePort or LoadBalancer")
+        if self.type in ("NodePort", "LoadBalancer") and self.clusterIP == "None":
+            raise ValueError(f"clusterIP: a {self.type} service cannot be headless")
+        if self.externalTrafficPolicy == "Local" and self.type not in ("NodePort", "LoadBalancer"):
+            raise ValueError(
+                "externalTrafficPolicy: Local is only for type NodePort or LoadBalancer"
+            )
+        if self.type != "LoadBalancer":
+            for f in ("loadBalancerIP", "loadBalancerClass"):
+                if getattr(self, f):
+                    raise ValueError(f"{f}: only for type LoadBalancer")
         return self
 
 
@@ -309,6 +328,45 @@ def service(data: Any, node: yaml.Node, path: str) -> Service:
         internal_local=s.internalTrafficPolicy == "Local",
         external_local=s.externalTrafficPolicy == "Local",
         external_name=s.externalName or "",
+        load_balancer_ip=s.loadBalancerIP or "",
+        load_balancer_class=s.loadBalancerClass or "",
+    )
+
+
+def _pool_entry(v: str) -> str:
+    """A pool entry: a CIDR, or a range ``first-last`` of IPv4 addresses."""
+    try:
+        if "-" in v:
+            lo, hi = (ipaddress.IPv4Address(x.strip()) for x in v.split("-", 1))
+            if lo > hi:
+                raise ValueError(f"'{v}': the range ends before it starts")
+            return f"{lo}-{hi}"
+        return str(ipaddress.IPv4Network(v, strict=True))
+    except ValueError as e:
+        raise ValueError(f"'{v}' is neither a CIDR nor a range first-last ({e})") from None
+
+
+class _PoolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    addresses: list[StrictStr] = Field(min_length=1)
+    autoAssign: bool = True  # noqa: N815
+    advertisement: Literal["BGP", "L2"] | None = None
+
+    _entries = field_validator("addresses")(lambda v: [_pool_entry(x) for x in v])
+
+
+class _Pool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    apiVersion: Literal["flatnet.io/v1alpha1"]  # noqa: N815
+    kind: Literal["IPAddressPool"]
+    metadata: Meta
+    spec: _PoolSpec
+
+
+def pool(data: Any, node: yaml.Node, path: str) -> AddressPool:
+    m: _Pool = check(_Pool, data, node, path)  # cluster-wide: a namespace is ignored
+    return AddressPool(
+        m.metadata.name, tuple(m.spec.addresses), m.spec.autoAssign, m.spec.advertisement or ""
     )
 
 
@@ -519,6 +577,7 @@ class Manifest:
     namespaces: list[Namespace] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
+    pools: list[AddressPool] = field(default_factory=list)
     lines: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (kind, ns, name)
 
     def line(self, kind: str, namespace: str, name: str) -> int | None:
@@ -547,6 +606,7 @@ KINDS = (
     "Namespace",
     "Pod",
     "Service",
+    "IPAddressPool",
     "NetworkPolicy",
     "ClusterNetworkPolicy",
 )  # policies: flatnet.policy.files
@@ -573,6 +633,9 @@ def objects(
             elif kind == "Pod":
                 obj = _pod(data, node, path, nodes)
                 out.pods.append(obj)
+            elif kind == "IPAddressPool":
+                obj = pool(data, node, path)
+                out.pools.append(obj)
             else:
                 raise LabFileError(
                     path, line, f"kind '{kind}' is not supported here ({', '.join(KINDS)})"

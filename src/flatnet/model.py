@@ -15,6 +15,7 @@ __all__ = [
     "Allocation",
     "Camel",
     "Heartbeat",
+    "AddressPool",
     "Lease",
     "Namespace",
     "NetworkConfig",
@@ -329,11 +330,13 @@ class ServicePort:
 @dataclass(frozen=True)
 class Service:
     """A Kubernetes v1 Service, as flatnet keeps it. ``cluster_ip`` is "None" for
-    a headless service and "" for ExternalName."""
+    a headless service and "" for ExternalName. A LoadBalancer's address
+    (``status.loadBalancer.ingress[0].ip``) is ``ingress_ip``, from pool
+    ``pool``; ``load_balancer_ip`` is what ``spec.loadBalancerIP`` asked for."""
 
     name: str
     namespace: str
-    type: str = "ClusterIP"  # ClusterIP | NodePort | ExternalName
+    type: str = "ClusterIP"  # ClusterIP | NodePort | LoadBalancer | ExternalName
     cluster_ip: str = ""
     selector: dict[str, str] = field(default_factory=dict)
     ports: tuple[ServicePort, ...] = ()
@@ -342,10 +345,18 @@ class Service:
     internal_local: bool = False
     external_local: bool = False
     external_name: str = ""
+    load_balancer_ip: str = ""
+    load_balancer_class: str = ""
+    ingress_ip: str = ""
+    pool: str = ""
 
     @property
     def key(self) -> str:
         return keys.service(self.namespace, self.name)
+
+    @property
+    def has_node_ports(self) -> bool:
+        return self.type in ("NodePort", "LoadBalancer")
 
     @property
     def headless(self) -> bool:
@@ -359,3 +370,42 @@ class Service:
         d = json.loads(text)
         d["ports"] = tuple(ServicePort(**p) for p in d.get("ports", ()))
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class AddressPool(_Json):
+    """Addresses for LoadBalancer services (MetalLB's ``IPAddressPool``):
+    CIDRs or ``first-last`` ranges; ``auto_assign`` false: only services that
+    ask for an address of it get one; ``advertisement``: how the address is
+    made reachable — ``BGP`` (announced to the nodes' external BGP peers),
+    ``L2`` (one node answers ARP for it) or "" (BGP with the bgp backend, else L2)."""
+
+    name: str
+    addresses: tuple[str, ...]
+    auto_assign: bool = True
+    advertisement: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addresses", tuple(self.addresses))
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Each entry as (first, last) integers; a CIDR of /30 or wider leaves
+        out its network and broadcast addresses (MetalLB's avoidBuggyIPs)."""
+        out = []
+        for a in self.addresses:
+            if "-" in a:
+                lo, hi = (int(ipaddress.IPv4Address(x.strip())) for x in a.split("-", 1))
+            else:
+                n = ipaddress.IPv4Network(a)
+                lo, hi = int(n.network_address), int(n.broadcast_address)
+                if n.prefixlen <= 30:
+                    lo, hi = lo + 1, hi - 1
+            out.append((lo, hi))
+        return out
+
+    def holds(self, ip: str) -> bool:
+        v = int(ipaddress.IPv4Address(ip))
+        return any(lo <= v <= hi for lo, hi in self.ranges())
+
+    def size(self) -> int:
+        return sum(hi - lo + 1 for lo, hi in self.ranges())

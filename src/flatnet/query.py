@@ -125,13 +125,22 @@ class ServiceRow:
     endpoint_pods: list[str]
     programmed_on: list[str]
     proxies: int
+    external_ip: str = ""  # a LoadBalancer's address ("" while it has none)
+    pool: str = ""
+    external_local: bool = False
 
     def to_dict(self) -> dict[str, object]:
+        lb = [{"ip": self.external_ip}] if self.external_ip else []
+        shown = self.external_ip or ("<pending>" if self.type == "LoadBalancer" else "<none>")
         return {
             "namespace": self.namespace,
             "name": self.name,
             "type": self.type,
             "clusterIP": self.cluster_ip,
+            "externalIP": shown,
+            "pool": self.pool,
+            "externalTrafficPolicy": "Local" if self.external_local else "Cluster",
+            "status": {"loadBalancer": {"ingress": lb}},
             "externalName": self.external_name,
             "ports": self.ports,
             "selector": self.selector,
@@ -253,6 +262,9 @@ def services(store: Store) -> list[ServiceRow]:
                     p.node for p in proxies if p.revision >= kv.mod_revision and p.node in alive
                 ),
                 len(proxies),
+                svc.ingress_ip,
+                svc.pool,
+                svc.external_local,
             )
         )
     return out
@@ -355,3 +367,22 @@ def cluster_policies(store: Store) -> list[ClusterPolicyRow]:
         subjects = sorted(f"{p.namespace}/{p.name}" for p in pods if selects(pol, p, ns_labels))
         out.append(ClusterPolicyRow(pol, subjects, programmed(kv.mod_revision), n))
     return sorted(out, key=lambda r: (r.policy.tier != "Admin", r.policy.priority, r.policy.name))
+
+
+def address_pools(store: Store) -> list[dict[str, object]]:
+    """The LoadBalancer address pools, each with the addresses services hold."""
+    from flatnet.lb import pools
+
+    held = {keys.last(kv.key): kv.value for kv in store.range(keys.LB_IPS)}
+    out: list[dict[str, object]] = []
+    for p in pools.load_all(store).values():
+        used = sorted(f"{ip} {owner}" for ip, owner in held.items() if p.holds(ip))
+        out.append({
+            "name": p.name,
+            "addresses": list(p.addresses),
+            "autoAssign": p.auto_assign,
+            "advertisement": p.advertisement or "auto",
+            "inUse": f"{len(used)}/{p.size()}",
+            "holders": used,
+        })  # fmt: skip
+    return out

@@ -1,4 +1,5 @@
-"""Services in the store: apply and delete, with cluster IPs and node ports claimed.
+"""Services in the store: apply and delete, with cluster IPs, node ports and
+LoadBalancer addresses (:mod:`flatnet.lb.pools`) claimed.
 
 A cluster IP is claimed with create-if-absent at ``serviceips/<ip>`` and a node
 port at ``nodeports/<proto>/<port>``, so two services never share one, even
@@ -15,7 +16,8 @@ from dataclasses import replace
 
 from flatnet import keys
 from flatnet.errors import ConfigError
-from flatnet.model import NetworkConfig, Service, ServicePort
+from flatnet.lb import pools
+from flatnet.model import AddressPool, NetworkConfig, Service, ServicePort
 from flatnet.store import Store
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "delete",
     "dns_ip",
     "load_all",
+    "plan",
 ]
 
 NODE_PORTS = range(30000, 32768)
@@ -52,7 +55,13 @@ def _owner(svc: Service) -> str:
     return f"{svc.namespace}/{svc.name}"
 
 
-def _plan(cfg: NetworkConfig, svc: Service, old: Service | None, held: dict[str, str]) -> Service:
+def _plan(
+    cfg: NetworkConfig,
+    svc: Service,
+    old: Service | None,
+    held: dict[str, str],
+    addr_pools: dict[str, AddressPool],
+) -> Service:
     """``svc`` with its cluster IP and node ports chosen, checked against ``held``
     (claim key -> owner: the store's claims and this apply's plans so far), which
     gets the new choices."""
@@ -89,7 +98,7 @@ def _plan(cfg: NetworkConfig, svc: Service, old: Service | None, held: dict[str,
     old_ports = {(p.port, p.protocol): p.node_port for p in (old.ports if old else ())}
     ports: list[ServicePort] = []
     for i, p in enumerate(svc.ports):
-        if svc.type == "NodePort":
+        if svc.has_node_ports:
             np = p.node_port or old_ports.get((p.port, p.protocol), 0)
             if np:
                 owner = held.get(_port_key(replace(p, node_port=np)), me)
@@ -106,7 +115,11 @@ def _plan(cfg: NetworkConfig, svc: Service, old: Service | None, held: dict[str,
             p = replace(p, node_port=np)
             held[_port_key(p)] = me
         ports.append(p)
-    return replace(svc, cluster_ip=ip, ports=tuple(ports))
+    lb_held = {k.removeprefix(keys.LB_IPS): v for k, v in held.items() if k.startswith(keys.LB_IPS)}
+    lb_ip, pool = pools.choose(svc, old, addr_pools, lb_held)
+    if lb_ip:
+        held[keys.lb_ip(lb_ip)] = me
+    return replace(svc, cluster_ip=ip, ports=tuple(ports), ingress_ip=lb_ip, pool=pool)
 
 
 def _free_ip(cidr: ipaddress.IPv4Network, held: dict[str, str]) -> str:
@@ -118,22 +131,52 @@ def _free_ip(cidr: ipaddress.IPv4Network, held: dict[str, str]) -> str:
     return ""
 
 
-def apply(store: Store, cfg: NetworkConfig, services: Iterable[Service]) -> list[Service]:
-    """Create or update services; all or nothing. Returns them as stored."""
-    services = list(services)
+def plan(
+    store: Store,
+    cfg: NetworkConfig,
+    services: Iterable[Service],
+    new_pools: Iterable[AddressPool] = (),
+) -> list[Service]:
+    """The services as ``apply`` would store them (addresses and ports chosen),
+    writing nothing: every mistake is found here. ``new_pools``: address pools
+    the same apply writes first."""
+    return _plans(store, cfg, list(services), new_pools)[0]
+
+
+def _plans(
+    store: Store, cfg: NetworkConfig, services: list[Service], new_pools: Iterable[AddressPool]
+) -> tuple[list[Service], dict[str, Service], dict[str, str]]:
     seen: set[str] = set()
     for s in services:
         if s.key in seen:
             raise ConfigError(f"service {_owner(s)} is given twice")
         seen.add(s.key)
     current = load_all(store)
-    held = {kv.key: kv.value for p in (keys.SERVICE_IPS, keys.NODE_PORTS) for kv in store.range(p)}
+    held = {
+        kv.key: kv.value
+        for p in (keys.SERVICE_IPS, keys.NODE_PORTS, keys.LB_IPS)
+        for kv in store.range(p)
+    }
     planning = dict(held)
-    for s in services:  # requested cluster IPs first: a free pick must not take them
+    for s in services:  # requested addresses first: a free pick must not take them
         if s.cluster_ip not in ("", "None"):
             planning.setdefault(_ip_key(s.cluster_ip), _owner(s))
+        if s.load_balancer_ip:
+            planning.setdefault(keys.lb_ip(s.load_balancer_ip), _owner(s))
+    addr_pools = pools.load_all(store) | {p.name: p for p in new_pools}
+    plans = [_plan(cfg, s, current.get(s.key), planning, addr_pools) for s in services]
+    return plans, current, held
+
+
+def apply(
+    store: Store,
+    cfg: NetworkConfig,
+    services: Iterable[Service],
+    new_pools: Iterable[AddressPool] = (),
+) -> list[Service]:
+    """Create or update services; all or nothing. Returns them as stored."""
     # every service is checked before anything is written
-    plans = [_plan(cfg, s, current.get(s.key), planning) for s in services]
+    plans, current, held = _plans(store, cfg, list(services), new_pools)
     claimed: list[str] = []
     try:
         for new in plans:
@@ -154,6 +197,7 @@ def _claim(
     """Claim what ``svc`` holds that the store (``held``) does not give it yet."""
     claims = [_ip_key(svc.cluster_ip)] if svc.cluster_ip not in ("", "None") else []
     claims += [_port_key(p) for p in svc.ports if p.node_port]
+    claims += [keys.lb_ip(svc.ingress_ip)] if svc.ingress_ip else []
     for k in claims:
         if held.get(k) == _owner(svc):
             continue
@@ -163,8 +207,10 @@ def _claim(
                 "apply again"
             )
         claimed.append(k)
-    if old is not None:  # node ports the new version gave up
-        for k in {_port_key(p) for p in old.ports if p.node_port} - set(claims):
+    if old is not None:  # node ports and the address the new version gave up
+        gave_up = {_port_key(p) for p in old.ports if p.node_port}
+        gave_up |= {keys.lb_ip(old.ingress_ip)} if old.ingress_ip else set()
+        for k in gave_up - set(claims):
             store.delete(k)
 
 
@@ -183,5 +229,7 @@ def delete(store: Store, names: Iterable[tuple[str, str]]) -> list[str]:
         for p in svc.ports:
             if p.node_port:
                 store.delete(_port_key(p))
+        if svc.ingress_ip:
+            store.delete(keys.lb_ip(svc.ingress_ip))
         gone.append(f"{ns}/{name}")
     return gone

@@ -7,7 +7,8 @@ node (sysctls, bridge, masquerade), load the fast path, and make the policy
 table's keeper, the pod network (whose ADD admits each pod to the policy
 table first), the peer watcher and the service proxy. Then :meth:`Agent.start`
 serves the CNI plugin and starts the threads: peers, proxy, policy, the log
-of denied attempts (:mod:`flatnet.policy.denials`), lease keep-alive,
+of denied attempts (:mod:`flatnet.policy.denials`), the LoadBalancer
+announcer and its ARP responder (:mod:`flatnet.agent.announcer`), lease keep-alive,
 IP reclaim, and the heartbeat (:mod:`flatnet.agent.heartbeat`: the node's
 Ready condition). The agent never switches its own threads into another
 namespace: ``ns`` (None on a real host) names where its kernel objects go.
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flatnet import backends
+from flatnet.agent.announcer import Announcer
 from flatnet.agent.cni import CNIHandler, CNIServer
 from flatnet.agent.heartbeat import HeartbeatKeeper
 from flatnet.agent.lease import LeaseKeeper
@@ -30,11 +32,13 @@ from flatnet.agent.node import setup_node
 from flatnet.agent.peers import PeerWatcher
 from flatnet.agent.pods import PodNetwork, attached
 from flatnet.backends import Backend, Context
+from flatnet.backends.bgp import Bgp
 from flatnet.errors import ConfigError, KernelError
 from flatnet.fastpath import FastPath, remove
 from flatnet.ipam import PodIPAM, save_config
 from flatnet.kernel import links, underlay
 from flatnet.kernel.api import FastPathMaps
+from flatnet.kernel.arp import ArpResponder
 from flatnet.kernel.conntrack import Conntrack
 from flatnet.kernel.nft import Nft
 from flatnet.kernel.routes import Routes
@@ -78,6 +82,8 @@ class Parts:
     store: Store
     keeper: LeaseKeeper
     backend: Backend
+    announcer: Announcer
+    arp: ArpResponder
     pods: PodNetwork
     peers: PeerWatcher
     proxy: ServiceProxy
@@ -145,6 +151,11 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         keeper.subscribe(peers.rebind)
         keeper.subscribe(proxy.rebind)
         keeper.subscribe(policy.rebind)
+        arp = ArpResponder(o.ns, under.dev)
+        undo.callback(arp.close)
+        speaker = backend.announce if isinstance(backend, Bgp) else None
+        announcer = Announcer(store, o.node, cfg.backend, arp.hold, speaker, ttl)
+        keeper.subscribe(announcer.rebind)
         cni = CNIServer(o.socket_path, CNIHandler(cfg, pods, ready))
         heartbeat = HeartbeatKeeper(store, o.node, o.heartbeat, 3 * o.heartbeat)
         undo.pop_all()
@@ -153,7 +164,9 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         o.node, lease.subnet, ip, under.dev, under.mtu, cfg.backend, mtu,
     )  # fmt: skip
     denials = DenialLog(o.ns, o.node, policy, o.policy_log)
-    return Parts(store, keeper, backend, pods, peers, proxy, policy, denials, cni, heartbeat)
+    return Parts(
+        store, keeper, backend, announcer, arp, pods, peers, proxy, policy, denials, cni, heartbeat
+    )
 
 
 def _fast_path(
@@ -223,6 +236,8 @@ class Agent:
         p.cni.start(self._spawn)
         self._spawn(lambda: p.proxy.run(self._stop), "proxy")
         self._spawn(lambda: p.policy.run(self._stop), "policy")
+        self._spawn(lambda: p.arp.run(self._stop), "arp")
+        self._spawn(lambda: p.announcer.run(self._stop), "announcer")
         self._spawn(lambda: p.denials.run(self._stop), "policy-log")
         self._spawn(lambda: p.keeper.run(self._stop), "lease-keepalive")
         self._spawn(self._reclaim_loop, "ip-reclaim")
@@ -247,8 +262,9 @@ class Agent:
         p.heartbeat.stop()
         p.cni.stop()
         for t in self._threads:
-            if t.name in ("peers", "proxy", "policy", "policy-log"):
+            if t.name in ("peers", "proxy", "policy", "policy-log", "arp", "announcer"):
                 t.join(timeout=5)
+        p.arp.close()
         p.pods.close()
         p.backend.stop()
         p.store.close()

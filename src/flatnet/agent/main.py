@@ -49,6 +49,12 @@ def parser() -> argparse.ArgumentParser:
         help="where denied connection attempts are written, a JSON line each",
     )
     p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=1.0,
+        help="seconds between heartbeats; the node is NotReady 3 beats after its agent dies",
+    )
+    p.add_argument(
         "--state-dir",
         default="/run/flatnet",
         help="where a backend's daemon keeps its files (bgp: BIRD's config and socket in bird/)",
@@ -82,6 +88,7 @@ def main(argv: list[str]) -> None:
                 proxy_resync=a.proxy_resync,
                 policy_log=a.policy_log,
                 state_dir=a.state_dir,
+                heartbeat=a.heartbeat,
             )
         ).run_forever()
     except FlatnetError as e:

@@ -43,6 +43,7 @@ from flatnet.lab.state import LABS_DIR, LabState
 from flatnet.lab.topo import LabTopo
 from flatnet.lab.underlay import Underlay
 from flatnet.lab.waits import revision_of, wait_agent, wait_peers, wait_proxies
+from flatnet.lb import pools as lb_pools
 from flatnet.manifest import Pod, pod_ref
 from flatnet.model import PodRecord, Service, ServicePort
 from flatnet.policy import objects as policies
@@ -135,6 +136,8 @@ class _Builder:
                 str(d / "policy.log"),
                 "--state-dir",
                 str(d),
+                "--heartbeat",
+                "0.4",  # a dead agent's L2 addresses move within 1.2 s (+ a watch)
             )
             info.agent_argv = argv
             self.st.add_process(spawn(info.ns, argv, d / "agent.log"), f"agent:{node}")
@@ -148,6 +151,8 @@ class _Builder:
         if self.t.dns:
             self.dns(store)
         pods_.add_pods(self.st, list(self.t.pods), store, self.progress)
+        if self.t.pools:
+            lb_pools.apply(store, load_config(store), list(self.t.pools))
         if self.t.services:
             done = services.apply(store, load_config(store), self.t.services)
             wait_proxies(store, revision_of(store, [s.key for s in done]))

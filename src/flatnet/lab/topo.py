@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from flatnet import manifest
 from flatnet.errors import ConfigError, LabFileError
 from flatnet.manifest import Pod
-from flatnet.model import Namespace, NetworkConfig, Service
+from flatnet.model import AddressPool, Namespace, NetworkConfig, Service
 from flatnet.namespaces import SYSTEM
 from flatnet.policy.files import AnyPolicy, split
 
@@ -105,6 +105,7 @@ class LabTopo:
     namespaces: tuple[Namespace, ...] = ()
     policies: tuple[AnyPolicy, ...] = ()
     router_as: int = 64500
+    pools: tuple[AddressPool, ...] = ()
 
     def segments(self) -> list[str]:
         a = ipaddress.IPv4Network(self.underlay_cidr)
@@ -208,6 +209,7 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         tuple(m.namespaces),
         tuple(p for _, p in policies),
         lab.routerAS,
+        tuple(m.pools),
     )
 
 

@@ -114,12 +114,13 @@ class Underlay:
 
     def _routes(self, member: str, seg: int) -> dict[str, str]:
         """Routes of a node or the external host. routed: nodes leave through their
-        segment's router, the external host reaches segment B through it; l2: nodes
-        leave through the external host, if there is one."""
+        segment's router, and so does the external host (to segment B, and to the
+        LoadBalancer addresses the router learns by BGP); l2: nodes leave through
+        the external host, if there is one."""
         t = self.t
         if t.underlay == "routed":
             if member == "external":
-                return {t.segments()[1]: t.router_ip(0)}
+                return {"0.0.0.0/0": t.router_ip(0)}
             return {"0.0.0.0/0": t.router_ip(seg)}
         return {"0.0.0.0/0": t.external_ip} if t.external and member != "external" else {}
 

@@ -8,8 +8,10 @@ per-packet path does not grow with the number of services::
         fib daddr type local ... meta l4proto . th dport vmap @service-nodeports
     svc-<ns>/<name>/<proto>/<port>     numgen random mod N-i == 0 dnat to <ep i> ...
     local-<ns>/<name>/<proto>/<port>   the same over this node's endpoints only
-    ext-<ns>/<name>/<proto>/<port>     NodePort: mark for masquerade (policy
-                                       Cluster) or keep the client IP (Local)
+    ext-<ns>/<name>/<proto>/<port>     NodePort and LoadBalancer address (an
+                                       element of @service-ips, like a ClusterIP):
+                                       mark for masquerade (policy Cluster) or
+                                       keep the client IP (Local)
     ep-<...>__<ip>/<port>              ClientIP affinity only: update the
                                        endpoint's affinity set, dnat
     filter-input/forward/output        ct state new: @no-endpoint-services and
@@ -97,10 +99,13 @@ def fragment(
         base = f"{svc.namespace}/{svc.name}/{proto}/{sp.port}"
         vip_key = f"{svc.cluster_ip} . {proto} . {sp.port}"
         np_key = f"{proto} . {sp.node_port}"
+        lb_key = f"{svc.ingress_ip} . {proto} . {sp.port}" if svc.ingress_ip else ""
         if not all_eps:
             f.elements[("no-endpoint-services", vip_key)] = "goto reject-chain"
             if sp.node_port:
                 f.elements[("no-endpoint-nodeports", np_key)] = "goto reject-chain"
+            if lb_key:
+                f.elements[("no-endpoint-services", lb_key)] = "goto reject-chain"
             continue
         to: dict[Endpoint, str] = {}
         for e in all_eps:
@@ -116,6 +121,8 @@ def fragment(
                 udp.add((svc.cluster_ip, sp.port, e.ip))
                 if sp.node_port:
                     udp.add(("", sp.node_port, e.ip))
+                if lb_key:
+                    udp.add((svc.ingress_ip, sp.port, e.ip))
         local = [e for e in all_eps if e.node == node]
         cluster_chain, local_chain = f"svc-{base}", f"local-{base}"
         masq_nodes = f"ip daddr {svc.cluster_ip} ip saddr != {pod_cidr} jump mark-for-masquerade"
@@ -136,5 +143,7 @@ def fragment(
             else:
                 f.chains[ext] = ("jump mark-for-masquerade", f"goto {cluster_chain}")
             f.elements[("service-nodeports", np_key)] = f"goto {ext}"
+            if lb_key:  # the LoadBalancer address: as the node port, on every node
+                f.elements[("service-ips", lb_key)] = f"goto {ext}"
     f.udp = frozenset(udp)
     return f
