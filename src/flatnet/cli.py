@@ -1101,6 +1101,8 @@ def _items(
             "name", "type", "clusterIP", "externalIP", "ports", "endpoints", "selector",
             "programmed",
         ]  # fmt: skip
+        if what == "service" and any(i["announcedBy"] for i in items):
+            cols.insert(4, "announcedBy")
     namespaced = what not in ("node", "namespace", "clusternetworkpolicy", "ipaddresspool")
     if namespaced and not all_namespaces:
         items = [it for it in items if it["namespace"] == namespace]

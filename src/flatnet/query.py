@@ -128,6 +128,7 @@ class ServiceRow:
     external_ip: str = ""  # a LoadBalancer's address ("" while it has none)
     pool: str = ""
     external_local: bool = False
+    announced_by: list[str] = field(default_factory=list)  # "node (BGP|L2)"
 
     def to_dict(self) -> dict[str, object]:
         lb = [{"ip": self.external_ip}] if self.external_ip else []
@@ -141,6 +142,7 @@ class ServiceRow:
             "pool": self.pool,
             "externalTrafficPolicy": "Local" if self.external_local else "Cluster",
             "status": {"loadBalancer": {"ingress": lb}},
+            "announcedBy": self.announced_by,
             "externalName": self.external_name,
             "ports": self.ports,
             "selector": self.selector,
@@ -242,6 +244,12 @@ def services(store: Store) -> list[ServiceRow]:
     view = ClusterView(kvs + store.range(keys.PODS))
     alive = heartbeats(store)  # a NotReady node's proxy counts as not programmed
     proxies = [ProxyStatus.from_json(kv.value) for kv in store.range(keys.PROXY)]
+    speaks: dict[str, list[str]] = {}  # address -> "node (how)", from each node's announcer
+    for kv in store.range(keys.LB):
+        said = json.loads(kv.value)
+        for how in ("bgp", "l2"):
+            for ip in said.get(how, []):
+                speaks.setdefault(ip, []).append(f"{said['node']} ({how.upper()})")
     out = []
     for kv in kvs:
         svc = view.services[kv.key]
@@ -265,6 +273,7 @@ def services(store: Store) -> list[ServiceRow]:
                 svc.ingress_ip,
                 svc.pool,
                 svc.external_local,
+                sorted(speaks.get(svc.ingress_ip, [])) if svc.ingress_ip else [],
             )
         )
     return out

@@ -163,7 +163,9 @@ class Bgp:
                 sessions.add(BgpSession(p.node, p.underlay_ip, peer_as, kind))
             elif p.node in reflectors:
                 sessions.add(BgpSession(p.node, p.underlay_ip, peer_as, "mesh"))
-        tunnel = self._vxlan.desired(ctx, across) if across else Desired()
+        # the vxlan recipe for peers across the router (they run bgp, with a VTEP)
+        far = [replace(p, backend=self._vxlan.name) for p in across]
+        tunnel = self._vxlan.desired(ctx, far) if far else Desired()
         refused.update(tunnel.refused)
         return replace(tunnel, bgp=frozenset(sessions), refused=refused)
 

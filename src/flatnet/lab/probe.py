@@ -144,7 +144,7 @@ def matrix(st: LabState, store: Store | None = None) -> list[Probe]:
         for s in pods:
             jobs.append(("node→pod", n, info.ns, s, f"{own[s]}:{TEST_PORT}", own[s]))
     services = _services(store, set(pods)) if store is not None else []
-    jobs += _nodeports(st, [(svc, port) for svc, port, _ in services])
+    jobs += _nodeports(st, [(svc, port, refs) for svc, port, refs in services])
     with ThreadPoolExecutor(max_workers=8) as ex:
         out = list(ex.map(lambda j: _http(*j), jobs))
         out += list(
@@ -201,16 +201,27 @@ def _service(eps: dict[str, tuple[str, str]], client: str, svc: Service, sp: Ser
 
 
 def _nodeports(
-    st: LabState, services: list[tuple[Service, ServicePort]]
+    st: LabState, services: list[tuple[Service, ServicePort, set[str]]]
 ) -> list[tuple[str, str, str, str, str, str]]:
     """The external host's probes of each probed port's NodePort, on every node
+    — with ``externalTrafficPolicy: Local``, on the nodes holding an endpoint
+    only (the others drop it, by design) — and of its LoadBalancer address
     (no ping: a NodePort is a TCP port)."""
     if not st.external:
         return []
-    return [
-        ("external→nodeport", "external", st.external,
-         f"{svc.namespace}/{svc.name} via {node}", f"{info.underlay_ip}:{p.node_port}", "")
-        for svc, p in services
-        if p.node_port
-        for node, info in st.nodes.items()
-    ]  # fmt: skip
+    jobs = []
+    for svc, p, refs in services:
+        if not p.node_port:
+            continue
+        holders = {st.pods[r].node for r in refs if r in st.pods}
+        for node, info in st.nodes.items():
+            if svc.external_local and node not in holders:
+                continue
+            jobs.append(("external→nodeport", "external", st.external,
+                         f"{svc.namespace}/{svc.name} via {node}",
+                         f"{info.underlay_ip}:{p.node_port}", ""))  # fmt: skip
+        if svc.ingress_ip:
+            jobs.append(("external→nodeport", "external", st.external,
+                         f"{svc.namespace}/{svc.name} LoadBalancer",
+                         f"{svc.ingress_ip}:{p.port}", ""))  # fmt: skip
+    return jobs

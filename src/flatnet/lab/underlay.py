@@ -59,7 +59,8 @@ class Underlay:
             links.bridge(sw, f"br{i}")
         ports = iter(range(1000))
         if t.underlay == "routed":
-            rt = self.st.add_ns(self.prefix + "rt")
+            rt = self.prefix + "rt"
+            self.st.add_ns(rt)
             self.st.router = rt
             for i, cidr in enumerate(segs):
                 self._plug(sw, i, rt, f"p{next(ports)}", f"eth{i}", t.router_ip(i), cidr)
