@@ -62,6 +62,7 @@ bench: deps
 	$(PY) bench/services.py
 	$(PY) bench/dns.py
 	$(PY) bench/policy.py
+	$(PY) bench/bgp.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
