@@ -122,6 +122,10 @@ def routed(uniq: str, tmp_path: Path) -> Iterator[str]:
 def test_bgp_on_a_routed_underlay(routed: str) -> None:
     name = routed
     st = LabState.load(name)
+    # the LoadBalancer addresses reach the router by BGP a moment after lab up
+    svcs = services(name)
+    web = svcs["web"]["externalIP"]
+    wait_for("ECMP over 4 nodes", lambda: len(routes(st.router).get(f"{web}/32", [])) == 4)
     # every probe of the model passes, across the router, without NAT
     r = flatnet("lab", "check", "--lab", name, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
