@@ -163,12 +163,7 @@ def apply(
         # policies before pods: a new pod is isolated from its first packet
         for pol, verdict in policy_objects.apply(s, [p for _, p in pols]):
             out.print(f"{_policy_kind(pol)}/{pol.name} {verdict}", markup=False)
-        had = pools.load_all(s)
-        for pool in pools.apply(s, cfg, m.pools) if cfg is not None else ():
-            old_pool = had.get(pool.name)
-            verdict = (
-                "created" if old_pool is None else "unchanged" if old_pool == pool else "configured"
-            )
+        for pool, verdict in pools.apply(s, cfg, m.pools) if cfg is not None else ():
             out.print(f"ipaddresspool/{pool.name} {verdict}", markup=False)
         before = services.load_all(s)
         for svc in services.apply(s, cfg, svcs) if cfg is not None else ():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from lab.test_lab import flatnet, lab_namespaces, run
+from lab.test_multinode import nodes
 
 from flatnet.kernel import netns
 from flatnet.lab.state import LABS_DIR, LabState
@@ -26,24 +27,13 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 @contextmanager
 def up_example(example: str, name: str, tmp: Path, **replace: str) -> Iterator[str]:
+    """A lab from an example file, renamed (and with ``replace``'s edits)."""
     text = (EXAMPLES / example).read_text()
     text = text.replace(f"name: {example.removesuffix('.yaml')}\n", f"name: {name}\n", 1)
     for a, b in replace.items():
         text = text.replace(a, b)
-    f = tmp / "lab.yaml"
-    f.write_text(text)
-    try:
-        flatnet("lab", "up", str(f))
-        yield name
-    finally:
-        flatnet("lab", "down", name, check=False)
-        assert lab_namespaces(name) == []
-        assert not (LABS_DIR / name).exists()
-
-
-def nodes(name: str) -> dict[str, dict]:  # type: ignore[type-arg]
-    items = json.loads(flatnet("get", "nodes", "--lab", name, "-o", "json").stdout)["items"]
-    return {n["name"]: n for n in items}
+    with _up_text(text, name, tmp) as up:
+        yield up
 
 
 def services(name: str) -> dict[str, dict]:  # type: ignore[type-arg]
@@ -241,6 +231,7 @@ spec: {{nodeName: node4, containers: [{{name: main}}]}}
 
 @contextmanager
 def _up_text(text: str, name: str, tmp: Path) -> Iterator[str]:
+    """``flatnet lab up`` of ``text``; always down after, and nothing left."""
     f = tmp / "lab.yaml"
     f.write_text(text)
     try:
@@ -249,6 +240,7 @@ def _up_text(text: str, name: str, tmp: Path) -> Iterator[str]:
     finally:
         flatnet("lab", "down", name, check=False)
         assert lab_namespaces(name) == []
+        assert not (LABS_DIR / name).exists()
 
 
 def test_route_reflector_topology(uniq: str, tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ def peer(n: int, ip: str, backend: str = "vxlan", **data: object) -> Lease:
 
 
 def test_registry_knows_every_backend_and_rejects_others() -> None:
-    assert backends.names() == ["host-gw", "none", "udp", "vxlan"]
-    with pytest.raises(ConfigError, match="backend 'bgp' is not one of"):
-        backends.get("bgp")
+    assert backends.names() == ["bgp", "host-gw", "none", "udp", "vxlan"]
+    with pytest.raises(ConfigError, match="backend 'ospf' is not one of"):
+        backends.get("ospf")
 
 
 def test_host_gw_routes_on_link_peers_and_refuses_the_rest_by_name() -> None:

@@ -35,8 +35,8 @@ def test_rows_carry_what_kubectl_users_see(tmp_path: Path) -> None:
         s.put(keys.heartbeat("n1"), Heartbeat("n1", 1.0, 3.0).to_json(), lease=s.grant(3))
         n1, n2 = query.nodes(s)
         assert list(n1.to_dict()) == [
-            "name", "status", "podSubnet", "underlayIP", "backend", "peers", "refused", "ready",
-            "agentSince",
+            "name", "status", "podSubnet", "underlayIP", "backend", "peers", "refused", "pending",
+            "sessions", "problem", "ready", "agentSince",
         ]  # fmt: skip
         assert n1.ready and n1.refused == st.refused and n1.since == 1.0
         assert (n2.ready, n2.status, n2.backend) == (False, "NotReady", "")

@@ -73,6 +73,11 @@ def _external(ctx: Context) -> list[BgpSession]:
     return out
 
 
+def _cross(options: dict[str, Any]) -> bool:
+    """Cross-subnet mode: VXLAN to the peers across a router."""
+    return bool(options.get("crossSubnet", False))
+
+
 @register("bgp")
 class Bgp:
     name = "bgp"
@@ -85,25 +90,21 @@ class Bgp:
         self._vxlan = Vxlan()
 
     # -- identity -----------------------------------------------------------
-    def _cross(self, ctx: Context | dict[str, Any]) -> bool:
-        opts = ctx.options if isinstance(ctx, Context) else ctx
-        return bool(opts.get("crossSubnet", False))
-
     def lease_data(self, subnet: str, options: dict[str, object]) -> dict[str, object]:
-        return self._vxlan.lease_data(subnet, options) if self._cross(options) else {}
+        return self._vxlan.lease_data(subnet, options) if _cross(options) else {}
 
     def pod_mtu(self, ctx: Context) -> int:
-        return self._vxlan.pod_mtu(ctx) if self._cross(ctx) else ctx.underlay_mtu
+        return self._vxlan.pod_mtu(ctx) if _cross(ctx.options) else ctx.underlay_mtu
 
     def devices(self, ctx: Context) -> tuple[str, ...]:
-        return self._vxlan.devices(ctx) if self._cross(ctx) else ()
+        return self._vxlan.devices(ctx) if _cross(ctx.options) else ()
 
     def tunnel(self, ctx: Context) -> VxlanTunnel | None:
-        return self._vxlan.tunnel(ctx) if self._cross(ctx) else None
+        return self._vxlan.tunnel(ctx) if _cross(ctx.options) else None
 
     # -- life ---------------------------------------------------------------
     def setup(self, ctx: Context) -> dict[str, object]:
-        data = self._vxlan.setup(ctx) if self._cross(ctx) else {}
+        data = self._vxlan.setup(ctx) if _cross(ctx.options) else {}
         self._bird = bird.Bird(ctx.ns, Path(ctx.state_dir) / "bird")
         self._speaker = Speaker(
             router_id=ctx.lease.underlay_ip,
@@ -112,7 +113,7 @@ class Bgp:
             pod_cidr=ctx.pod_cidr,
             bfd=bool(ctx.options.get("bfd", True)),
             reflector=ctx.lease.node in (ctx.options.get("routeReflectors") or []),
-            import_external=not self._cross(ctx),
+            import_external=not _cross(ctx.options),
         )
         with self._lock:  # a running BIRD keeps its sessions until program() brings them
             text = node(self._speaker)
@@ -144,7 +145,7 @@ class Bgp:
                 continue
             peer_as = asn_of(opts, p.node)
             if not ctx.on_link(p.underlay_ip):
-                if self._cross(ctx):
+                if _cross(ctx.options):
                     across.append(p)
                 elif peer_as == my_as and not external:
                     refused[p.node] = (
@@ -206,7 +207,7 @@ class Bgp:
             pr = protos.get(proto_name(s))
             states[s.name] = (pr.info or pr.state) if pr is not None else "not configured"
         have = routes_of_proto(ctx.ns, RTPROT_BIRD)
-        cross = self._cross(ctx)
+        cross = _cross(ctx.options)
         unrouted = {
             p.node
             for p in peers

@@ -33,6 +33,7 @@ installs it (ECMP for a VIP several nodes announce) and passes it on.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -40,9 +41,13 @@ from flatnet.kernel.objects import BgpSession
 
 __all__ = ["Speaker", "node", "proto_name", "router"]
 
-TIMERS = "hold time 3; keepalive time 1; connect delay time 1; connect retry time 5; " \
-    "error wait time 1,5;"  # fmt: skip
-BFD = 'protocol bfd bfd1 {\n  interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}'  # noqa: E501
+TIMERS = (
+    "hold time 3; keepalive time 1; connect delay time 1; connect retry time 5; "
+    "error wait time 1,5;"
+)
+BFD = """protocol bfd bfd1 {
+  interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };
+}"""
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,6 @@ def router(
 ) -> str:
     """The lab router's BIRD: ``local`` maps each segment's CIDR to the router's
     address on it; ``neighbors`` are (name, IP, AS) of the nodes it peers with."""
-    import ipaddress
-
     first = sorted(local.values())[0]
     lines = _head(first, f"BIRD of the lab's router, AS {asn}")
     lines += [

@@ -185,14 +185,12 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
     if problem:
         where = ("underlayCIDR",) if "underlayCIDR" in docs[0][1] else ("network",)
         raise LabFileError(path, manifest.line_of(docs[0][0], where), problem)
-    if net.backend == "bgp" and lab.underlay == "routed":
-        net = _router_peering(net, lab)
     m, policies = split(docs[1:], path, lab.nodes)
     pods, services = m.pods, m.services
     m.require_namespaces(set(SYSTEM), path)
     policies.require_namespaces({*SYSTEM, *(n.name for n in m.namespaces)}, path)
     _check_pods(pods, path, [d for d in docs[1:] if d[1].get("kind") == "Pod"])
-    return LabTopo(
+    topo = LabTopo(
         lab.name,
         net,
         lab.datastore,
@@ -211,29 +209,29 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         lab.routerAS,
         tuple(m.pools),
     )
+    if net.backend == "bgp" and lab.underlay == "routed":
+        topo = replace(topo, network=_router_peering(topo))
+    return topo
 
 
-def _router_peering(net: NetworkConfig, lab: _Lab) -> NetworkConfig:
+def _router_peering(t: LabTopo) -> NetworkConfig:
     """bgp on a routed underlay: every node peers with its segment's router
     (unless the file names its own ``peers``), and segment B gets an AS of
     its own (unless the file sets ``nodeASNumbers`` or ``crossSubnet``): the
     router passes each segment's blocks to the other — Calico's AS-per-rack
-    model. (The same topology as LabTopo's, from the raw fields.)"""
-    opts = dict(net.backend_options)
-    half = (len(lab.nodes) + 1) // 2
-    seg_a, seg_b = lab.nodes[:half], lab.nodes[half:]
-    first = ipaddress.IPv4Network(lab.underlayCIDR, strict=False)
-    second = ipaddress.IPv4Network(f"{first.broadcast_address + 1}/{first.prefixlen}")
+    model."""
+    opts = dict(t.network.backend_options)
+    members = [[n for n in t.nodes if t.segment_of(n) == seg] for seg in (0, 1)]
     if "peers" not in opts:
         opts["peers"] = [
-            {"name": "router", "address": str(seg.network_address + 1),
-             "asNumber": lab.routerAS, "nodes": list(nodes)}
-            for seg, nodes in ((first, seg_a), (second, seg_b)) if nodes
+            {"name": "router", "address": t.router_ip(seg), "asNumber": t.router_as,
+             "nodes": nodes}
+            for seg, nodes in enumerate(members) if nodes
         ]  # fmt: skip
     if "nodeASNumbers" not in opts and not opts.get("crossSubnet"):
         base = int(opts.get("asNumber", 64512))
-        opts["nodeASNumbers"] = {n: base + 1 for n in seg_b}
-    return replace(net, backend_options=opts)
+        opts["nodeASNumbers"] = {n: base + 1 for n in members[1]}
+    return replace(t.network, backend_options=opts)
 
 
 def _check_pods(pods: list[Pod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:

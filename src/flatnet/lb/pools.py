@@ -56,11 +56,20 @@ def check(cfg: NetworkConfig, pools: Iterable[AddressPool], have: Iterable[Addre
         others[p.name] = p
 
 
-def apply(store: Store, cfg: NetworkConfig, pools: list[AddressPool]) -> list[AddressPool]:
-    check(cfg, pools, load_all(store).values())
+def apply(
+    store: Store, cfg: NetworkConfig, pools: list[AddressPool]
+) -> list[tuple[AddressPool, str]]:
+    """Each pool with kubectl's verdict: created, configured or unchanged (not
+    written again, so the announcers see no event)."""
+    have = load_all(store)
+    check(cfg, pools, have.values())
+    out = []
     for p in pools:
-        store.put(keys.pool(p.name), p.to_json())
-    return pools
+        old = have.get(p.name)
+        if old != p:
+            store.put(keys.pool(p.name), p.to_json())
+        out.append((p, "created" if old is None else "unchanged" if old == p else "configured"))
+    return out
 
 
 def delete(store: Store, names: Iterable[str]) -> list[str]:
