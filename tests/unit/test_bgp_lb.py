@@ -243,3 +243,17 @@ def test_arp_request_and_reply_frames() -> None:
     req = arp_frame(1, other, b"\xff" * 6, other, "192.168.50.254", b"\0" * 6, "192.168.50.200")
     assert parse_request(req) == (other, "192.168.50.254", "192.168.50.200")
     assert parse_request(arp_frame(2, mac, other, mac, "1.1.1.1", other, "2.2.2.2")) is None
+
+
+def test_a_lab_file_pool_is_checked_before_anything_is_built() -> None:
+    pool = "---\napiVersion: flatnet.io/v1alpha1\nkind: IPAddressPool\nmetadata: {{name: {}}}\nspec: {{addresses: [{}]}}\n"  # noqa: E501
+    head = "kind: Lab\nname: p\nnodes: [a]\n"
+    with pytest.raises(
+        LabFileError, match=r"lab.yaml:5: .*10.244.1.0/24 overlaps the cluster's podCIDR"
+    ):  # noqa: E501
+        parse(head + pool.format("p", "10.244.1.0/24"), "lab.yaml")
+    with pytest.raises(LabFileError, match=r"lab.yaml:10: ipaddresspool q: .* overlaps pool p"):
+        parse(
+            head + pool.format("p", "172.30.0.0/24") + pool.format("q", "172.30.0.9-172.30.0.20"),
+            "lab.yaml",
+        )  # noqa: E501

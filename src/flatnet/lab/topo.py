@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flatnet import manifest
 from flatnet.errors import ConfigError, LabFileError
+from flatnet.lb import pools as lb_pools
 from flatnet.manifest import Pod
 from flatnet.model import AddressPool, Namespace, NetworkConfig, Service
 from flatnet.namespaces import SYSTEM
@@ -190,6 +191,11 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
     m.require_namespaces(set(SYSTEM), path)
     policies.require_namespaces({*SYSTEM, *(n.name for n in m.namespaces)}, path)
     _check_pods(pods, path, [d for d in docs[1:] if d[1].get("kind") == "Pod"])
+    for i, pool in enumerate(m.pools):  # against the cluster's ranges and the pools before it
+        try:
+            lb_pools.check(net, [pool], m.pools[:i])
+        except ConfigError as e:
+            raise LabFileError(path, m.line("IPAddressPool", "", pool.name), str(e)) from None
     topo = LabTopo(
         lab.name,
         net,

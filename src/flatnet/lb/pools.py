@@ -28,12 +28,15 @@ def load_all(store: Store) -> dict[str, AddressPool]:
     return {keys.last(kv.key): AddressPool.from_json(kv.value) for kv in store.range(keys.POOLS)}
 
 
-def _spans(p: AddressPool) -> list[ipaddress.IPv4Network]:
-    out: list[ipaddress.IPv4Network] = []
-    for lo, hi in p.ranges():
-        out += ipaddress.summarize_address_range(
-            ipaddress.IPv4Address(lo), ipaddress.IPv4Address(hi)
-        )
+def _spans(p: AddressPool) -> list[tuple[str, ipaddress.IPv4Network]]:
+    """Each entry as written, with the networks it covers."""
+    out: list[tuple[str, ipaddress.IPv4Network]] = []
+    for entry in p.addresses:
+        if "-" not in entry:
+            out.append((entry, ipaddress.IPv4Network(entry)))
+            continue
+        lo, hi = (ipaddress.IPv4Address(x.strip()) for x in entry.split("-", 1))
+        out += [(entry, n) for n in ipaddress.summarize_address_range(lo, hi)]
     return out
 
 
@@ -41,17 +44,17 @@ def check(cfg: NetworkConfig, pools: Iterable[AddressPool], have: Iterable[Addre
     """Refuse a pool that overlaps the pod or service range, or another pool."""
     others = {p.name: p for p in have}
     for p in pools:
-        for net in _spans(p):
+        for entry, net in _spans(p):
             for what, cidr in (("podCIDR", cfg.pod_cidr), ("serviceCIDR", cfg.service_cidr)):
                 if net.overlaps(ipaddress.IPv4Network(cidr)):
                     raise ConfigError(
-                        f"ipaddresspool {p.name}: spec.addresses: {net} overlaps the cluster's "
-                        f"{what} {cidr}"
+                        f"ipaddresspool {p.name}: spec.addresses: {entry} overlaps the "
+                        f"cluster's {what} {cidr}"
                     )
             for o in others.values():
-                if o.name != p.name and any(net.overlaps(n) for n in _spans(o)):
+                if o.name != p.name and any(net.overlaps(n) for _, n in _spans(o)):
                     raise ConfigError(
-                        f"ipaddresspool {p.name}: spec.addresses: {net} overlaps pool {o.name}"
+                        f"ipaddresspool {p.name}: spec.addresses: {entry} overlaps pool {o.name}"
                     )
         others[p.name] = p
 
