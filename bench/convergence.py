@@ -1,26 +1,35 @@
-"""Convergence and scale of the peer watcher, on real labs.
+"""Convergence and scale of the peer watcher and of BGP, on real labs.
 
-Convergence (``NODES`` nodes, default 10, vxlan, SQLite; ``TRIES`` = 20):
-  * join: the last node's agent is started; time until every other node has its
-    route in the kernel — from the agent's start (includes Python start-up and
-    the agent's own set-up) and from the moment its lease appears in the store
-    (the watch-driven part);
-  * leave: the last node's lease is deleted; time until every other node has
-    removed its route.
+Convergence, for each backend in ``BACKENDS`` (default host-gw, vxlan, bgp) on
+a lab of ``NODES`` nodes (default 10, SQLite), ``TRIES`` cycles (default 20).
+Each cycle does this to the last node and times how long until every other
+node's kernel agrees (its route to the node's block gone, or there):
+  * leave: the node's lease is deleted (the node is removed from the cluster);
+  * join: its agent is started (from the agent's start: Python start-up, the
+    agent's set-up, for bgp BIRD's start and the sessions; and from the moment
+    its lease is in the store: the watch-driven part);
+  * bgp only — a host-gw/vxlan agent's death or a silent node leaves its routes
+    in place (its lease lives ``leaseTTL``, 24 h, as flannel's): BIRD stopped
+    cleanly (the agent brings it back: "back"); agent and BIRD SIGKILLed
+    together (then the agent started again: "restart"); a silent failure (the
+    node's link down: BFD, 100 ms x 3).
 Scale (``SCALE_NODES`` x ``SCALE_PODS``, default 20 x 10; ``SCALE=0`` skips):
   time for ``flatnet lab up`` to have everything connected, agent RSS per node.
-Prints p50/p99. Target (issue 3): p99 <= 1 s for join and leave.
+Prints p50/p99. Targets (issues 3 and 15): p99 <= 1 s for join and leave, and
+for a silent failure's removal under bgp.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,6 +37,7 @@ from _common import SRC, flatnet, pct  # noqa: E402,F401
 
 from flatnet import keys  # noqa: E402
 from flatnet.kernel import netns  # noqa: E402
+from flatnet.kernel.bird import Bird  # noqa: E402
 from flatnet.lab.procs import spawn  # noqa: E402
 from flatnet.lab.state import LabState  # noqa: E402
 from flatnet.model import Lease  # noqa: E402
@@ -35,14 +45,17 @@ from flatnet.store import open_store  # noqa: E402
 
 NODES = int(os.environ.get("NODES", "10"))
 TRIES = int(os.environ.get("TRIES", "20"))
+BACKENDS = os.environ.get("BACKENDS", "host-gw,vxlan,bgp").split(",")
 SCALE = os.environ.get("SCALE", "1") != "0"
 SCALE_NODES = int(os.environ.get("SCALE_NODES", "20"))
 SCALE_PODS = int(os.environ.get("SCALE_PODS", "10"))
 
 
-def lab_text(name: str, nodes: int, pods_per_node: int) -> str:
+def lab_text(name: str, nodes: int, pods_per_node: int, backend: str = "vxlan") -> str:
     names = [f"n{i}" for i in range(1, nodes + 1)]
-    text = f"kind: Lab\nname: {name}\nnetwork: {{backend: vxlan}}\nnodes: [{', '.join(names)}]\n"
+    text = (
+        f"kind: Lab\nname: {name}\nnetwork: {{backend: {backend}}}\nnodes: [{', '.join(names)}]\n"
+    )
     for n in names:
         for j in range(pods_per_node):
             text += (
@@ -56,65 +69,153 @@ def has_route(ipr: object, dst: str) -> bool:
     net, plen = dst.split("/")
     return any(
         r.get("RTA_DST") == net and r["dst_len"] == int(plen)
-        for r in ipr.get_routes(family=2)  # type: ignore[attr-defined]
+        for r in ipr.get_routes(family=2, table=254)  # type: ignore[attr-defined]
     )
 
 
-def convergence() -> None:
+def until(cond: Callable[[], bool], timeout: float = 20.0) -> float:
+    """Seconds until ``cond()`` holds (polled every 5 ms); fails after ``timeout``."""
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > timeout:
+            raise SystemExit(f"no convergence within {timeout} s")
+        time.sleep(0.005)
+    return time.perf_counter() - t0
+
+
+class Victim:
+    """The last node of a lab, and the other nodes' view of its block."""
+
+    def __init__(self, name: str) -> None:
+        self.st = LabState.load(name)
+        self.store = open_store(self.st.store_url)
+        self.node = f"n{NODES}"
+        self.info = self.st.nodes[self.node]
+        others = [n for n in self.st.nodes if n != self.node]
+        self.iprs = [netns.iproute(self.st.nodes[n].ns) for n in others]
+        self.bird = Bird(self.info.ns, self.st.dir / "nodes" / self.node / "bird")
+
+    def lease(self) -> tuple[str, Lease] | None:
+        for kv in self.store.range(keys.SUBNETS):
+            lease = Lease.from_json(kv.value)
+            if lease.node == self.node:
+                return kv.key, lease
+        return None
+
+    def routed(self, subnet: str, present: bool) -> Callable[[], bool]:
+        return lambda: all(has_route(i, subnet) == present for i in self.iprs)
+
+    def agent_pid(self) -> int:
+        return next(p.pid for p in self.st.processes if p.what == f"agent:{self.node}")
+
+    def start_agent(self) -> None:
+        log = self.st.dir / "nodes" / self.node / "agent.log"
+        self.st.add_process(spawn(self.info.ns, self.info.agent_argv, log), f"agent:{self.node}")
+
+    def link(self, state: str) -> None:
+        subprocess.run(["ip", "-n", self.info.ns, "link", "set", "eth0", state], check=True)
+
+    def close(self) -> None:
+        for i in self.iprs:
+            i.close()
+        self.store.close()
+
+
+def convergence(backend: str) -> dict[str, list[float]]:
     name = "cv" + uuid.uuid4().hex[:6]
     f = Path(tempfile.mkdtemp(prefix="flatnet-bench-")) / "lab.yaml"
-    f.write_text(lab_text(name, NODES, 0))
+    f.write_text(lab_text(name, NODES, 0, backend))
     flatnet("lab", "up", str(f))
+    times: dict[str, list[float]] = {k: [] for k in EVENTS if backend == "bgp" or k in PEER_EVENTS}
+    v = Victim(name)
     try:
-        st = LabState.load(name)
-        store = open_store(st.store_url)
-        last = f"n{NODES}"
-        others = [n for n in st.nodes if n != last]
-        iprs = {n: netns.iproute(st.nodes[n].ns) for n in others}
-        lease_kv = next(
-            kv for kv in store.range(keys.SUBNETS) if Lease.from_json(kv.value).node == last
-        )
-        subnet = Lease.from_json(lease_kv.value).subnet
-        join, join_from_lease, leave = [], [], []
+        held = v.lease()
+        assert held is not None
+        subnet = held[1].subnet
+        until(v.routed(subnet, True))
         for _ in range(TRIES):
-            st.kill(f"agent:{last}", exact=True)
-            lease_kv = next(
-                kv for kv in store.range(keys.SUBNETS) if Lease.from_json(kv.value).node == last
-            )
+            # leave: the node is removed from the cluster (agent stopped first)
+            v.st.kill(f"agent:{v.node}", exact=True)
+            key = v.lease()
+            assert key is not None
             t0 = time.perf_counter()
-            store.delete(lease_kv.key)
-            while any(has_route(i, subnet) for i in iprs.values()):
-                time.sleep(0.002)
-            leave.append(time.perf_counter() - t0)
+            v.store.delete(key[0])
+            until(v.routed(subnet, False))
+            times["leave"].append(time.perf_counter() - t0)
+            v.bird.stop()  # bgp: its BIRD outlived the agent; a node that left has none
+            # join
             t0 = time.perf_counter()
-            info = st.nodes[last]
-            pid = spawn(info.ns, info.agent_argv, st.dir / "nodes" / last / "agent.log")
-            st.add_process(pid, f"agent:{last}")
+            v.start_agent()
             lease_seen = 0.0
-            pending = set(others)
-            while pending:
-                if not lease_seen and any(
-                    Lease.from_json(kv.value).node == last for kv in store.range(keys.SUBNETS)
-                ):
-                    lease_seen = time.perf_counter()
-                pending = {n for n in pending if not has_route(iprs[n], subnet)}
+            while not (held := v.lease()):
                 time.sleep(0.002)
+            lease_seen = time.perf_counter()
+            subnet = held[1].subnet
+            until(v.routed(subnet, True))
             done = time.perf_counter()
-            join.append(done - t0)
-            join_from_lease.append(done - (lease_seen or done))
-        for i in iprs.values():
-            i.close()
-        store.close()
+            times["join"].append(done - t0)
+            times["join (from the lease)"].append(done - lease_seen)
+            if backend != "bgp":
+                continue
+            # BIRD stopped cleanly: the peers withdraw at once; the agent restarts it
+            pid = v.bird.pid()
+            assert pid is not None
+            t0 = time.perf_counter()
+            os.kill(pid, signal.SIGTERM)
+            until(v.routed(subnet, False))
+            times["BIRD stopped"].append(time.perf_counter() - t0)
+            times["  ... back (the agent restarts it)"].append(
+                until(v.routed(subnet, True)) + times["BIRD stopped"][-1]
+            )
+            # agent and BIRD SIGKILLed together, then the agent started again
+            pid = v.bird.pid()
+            assert pid is not None
+            t0 = time.perf_counter()
+            os.killpg(v.agent_pid(), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            until(v.routed(subnet, False))
+            times["agent+BIRD SIGKILL"].append(time.perf_counter() - t0)
+            v.st.kill(f"agent:{v.node}", exact=True)  # reaps it, forgets it
+            t0 = time.perf_counter()
+            v.start_agent()
+            times["  ... restart (agent start -> back)"].append(until(v.routed(subnet, True)))
+            # silent failure: the link goes down, nothing says goodbye
+            t0 = time.perf_counter()
+            v.link("down")
+            until(v.routed(subnet, False))
+            times["silent failure (link down, BFD)"].append(time.perf_counter() - t0)
+            v.link("up")
+            until(v.routed(subnet, True))
     finally:
+        v.close()
         flatnet("lab", "down", name)
-    print(f"convergence on a {NODES}-node vxlan lab, {TRIES} tries (seconds)")
-    print(f"{'event':<52}{'p50':>8}{'p99':>8}")
-    for label, xs in (
-        ("join: agent start -> programmed on every peer", join),
-        ("join: lease in the store -> programmed on every peer", join_from_lease),
-        ("leave: lease deleted -> removed from every peer", leave),
-    ):
-        print(f"{label:<52}{statistics.median(xs):8.3f}{pct(xs, 99):8.3f}")
+    return times
+
+
+PEER_EVENTS = ("leave", "join", "join (from the lease)")
+EVENTS = (
+    *PEER_EVENTS,
+    "BIRD stopped",
+    "  ... back (the agent restarts it)",
+    "agent+BIRD SIGKILL",
+    "  ... restart (agent start -> back)",
+    "silent failure (link down, BFD)",
+)
+
+
+def report(results: dict[str, dict[str, list[float]]]) -> None:
+    print(f"convergence on {NODES}-node labs, {TRIES} tries: time until every other node's")
+    print("kernel agrees (removed / programmed), milliseconds, p50 / p99 per backend")
+    print(f"{'event':<38}" + "".join(f"{b:>16}" for b in results))
+    for ev in EVENTS:
+        cells = []
+        for b in results:
+            xs = results[b].get(ev)
+            cells.append(
+                f"{pct(xs, 50) * 1000:7.0f} /{pct(xs, 99) * 1000:6.0f}" if xs else f"{'-':>14}"
+            )
+        print(f"{ev:<38}" + "".join(f"{c:>16}" for c in cells))
+    print("(-: host-gw and vxlan keep a dead or silent node's routes while its lease lives)")
 
 
 def rss_mib(pid: int) -> float:
@@ -153,6 +254,6 @@ def scale() -> None:
 
 
 if __name__ == "__main__":
-    convergence()
+    report({b: convergence(b) for b in BACKENDS})
     if SCALE:
         scale()

@@ -47,7 +47,7 @@ from flatnet.bgp.conf import Speaker, node, proto_name
 from flatnet.errors import FlatnetError
 from flatnet.kernel import bird
 from flatnet.kernel.objects import BgpSession, VxlanTunnel
-from flatnet.kernel.routes import routes_of_proto
+from flatnet.kernel.routes import drop_routes_of_proto, routes_of_proto
 from flatnet.model import Lease
 
 __all__ = ["Bgp", "asn_of"]
@@ -127,8 +127,12 @@ class Bgp:
         return None
 
     def teardown(self, ctx: Context) -> None:
+        """BIRD stopped; what a BIRD killed earlier left in the kernel goes too
+        (a clean stop removes its routes itself)."""
         if bird.Bird(ctx.ns, Path(ctx.state_dir) / "bird").stop():
             log.info("BIRD stopped (backend switched)")
+        if left := drop_routes_of_proto(ctx.ns, RTPROT_BIRD):
+            log.info("removed %d route(s) a dead BIRD left", left)
 
     # -- peers --------------------------------------------------------------
     def desired(self, ctx: Context, peers: list[Lease]) -> Desired:

@@ -22,7 +22,7 @@ from flatnet.errors import KernelError
 from flatnet.kernel import netns
 from flatnet.kernel.objects import RTPROT_FLATNET, Changes, Desired, Fdb, Neigh, Route
 
-__all__ = ["Routes", "converge", "owned_routes", "routes_of_proto"]
+__all__ = ["Routes", "converge", "drop_routes_of_proto", "owned_routes", "routes_of_proto"]
 
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 4
@@ -152,3 +152,13 @@ def routes_of_proto(ns: str | None, proto: int) -> set[str]:
             for r in ipr.get_routes(family=socket.AF_INET, table=254)
             if r["proto"] == proto
         }
+
+
+def drop_routes_of_proto(ns: str | None, proto: int) -> int:
+    """Delete the main table's routes of protocol ``proto`` (what a daemon that
+    is gone left behind); returns how many."""
+    with netns.netlink(ns, "delete routes") as ipr:
+        mine = [r for r in ipr.get_routes(family=socket.AF_INET, table=254) if r["proto"] == proto]
+        for r in mine:
+            ipr.route("del", dst=f"{r.get('RTA_DST')}/{r['dst_len']}", proto=proto, table=254)
+        return len(mine)

@@ -40,9 +40,21 @@ from flatnet.kernel import links
 from flatnet.lab import pods as pods_
 from flatnet.lab.procs import py, spawn
 from flatnet.lab.state import LABS_DIR, LabState
-from flatnet.lab.topo import LabTopo
-from flatnet.lab.underlay import Underlay
-from flatnet.lab.waits import revision_of, wait_agent, wait_peers, wait_proxies
+from flatnet.lab.topo import LabTopo, router_peering
+from flatnet.lab.underlay import (
+    Underlay,
+    router_bird,
+    router_ips,
+    segment_members,
+    stop_router_bird,
+)
+from flatnet.lab.waits import (
+    revision_of,
+    wait_agent,
+    wait_announced,
+    wait_peers,
+    wait_proxies,
+)
 from flatnet.lb import pools as lb_pools
 from flatnet.manifest import Pod, pod_ref
 from flatnet.model import PodRecord, Service, ServicePort
@@ -156,6 +168,8 @@ class _Builder:
         if self.t.services:
             done = services.apply(store, load_config(store), self.t.services)
             wait_proxies(store, revision_of(store, [s.key for s in done]))
+            if any(s.type == "LoadBalancer" for s in self.t.services):
+                wait_announced(store, self.t.network.backend, self.st.router)
 
     def dns(self, store: Store) -> None:
         """The cluster DNS: a kube-dns pod in kube-system running ``flatnet dns``
@@ -418,12 +432,20 @@ class Lab:
         try:
             cfg = load_config(store)
             opts = cfg.backend_options if backend == cfg.backend else {}
+            routed_bgp = backend == "bgp" and bool(self.st.router)
+            if routed_bgp:  # as lab up does: every node peers with its router
+                members, routers = segment_members(self.st), router_ips(self.st)
+                opts = router_peering(opts, members, routers, self.st.router_as or 64500)
             fast = cfg.fast_path if fast_path is None else fast_path
             new = replace(cfg, backend=backend, backend_options=opts, fast_path=fast)
+            if routed_bgp:
+                router_bird(self.st, opts)
             store.put(keys.CONFIG, new.to_json())
             for i, node in enumerate(self.st.nodes):
                 self.restart_agent(node)
                 progress("agents restarted", i + 1, len(self.st.nodes))
+            if cfg.backend == "bgp" and not routed_bgp and self.st.router:
+                stop_router_bird(self.st)  # every node's agent stopped its own BIRD
             wait_peers(store, set(self.st.nodes), progress)
         finally:
             store.close()

@@ -95,6 +95,7 @@ class LabState:
     pods: dict[str, PodState] = field(default_factory=dict)
     external: str = ""
     router: str = ""
+    router_as: int = 0  # routed: the router's AS, for the BIRD it runs under bgp
     etcd_argv: list[str] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
     etc_dirs: list[str] = field(default_factory=list)  # /etc/netns/<pod ns> (resolv.conf)

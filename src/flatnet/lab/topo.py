@@ -216,28 +216,33 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         tuple(m.pools),
     )
     if net.backend == "bgp" and lab.underlay == "routed":
-        topo = replace(topo, network=_router_peering(topo))
+        members = [[n for n in topo.nodes if topo.segment_of(n) == seg] for seg in (0, 1)]
+        routers = [topo.router_ip(seg) for seg in (0, 1)]
+        opts = router_peering(net.backend_options, members, routers, topo.router_as)
+        topo = replace(topo, network=replace(net, backend_options=opts))
     return topo
 
 
-def _router_peering(t: LabTopo) -> NetworkConfig:
-    """bgp on a routed underlay: every node peers with its segment's router
-    (unless the file names its own ``peers``), and segment B gets an AS of
-    its own (unless the file sets ``nodeASNumbers`` or ``crossSubnet``): the
+def router_peering(
+    options: dict[str, Any], members: list[list[str]], routers: list[str], router_as: int
+) -> dict[str, Any]:
+    """bgp on a routed underlay (``members[i]``: the nodes of segment i, whose
+    router is ``routers[i]``): every node peers with its segment's router
+    (unless the options name their own ``peers``), and segment B gets an AS
+    of its own (unless they set ``nodeASNumbers`` or ``crossSubnet``): the
     router passes each segment's blocks to the other — Calico's AS-per-rack
     model."""
-    opts = dict(t.network.backend_options)
-    members = [[n for n in t.nodes if t.segment_of(n) == seg] for seg in (0, 1)]
+    opts = dict(options)
     if "peers" not in opts:
         opts["peers"] = [
-            {"name": "router", "address": t.router_ip(seg), "asNumber": t.router_as,
-             "nodes": nodes}
-            for seg, nodes in enumerate(members) if nodes
-        ]  # fmt: skip
+            {"name": "router", "address": routers[seg], "asNumber": router_as, "nodes": nodes}
+            for seg, nodes in enumerate(members)
+            if nodes
+        ]
     if "nodeASNumbers" not in opts and not opts.get("crossSubnet"):
         base = int(opts.get("asNumber", 64512))
         opts["nodeASNumbers"] = {n: base + 1 for n in members[1]}
-    return replace(t.network, backend_options=opts)
+    return opts
 
 
 def _check_pods(pods: list[Pod], path: str, docs: list[tuple[yaml.Node, Any]]) -> None:

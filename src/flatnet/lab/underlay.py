@@ -21,10 +21,12 @@ Per node: one veth pair, one address, one or two routes; nothing grows with pods
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from flatnet.backends.bgp import asn_of
 from flatnet.bgp.conf import router
@@ -37,7 +39,15 @@ from flatnet.lab.procs import py, spawn, tool
 from flatnet.lab.state import LabState, NodeState
 from flatnet.lab.topo import LabTopo
 
-__all__ = ["Underlay", "delay_line", "impair"]
+__all__ = [
+    "Underlay",
+    "delay_line",
+    "impair",
+    "router_bird",
+    "router_ips",
+    "segment_members",
+    "stop_router_bird",
+]
 
 Progress = Callable[[str, int, int], None]
 
@@ -86,8 +96,11 @@ class Underlay:
                     delay_line(ns, "eth0", how, log, record)
             self.progress("underlay: node namespaces on the switch", i + 1, len(members))
         self.st.save()
-        if t.underlay == "routed" and t.network.backend == "bgp":
-            self.router_bird()
+        if t.underlay == "routed":
+            self.st.router_as = t.router_as
+            self.st.save()
+            if t.network.backend == "bgp":
+                router_bird(self.st, t.network.backend_options)
         if t.external:
             pid = spawn(
                 self.st.external,
@@ -96,22 +109,6 @@ class Underlay:
                 {"FLATNET_POD_NAME": "external"},
             )
             self.st.add_process(pid, "external")
-
-    def router_bird(self) -> None:
-        """The router's BIRD: it peers with every node of the lab, installs what
-        they announce (ECMP where several announce one address, flows hashed by
-        ports) and passes it on."""
-        t = self.t
-        rt = self.st.router
-        netns.sysctl(rt, "net.ipv4.fib_multipath_hash_policy", "1")
-        local = {cidr: t.router_ip(i) for i, cidr in enumerate(t.segments())}
-        opts = t.network.backend_options
-        nodes = [(n, t.node_ip(n), asn_of(opts, n)) for n in t.nodes]
-        b = Bird(rt, self.st.dir / "router")
-        b.ensure(router(local, t.router_as, nodes, bool(opts.get("bfd", True))))
-        pid = b.pid()
-        if pid is not None:
-            self.st.add_process(pid, "bird:router")
 
     def _routes(self, member: str, seg: int) -> dict[str, str]:
         """Routes of a node or the external host. routed: nodes leave through their
@@ -139,6 +136,40 @@ class Underlay:
         """A veth from bridge ``br<seg>`` in the switch to ``ifname`` in ``ns``."""
         links.plug(sw, port, f"br{seg}", ns, ifname)
         links.add_address(ns, ifname, ip, int(cidr.split("/")[1]), routes)
+
+
+def segment_members(st: LabState) -> list[list[str]]:
+    """A routed lab's nodes, per segment (by the segment their underlay IP is in)."""
+    nets = [ipaddress.IPv4Network(c) for c in st.segments]
+    return [
+        [n for n, info in st.nodes.items() if ipaddress.IPv4Address(info.underlay_ip) in net]
+        for net in nets
+    ]
+
+
+def router_ips(st: LabState) -> list[str]:
+    """Each segment's router address: its first."""
+    return [str(ipaddress.IPv4Network(c).network_address + 1) for c in st.segments]
+
+
+def router_bird(st: LabState, options: dict[str, Any]) -> None:
+    """The router's BIRD (bgp on ``routed``): it peers with every node of the
+    lab, installs what they announce (ECMP where several announce one address,
+    flows hashed by ports) and passes it on. Started, or reconfigured if it
+    runs."""
+    netns.sysctl(st.router, "net.ipv4.fib_multipath_hash_policy", "1")
+    local = dict(zip(st.segments, router_ips(st), strict=True))
+    nodes = [(n, info.underlay_ip, asn_of(options, n)) for n, info in st.nodes.items()]
+    b = Bird(st.router, st.dir / "router")
+    text = router(local, st.router_as, nodes, bool(options.get("bfd", True)))
+    if b.ensure(text) != "adopted" and (pid := b.pid()) is not None:
+        st.add_process(pid, "bird:router")
+
+
+def stop_router_bird(st: LabState) -> None:
+    """Stop the router's BIRD (a backend switch away from bgp)."""
+    st.kill("bird:router", exact=True)
+    Bird(st.router, st.dir / "router").stop()
 
 
 def impair(ns: str, dev: str, how: dict[str, str]) -> None:

@@ -1,5 +1,5 @@
 """Waiting for a lab to reach a state: an agent ready, peers programmed,
-service proxies and policy tables caught up. Each gives up with
+service proxies and policy tables caught up, LoadBalancer addresses announced. Each gives up with
 :class:`~flatnet.errors.LabTimeout`."""
 
 from __future__ import annotations
@@ -13,11 +13,21 @@ from flatnet import keys
 from flatnet.agent.heartbeat import heartbeats
 from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import LabTimeout
+from flatnet.kernel.routes import routes_of_proto
 from flatnet.lab.state import NodeState
-from flatnet.model import PeerStatus
+from flatnet.lb.announce import plan
+from flatnet.model import AddressPool, PeerStatus
 from flatnet.store import Store
+from flatnet.view import ClusterView
 
-__all__ = ["revision_of", "wait_agent", "wait_peers", "wait_policies", "wait_proxies"]
+__all__ = [
+    "revision_of",
+    "wait_agent",
+    "wait_announced",
+    "wait_peers",
+    "wait_policies",
+    "wait_proxies",
+]
 
 Progress = Callable[[str, int, int], None]
 
@@ -90,5 +100,48 @@ def wait_peers(store: Store, nodes: set[str], progress: Progress, timeout: float
             raise LabTimeout(
                 f"nodes {', '.join(sorted(nodes - done))} did not program their peers "
                 f"within {timeout}s"
+            )
+        time.sleep(0.05)
+
+
+def wait_announced(store: Store, backend: str, router: str = "", timeout: float = 10) -> None:
+    """Until every Ready node announces what it should of the LoadBalancer
+    addresses (:func:`flatnet.lb.announce.plan`: BGP told to BIRD, ARP held)
+    and, with a ``router`` namespace, until its kernel routes every address
+    announced by BGP: then the external host reaches them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = ClusterView([*store.range(keys.SERVICES), *store.range(keys.PODS)])
+        lbs = [
+            (svc, [e for es in view.endpoints(svc).values() for e in es])
+            for svc in view.services.values()
+            if svc.ingress_ip
+        ]
+        pools = {
+            keys.last(kv.key): AddressPool.from_json(kv.value) for kv in store.range(keys.POOLS)
+        }
+        alive = set(heartbeats(store))
+        said = {keys.last(kv.key): json.loads(kv.value) for kv in store.range(keys.LB)}
+        late: list[str] = []
+        by_bgp: set[str] = set()
+        for node in sorted(alive):
+            want = plan(node, lbs, alive, pools, backend)
+            bgp = want.bgp if backend == "bgp" else frozenset()
+            have = said.get(node, {})
+            if set(have.get("l2", [])) != want.l2 or set(have.get("bgp", [])) != bgp:
+                late.append(node)
+            by_bgp |= bgp
+        if router and not late:
+            routed = routes_of_proto(router, 12)
+            late = [
+                f"the router (no route to {ip})"
+                for ip in sorted(by_bgp)
+                if f"{ip}/32" not in routed
+            ]
+        if not late:
+            return
+        if time.monotonic() > deadline:
+            raise LabTimeout(
+                f"LoadBalancer addresses not announced within {timeout}s by: {', '.join(late)}"
             )
         time.sleep(0.05)
