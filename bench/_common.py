@@ -28,3 +28,17 @@ def flatnet(*args: str) -> str:
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def bfd_up(ns: str, bird_dir: Path, peer_ip: str) -> bool:
+    """Whether the BIRD of ``bird_dir`` (in ``ns``) has its BFD session to
+    ``peer_ip`` Up: until it is, a silent failure is noticed only by BGP's hold
+    timer (BFD declares down only what it had up)."""
+    from flatnet.errors import KernelError
+    from flatnet.kernel.bird import Bird
+
+    try:
+        lines = Bird(ns, bird_dir).command("show bfd sessions")
+    except KernelError:
+        return False
+    return any(t.split()[:1] == [peer_ip] and "Up" in t.split()[1:4] for _, t in lines)

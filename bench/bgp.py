@@ -4,8 +4,17 @@ On an l2 lab of ``NODES`` nodes (bgp, BFD on), ``TRIES`` times each:
   * kill: one node's BIRD is SIGKILLed; time until every other node has
     dropped its block (the agent then restarts BIRD; time until it is back);
   * silent: one node's link goes down; time until every other node dropped it;
-and on the lb-l2 example, L2 failover: the announcing node's agent is killed
-and its link cut; time until the external host's requests succeed again.
+and LoadBalancer failover, ``TRIES`` times each, the time from a node's death
+(agent and BIRD SIGKILLed, its link cut) until the external host's requests
+(a new connection every few ms, 0.3 s timeout) stop failing:
+  * L2 (the lb-l2 example, ``externalTrafficPolicy: Local``): the node
+    answering ARP for the address dies, with its endpoint; the other
+    endpoint's node takes over (gratuitous ARP);
+  * BGP (the bgp-routed example): with ``externalTrafficPolicy: Cluster`` a
+    node without endpoints dies (every node announces; the router's ECMP
+    route loses it by BFD); with ``Local`` a node with the endpoint dies (the
+    other endpoint's node still announces). Requests that hash to a live node
+    keep succeeding meanwhile; the figure is until the last one failed.
 Plus BIRD's RSS per node and the agent's cost of rendering and reconfiguring
 BIRD with 100 sessions. Prints p50/p99 (targets: removal ≤ 1 s, failover ≤ 2 s).
 """
@@ -23,12 +32,13 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import flatnet, pct  # noqa: E402
+from _common import bfd_up, flatnet, pct  # noqa: E402
 
 from flatnet.bgp.conf import Speaker, node  # noqa: E402
 from flatnet.kernel.bird import Bird  # noqa: E402
 from flatnet.kernel.objects import BgpSession  # noqa: E402
 from flatnet.kernel.routes import routes_of_proto  # noqa: E402
+from flatnet.lab.procs import spawn  # noqa: E402
 from flatnet.lab.state import LABS_DIR, LabState  # noqa: E402
 
 NODES = int(os.environ.get("NODES", "6"))
@@ -82,8 +92,11 @@ def removal(name: str) -> None:
         kill.append(until(lambda: everywhere(False)))
         back.append(until(lambda: everywhere(True), 20) + kill[-1])
         time.sleep(0.5)
+    vip = st.nodes[victim].underlay_ip
+    birds = [(st.nodes[o].ns, LABS_DIR / name / "nodes" / o / "bird") for o in others]
     for _ in range(TRIES):
         until(lambda: everywhere(True), 20)
+        until(lambda: all(bfd_up(ns, d, vip) for ns, d in birds), 20)  # else: hold timer
         subprocess.run(["ip", "-n", st.nodes[victim].ns, "link", "set", "eth0", "down"], check=True)
         silent.append(until(lambda: everywhere(False)))
         subprocess.run(["ip", "-n", st.nodes[victim].ns, "link", "set", "eth0", "up"], check=True)
@@ -99,35 +112,99 @@ def removal(name: str) -> None:
 
 def l2_failover(tmp: Path) -> None:
     times = []
-    for i in range(TRIES):
-        name = "b" + uuid.uuid4().hex[:6]
-        f = tmp / f"lb{i}.yaml"
-        f.write_text(
-            (ROOT / "examples" / "lb-l2.yaml")
-            .read_text()
-            .replace("name: lb-l2\n", f"name: {name}\n")
-        )
-        flatnet("lab", "up", str(f))
+    for _ in range(TRIES):
+        name = lab_from_example(tmp, "lb-l2.yaml", "lb-l2")
         try:
             st = LabState.load(name)
-            owner = ""
-            while not owner:
+            owner, vip = "", ""
+            while not owner:  # Local: one of the nodes with an endpoint answers ARP
                 items = json.loads(flatnet("get", "svc", "--lab", name, "-o", "json"))["items"]
-                said = next(s["announcedBy"] for s in items if s["name"] == "web")
-                owner = said[0].split()[0] if said else ""
+                svc = next(s for s in items if s["name"] == "web-local")
+                owner = svc["announcedBy"][0].split()[0] if svc["announcedBy"] else ""
+                vip = svc["externalIP"]
             pid = next(p.pid for p in st.processes if p.what == f"agent:{owner}")
+            t0 = time.monotonic()
             os.killpg(pid, signal.SIGKILL)
             subprocess.run(
                 ["ip", "-n", st.nodes[owner].ns, "link", "set", "eth0", "down"], check=True
             )
-            url = "http://192.168.50.200/hostname"
-            argv = ["ip", "netns", "exec", st.external, "curl", "-s", "-m", "0.3", url]
-            times.append(
-                until(lambda a=argv: subprocess.run(a, capture_output=True).returncode == 0, 10)
-            )
+            times.append(failing_until_ok(st.external, f"http://{vip}/hostname", t0))
         finally:
             down(name)
-    show("L2 failover: owner dies -> external served", times)
+    show("L2 failover (Local): the owner dies -> served", times)
+
+
+def lab_from_example(tmp: Path, example: str, example_name: str) -> str:
+    name = "b" + uuid.uuid4().hex[:6]
+    f = tmp / f"{name}.yaml"
+    text = (ROOT / "examples" / example).read_text()
+    f.write_text(text.replace(f"name: {example_name}\n", f"name: {name}\n"))
+    flatnet("lab", "up", str(f))
+    return name
+
+
+def failing_until_ok(ext_ns: str, url: str, t0: float, timeout: float = 10.0) -> float:
+    """Requests from ``ext_ns`` one after another until 20 in a row succeed;
+    the time from ``t0`` until the end of the last one that failed (0: none did)."""
+    argv = ["ip", "netns", "exec", ext_ns, "curl", "-s", "-o", "/dev/null", "-m", "0.3", url]
+    last_fail, streak = t0, 0
+    while streak < 20:
+        ok = subprocess.run(argv, capture_output=True).returncode == 0
+        now = time.monotonic()
+        if now - t0 > timeout:
+            return float("inf")
+        streak = streak + 1 if ok else 0
+        if not ok:
+            last_fail = now
+    return last_fail - t0
+
+
+def bgp_failover(tmp: Path) -> None:
+    name = lab_from_example(tmp, "bgp-routed.yaml", "bgp-routed")
+    try:
+        st = LabState.load(name)
+        items = json.loads(flatnet("get", "svc", "--lab", name, "-o", "json"))["items"]
+        vip = {s["name"]: s["status"]["loadBalancer"]["ingress"][0]["ip"] for s in items
+               if s["name"] in ("web", "web-local")}  # fmt: skip
+        pods = json.loads(flatnet("get", "pods", "--lab", name, "-o", "json"))["items"]
+        with_ep = sorted({p["node"] for p in pods if p["name"].startswith("web-")})
+        without = sorted(set(st.nodes) - set(with_ep))
+        for svc, victim, hops in (
+            ("web", without[0], len(st.nodes)),
+            ("web-local", with_ep[0], len(with_ep)),
+        ):
+            times = []
+            for _ in range(TRIES):
+                info = st.nodes[victim]
+                until(lambda ip=vip[svc], n=hops: nexthops(st.router, ip) == n, 30)
+                until(lambda ip=info.underlay_ip: bfd_up(st.router, st.dir / "router", ip), 30)
+                bird_pid = int(
+                    (LABS_DIR / name / "nodes" / victim / "bird" / "bird.pid").read_text()
+                )
+                t0 = time.monotonic()
+                agent = next(p.pid for p in st.processes if p.what == f"agent:{victim}")
+                os.killpg(agent, signal.SIGKILL)
+                os.kill(bird_pid, signal.SIGKILL)
+                subprocess.run(["ip", "-n", info.ns, "link", "set", "eth0", "down"], check=True)
+                times.append(failing_until_ok(st.external, f"http://{vip[svc]}/hostname", t0))
+                subprocess.run(["ip", "-n", info.ns, "link", "set", "eth0", "up"], check=True)
+                st.kill(f"agent:{victim}", exact=True)
+                log = st.dir / "nodes" / victim / "agent.log"
+                st.add_process(spawn(info.ns, info.agent_argv, log), f"agent:{victim}")
+            policy = "Local" if svc == "web-local" else "Cluster"
+            show(f"BGP failover ({policy}): {victim} dies -> served", times)
+    finally:
+        down(name)
+
+
+def nexthops(router_ns: str, ip: str) -> int:
+    """How many next hops the router's route to ``ip`` has (0: no route)."""
+    out = subprocess.run(
+        ["ip", "-n", router_ns, "route", "show", f"{ip}/32"], capture_output=True, text=True
+    ).stdout
+    if not out.strip():
+        return 0
+    return max(1, out.count("nexthop"))
 
 
 def reconfigure(tmp: Path) -> None:
@@ -174,6 +251,7 @@ def main() -> None:
         finally:
             down(name)
         l2_failover(tmp)
+        bgp_failover(tmp)
 
 
 if __name__ == "__main__":

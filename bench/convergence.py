@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import SRC, flatnet, pct  # noqa: E402,F401
+from _common import SRC, bfd_up, flatnet, pct  # noqa: E402,F401
 
 from flatnet import keys  # noqa: E402
 from flatnet.kernel import netns  # noqa: E402
@@ -92,6 +92,7 @@ class Victim:
         self.node = f"n{NODES}"
         self.info = self.st.nodes[self.node]
         others = [n for n in self.st.nodes if n != self.node]
+        self.birds = [(self.st.nodes[n].ns, self.st.dir / "nodes" / n / "bird") for n in others]
         self.iprs = [netns.iproute(self.st.nodes[n].ns) for n in others]
         self.bird = Bird(self.info.ns, self.st.dir / "nodes" / self.node / "bird")
 
@@ -104,6 +105,9 @@ class Victim:
 
     def routed(self, subnet: str, present: bool) -> Callable[[], bool]:
         return lambda: all(has_route(i, subnet) == present for i in self.iprs)
+
+    def bfd_everywhere(self) -> bool:
+        return all(bfd_up(ns, d, self.info.underlay_ip) for ns, d in self.birds)
 
     def agent_pid(self) -> int:
         return next(p.pid for p in self.st.processes if p.what == f"agent:{self.node}")
@@ -179,7 +183,9 @@ def convergence(backend: str) -> dict[str, list[float]]:
             t0 = time.perf_counter()
             v.start_agent()
             times["  ... restart (agent start -> back)"].append(until(v.routed(subnet, True)))
-            # silent failure: the link goes down, nothing says goodbye
+            # silent failure: the link goes down, nothing says goodbye (once every
+            # peer's BFD session is up again: before, only the hold timer notices)
+            until(v.bfd_everywhere)
             t0 = time.perf_counter()
             v.link("down")
             until(v.routed(subnet, False))

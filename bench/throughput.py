@@ -36,7 +36,11 @@ rate, and flannel's and Calico's figures are measured on one; ``WIRE`` (default
 ``4gbit``, "" skips it) runs the same pairs again in a second lab whose node
 links carry that rate (the lab's ``netem: {rate}``, a tbf qdisc), which is
 that regime. Both tables are printed; neither replaces the other.
-Targets (issue 3): host-gw >= 0.95, vxlan >= 0.9, udp >= 0.3 of node->node.
+A routed lab (``ROUTED``, default ``bgp``; "" skips it) puts the two nodes on
+two segments joined by the lab's router: the baseline is node -> node across
+the router, and bgp's pods talk across it without encapsulation.
+Targets (issues 3, 15): host-gw >= 0.95, vxlan >= 0.9, udp >= 0.3, bgp >= 0.95
+of node->node over the same path.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ SECONDS = int(os.environ.get("SECONDS_EACH", "3"))
 REPEAT = int(os.environ.get("REPEAT", "5"))  # rounds of (baseline, pod) pairs
 CCS = os.environ.get("CC", "default").split(",")
 PIN = ["-A", "0,1"] if (os.cpu_count() or 1) >= 2 else []
-BACKENDS = os.environ.get("BACKENDS", "host-gw,vxlan,udp").split(",")
+BACKENDS = os.environ.get("BACKENDS", "host-gw,vxlan,udp,bgp").split(",")
+ROUTED = [b for b in os.environ.get("ROUTED", "bgp").split(",") if b]  # backends across a router
 WIRE = os.environ.get("WIRE", "4gbit")  # a second lab whose links have this rate; "" skips it
 STACK = os.environ.get("STACK", "1") == "1"  # also each backend with the fast path off
 
@@ -183,14 +188,19 @@ def rounds(results: Results, base: Path3, paths: dict[str, Path3], timed: set[st
                 results[cc].setdefault(label, []).append(pair(base, path, cc, rnd, lat))
 
 
-def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
-    """One 2-node lab (``wire``: a rate on every node's link, "" for none); every
-    backend in turn, ``REPEAT`` paired rounds per path."""
+def run_lab(
+    wire: str, ccs: list[str], latency: bool, backends: list[str] = BACKENDS, routed: bool = False
+) -> Results:
+    """One 2-node lab (``wire``: a rate on every node's link, "" for none;
+    ``routed``: the nodes on two segments, a router between); every backend
+    in turn, ``REPEAT`` paired rounds per path."""
     name = "tp" + uuid.uuid4().hex[:6]
     f = Path(tempfile.mkdtemp(prefix="flatnet-bench-")) / "lab.yaml"
-    text = LAB.format(name=name, backend=BACKENDS[0])
+    text = LAB.format(name=name, backend=backends[0])
     if wire:
         text = text.replace("nodes:", f"netem: {{rate: {wire}}}\nnodes:", 1)
+    if routed:
+        text = text.replace("nodes:", "underlay: routed\nnodes:", 1)
     f.write_text(text)
     flatnet("lab", "up", str(f))
     results: Results = {cc: {} for cc in ccs}
@@ -198,14 +208,14 @@ def run_lab(wire: str, ccs: list[str], latency: bool) -> Results:
         st = LabState.load(name)
         n1, n2 = st.nodes["node1"], st.nodes["node2"]
         base = (n2.ns, n1.ns, n2.underlay_ip)
-        for i, backend in enumerate(BACKENDS):
+        for i, backend in enumerate(backends):
             if i:
                 flatnet("lab", "set-backend", "--lab", name, "--fast-path", backend)
             st = LabState.load(name)
             b_ip = st.pods["b"].ip
             pod_path = f"pod -> pod, {backend}"
             paths = {pod_path: (st.pods["b"].ns, st.pods["a"].ns, b_ip)}
-            if backend != "host-gw":
+            if backend in ("vxlan", "udp"):
                 # node2's tunnel device holds <its subnet>.0 (SubnetLen 24 in LAB):
                 # node -> node through the tunnel alone, without the pods' veth and bridge
                 dev_ip = str(ipaddress.ip_network(f"{b_ip}/24", strict=False).network_address)
@@ -292,6 +302,11 @@ def main() -> None:
         f"{SECONDS} s iperf3 per path, each paired with a node->node run, order alternating"
     )
     report("underlay: veth, no wire (the CPU is the limit)", run_lab("", CCS, latency=True))
+    if ROUTED:
+        report(
+            "underlay: routed, nodes on two segments (baseline: node -> node across the router)",
+            run_lab("", CCS[:1], latency=True, backends=ROUTED, routed=True),
+        )
     report(
         "no flatnet: two namespaces on one veth (baseline) and a VXLAN device over it",
         run_bare(CCS),

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -112,10 +113,10 @@ def routed(uniq: str, tmp_path: Path) -> Iterator[str]:
 def test_bgp_on_a_routed_underlay(routed: str) -> None:
     name = routed
     st = LabState.load(name)
-    # the LoadBalancer addresses reach the router by BGP a moment after lab up
+    # lab up returned once the router had its ECMP route to each LoadBalancer address
     svcs = services(name)
     web = svcs["web"]["externalIP"]
-    wait_for("ECMP over 4 nodes", lambda: len(routes(st.router).get(f"{web}/32", [])) == 4)
+    assert len(routes(st.router).get(f"{web}/32", [])) == 4
     # every probe of the model passes, across the router, without NAT
     r = flatnet("lab", "check", "--lab", name, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -346,3 +347,61 @@ def test_bad_pool_input_names_service_and_pool(uniq: str, tmp_path: Path) -> Non
         )
         r = flatnet("apply", "-f", str(f), "--lab", name, check=False)
         assert "spec.loadBalancerIP: 10.9.9.9 is in no address pool (lan" in r.stderr
+
+
+SWITCH = """\
+kind: Lab
+name: {name}
+network: {{backend: vxlan}}
+underlay: routed
+nodes: [node1, node2, node3]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: a}}
+spec: {{nodeName: node1, containers: [{{name: main}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: b}}
+spec: {{nodeName: node3, containers: [{{name: main}}]}}
+"""
+
+
+def birds(name: str) -> list[str]:
+    """The BIRD processes of this lab (by their config path), as ``ps`` lists them."""
+    out = run_host("ps", "-eo", "args").stdout.splitlines()
+    return [a for a in out if a.startswith("/usr/sbin/bird ") and f"/labs/{name}/" in a]
+
+
+def run_host(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=True)
+
+
+def test_set_backend_to_and_from_bgp_on_a_routed_lab(uniq: str, tmp_path: Path) -> None:
+    with _up_text(SWITCH.format(name=uniq), uniq, tmp_path) as name:
+        st = LabState.load(name)
+        assert birds(name) == []
+        # a typo changes nothing
+        r = flatnet("lab", "set-backend", "--lab", name, "bgpp", check=False)
+        assert r.returncode != 0 and "'bgpp' is not one of" in r.stderr, r.stderr
+        assert {n["backend"] for n in nodes(name).values()} == {"vxlan"}
+        # to bgp: the router runs BIRD and peers with every node, as lab up does
+        flatnet("lab", "set-backend", "--lab", name, "bgp")
+        assert len(birds(name)) == 4
+        ns = nodes(name)
+        for n in ns.values():
+            assert n["backend"] == "bgp" and "router" in n["sessions"], n
+            assert set(n["sessions"].values()) == {"Established"}, n
+        blocks = {n["podSubnet"] for n in ns.values()}
+        wait_for("every block at the router", lambda: set(routes(st.router)) == blocks)
+        assert routes(st.nodes["node1"].ns)[ns["node3"]["podSubnet"]] == ["192.168.50.1"]
+        assert "flatnet.1" not in run(name, "node1", "ip", "-o", "link").stdout
+        assert flatnet("lab", "check", "--lab", name, check=False).returncode == 0
+        # and back: no BIRD, none of its routes anywhere, the tunnel again
+        flatnet("lab", "set-backend", "--lab", name, "vxlan")
+        assert birds(name) == []
+        for ns_name in (st.router, *(n.ns for n in st.nodes.values())):
+            assert routes(ns_name) == {}, ns_name
+        assert "flatnet.1" in run(name, "node1", "ip", "-o", "link").stdout
+        assert flatnet("lab", "check", "--lab", name, check=False).returncode == 0

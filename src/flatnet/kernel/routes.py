@@ -22,7 +22,14 @@ from flatnet.errors import KernelError
 from flatnet.kernel import netns
 from flatnet.kernel.objects import RTPROT_FLATNET, Changes, Desired, Fdb, Neigh, Route
 
-__all__ = ["Routes", "converge", "drop_routes_of_proto", "owned_routes", "routes_of_proto"]
+__all__ = [
+    "Routes",
+    "converge",
+    "drop_routes_of_proto",
+    "hops_of_proto",
+    "owned_routes",
+    "routes_of_proto",
+]
 
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 4
@@ -149,6 +156,17 @@ def routes_of_proto(ns: str | None, proto: int) -> set[str]:
     with netns.netlink(ns, "list routes") as ipr:
         return {
             f"{r.get('RTA_DST')}/{r['dst_len']}"
+            for r in ipr.get_routes(family=socket.AF_INET, table=254)
+            if r["proto"] == proto
+        }
+
+
+def hops_of_proto(ns: str | None, proto: int) -> dict[str, int]:
+    """The main table's routes of protocol ``proto``: destination -> how many
+    next hops (an ECMP route has several)."""
+    with netns.netlink(ns, "list routes") as ipr:
+        return {
+            f"{r.get('RTA_DST')}/{r['dst_len']}": len(r.get_attr("RTA_MULTIPATH") or [0])
             for r in ipr.get_routes(family=socket.AF_INET, table=254)
             if r["proto"] == proto
         }

@@ -13,7 +13,7 @@ from flatnet import keys
 from flatnet.agent.heartbeat import heartbeats
 from flatnet.cni.runtime import Chain, load_conflist
 from flatnet.errors import LabTimeout
-from flatnet.kernel.routes import routes_of_proto
+from flatnet.kernel.routes import hops_of_proto
 from flatnet.lab.state import NodeState
 from flatnet.lb.announce import plan
 from flatnet.model import AddressPool, PeerStatus
@@ -123,20 +123,21 @@ def wait_announced(store: Store, backend: str, router: str = "", timeout: float 
         alive = set(heartbeats(store))
         said = {keys.last(kv.key): json.loads(kv.value) for kv in store.range(keys.LB)}
         late: list[str] = []
-        by_bgp: set[str] = set()
+        by_bgp: dict[str, int] = {}  # address -> how many nodes announce it
         for node in sorted(alive):
             want = plan(node, lbs, alive, pools, backend)
             bgp = want.bgp if backend == "bgp" else frozenset()
             have = said.get(node, {})
             if set(have.get("l2", [])) != want.l2 or set(have.get("bgp", [])) != bgp:
                 late.append(node)
-            by_bgp |= bgp
+            for ip in bgp:
+                by_bgp[ip] = by_bgp.get(ip, 0) + 1
         if router and not late:
-            routed = routes_of_proto(router, 12)
+            hops = hops_of_proto(router, 12)
             late = [
-                f"the router (no route to {ip})"
-                for ip in sorted(by_bgp)
-                if f"{ip}/32" not in routed
+                f"the router ({n} next hop(s) to {ip})"
+                for ip, n in sorted(by_bgp.items())
+                if hops.get(f"{ip}/32", 0) != n
             ]
         if not late:
             return
