@@ -213,7 +213,7 @@ def _restart_agent(name: str, node: str) -> None:
 RR_AND_CROSS = """\
 kind: Lab
 name: {name}
-network: {{backend: bgp, backendOptions: {options}}}
+network: {{backend: {backend}, backendOptions: {options}}}
 underlay: {underlay}
 nodes: [node1, node2, node3, node4]
 external: true
@@ -245,7 +245,9 @@ def _up_text(text: str, name: str, tmp: Path) -> Iterator[str]:
 
 
 def test_route_reflector_topology(uniq: str, tmp_path: Path) -> None:
-    text = RR_AND_CROSS.format(name=uniq, options="{routeReflectors: [node1]}", underlay="l2")
+    text = RR_AND_CROSS.format(
+        name=uniq, backend="bgp", options="{routeReflectors: [node1]}", underlay="l2"
+    )
     with _up_text(text, uniq, tmp_path) as name:
         ns = nodes(name)
         assert set(ns["node1"]["sessions"]) == {"node2", "node3", "node4"}
@@ -259,7 +261,9 @@ def test_route_reflector_topology(uniq: str, tmp_path: Path) -> None:
 
 
 def test_cross_subnet_encapsulates_only_across_the_router(uniq: str, tmp_path: Path) -> None:
-    text = RR_AND_CROSS.format(name=uniq, options="{crossSubnet: true}", underlay="routed")
+    text = RR_AND_CROSS.format(
+        name=uniq, backend="bgp", options="{crossSubnet: true}", underlay="routed"
+    )
     with _up_text(text, uniq, tmp_path) as name:
         ns = nodes(name)
         st = LabState.load(name)
@@ -349,25 +353,6 @@ def test_bad_pool_input_names_service_and_pool(uniq: str, tmp_path: Path) -> Non
         assert "spec.loadBalancerIP: 10.9.9.9 is in no address pool (lan" in r.stderr
 
 
-SWITCH = """\
-kind: Lab
-name: {name}
-network: {{backend: vxlan}}
-underlay: routed
-nodes: [node1, node2, node3]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: a}}
-spec: {{nodeName: node1, containers: [{{name: main}}]}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: b}}
-spec: {{nodeName: node3, containers: [{{name: main}}]}}
-"""
-
-
 def birds(name: str) -> list[str]:
     """The BIRD processes of this lab (by their config path), as ``ps`` lists them."""
     out = run_host("ps", "-eo", "args").stdout.splitlines()
@@ -379,7 +364,8 @@ def run_host(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_set_backend_to_and_from_bgp_on_a_routed_lab(uniq: str, tmp_path: Path) -> None:
-    with _up_text(SWITCH.format(name=uniq), uniq, tmp_path) as name:
+    text = RR_AND_CROSS.format(name=uniq, backend="vxlan", options="{}", underlay="routed")
+    with _up_text(text, uniq, tmp_path) as name:
         st = LabState.load(name)
         assert birds(name) == []
         # a typo changes nothing
@@ -388,14 +374,14 @@ def test_set_backend_to_and_from_bgp_on_a_routed_lab(uniq: str, tmp_path: Path) 
         assert {n["backend"] for n in nodes(name).values()} == {"vxlan"}
         # to bgp: the router runs BIRD and peers with every node, as lab up does
         flatnet("lab", "set-backend", "--lab", name, "bgp")
-        assert len(birds(name)) == 4
+        assert len(birds(name)) == 5  # 4 nodes and the router
         ns = nodes(name)
         for n in ns.values():
             assert n["backend"] == "bgp" and "router" in n["sessions"], n
             assert set(n["sessions"].values()) == {"Established"}, n
         blocks = {n["podSubnet"] for n in ns.values()}
         wait_for("every block at the router", lambda: set(routes(st.router)) == blocks)
-        assert routes(st.nodes["node1"].ns)[ns["node3"]["podSubnet"]] == ["192.168.50.1"]
+        assert routes(st.nodes["node1"].ns)[ns["node4"]["podSubnet"]] == ["192.168.50.1"]
         assert "flatnet.1" not in run(name, "node1", "ip", "-o", "link").stdout
         assert flatnet("lab", "check", "--lab", name, check=False).returncode == 0
         # and back: no BIRD, none of its routes anywhere, the tunnel again

@@ -16,7 +16,7 @@ from flatnet.bgp.conf import Speaker, node, router
 from flatnet.errors import ConfigError, LabFileError
 from flatnet.kernel.arp import arp_frame, parse_request
 from flatnet.kernel.objects import BgpSession
-from flatnet.lab.topo import parse
+from flatnet.lab.topo import parse, router_peering
 from flatnet.lb import pools
 from flatnet.lb.announce import l2_order, plan
 from flatnet.model import AddressPool, Lease, NetworkConfig, Service, ServicePort
@@ -150,6 +150,18 @@ def test_the_routed_lab_peers_with_its_router_and_gives_segment_b_its_own_as() -
     assert [(p["address"], p["nodes"]) for p in o["peers"]] == [
         ("192.168.50.1", ["a", "b"]),
         ("192.168.51.1", ["c", "d"]),
+    ]
+
+
+def test_router_peering_keeps_what_the_options_set() -> None:
+    members, routers = [["a"], ["b"]], ["192.168.50.1", "192.168.51.1"]
+    mine = [{"address": "192.168.50.9", "asNumber": 65000}]
+    o = router_peering({"peers": mine, "asNumber": 64600}, members, routers, 64500)
+    assert o["peers"] == mine and o["nodeASNumbers"] == {"b": 64601}
+    o = router_peering({"crossSubnet": True}, members, routers, 64700)
+    assert "nodeASNumbers" not in o and {p["asNumber"] for p in o["peers"]} == {64700}
+    assert router_peering({}, [["a", "b"], []], routers, 64500)["peers"] == [
+        {"name": "router", "address": "192.168.50.1", "asNumber": 64500, "nodes": ["a", "b"]}
     ]
 
 

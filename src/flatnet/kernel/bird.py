@@ -26,7 +26,6 @@ starting with a space continues the previous code.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flatnet.errors import ConfigError, KernelError
-from flatnet.kernel import netns
+from flatnet.kernel import netns, pidfile
 
 __all__ = ["Bird", "Protocol", "parse_protocols", "reply"]
 
@@ -101,12 +100,7 @@ class Bird:
     # -- life ---------------------------------------------------------------
     def pid(self) -> int | None:
         """The running BIRD of this directory, or None."""
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        return pid if os.fsencode(str(self.conf)) in cmd and cmd[0].endswith(b"bird") else None
+        return pidfile.running(self.pidfile, self.conf, "bird")
 
     def ensure(self, text: str, reconfigure: bool = True) -> str:
         """Run BIRD with config ``text``: adopt a running one (reconfigured,
@@ -144,18 +138,7 @@ class Bird:
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop BIRD (SIGTERM, as ``birdc down``) and wait; False if none ran."""
-        pid = self.pid()
-        if pid is None:
-            self.pidfile.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
-        return True
+        return pidfile.stop(self.pidfile, self.pid(), timeout)
 
     # -- config -------------------------------------------------------------
     def _write(self, text: str) -> None:
