@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := python3 gcc libc6-dev ethtool time nftables iproute2 iputils-ping etcd-server containernetworking-plugins iperf3 iptables dnsmasq-base dnsperf bind9-dnsutils conntrack bird2
+DEBS := python3 gcc libc6-dev ethtool time nftables iproute2 iputils-ping etcd-server containernetworking-plugins iperf3 iptables dnsmasq-base dnsperf bind9-dnsutils conntrack bird2 haproxy
 STAMP_DEBS := $(VENV)/.debs-installed
 STAMP_PY := $(VENV)/.py-installed
 
