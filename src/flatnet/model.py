@@ -215,6 +215,7 @@ class Heartbeat(Camel):
     since: float  # when this agent started (epoch seconds)
     ttl: float  # the lease's TTL: NotReady at most this long after the agent died
     pid: int = 0
+    nets: list[str] = field(default_factory=list)  # its underlay networks (L2 reach)
 
 
 @dataclass(frozen=True)

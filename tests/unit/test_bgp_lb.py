@@ -241,6 +241,18 @@ def test_l2_one_node_answers_and_the_next_takes_over() -> None:
     assert after == [l2_order("192.168.50.200", alive)[1]]
 
 
+def test_l2_only_nodes_with_the_address_on_link_answer() -> None:
+    pool = {"p": AddressPool("p", ("172.30.0.0/24", "192.168.51.200/32"), True, "L2")}
+    alive = {"node1", "node2", "node3"}
+    nets = {"node1": ["192.168.50.0/24"], "node2": ["192.168.50.0/24"],
+            "node3": ["192.168.51.0/24"]}  # fmt: skip
+    off = lb("a", ingress_ip="172.30.0.1", pool="p")  # on no segment: no one answers
+    assert not [n for n in alive if plan(n, [(off, [ep("node1")])], alive, pool, "vxlan", nets).l2]
+    on_b = lb("b", ingress_ip="192.168.51.200", pool="p")  # segment B: node3 only
+    owners = [n for n in alive if plan(n, [(on_b, [ep("node1")])], alive, pool, "vxlan", nets).l2]
+    assert owners == ["node3"]
+
+
 def test_local_policy_only_nodes_with_an_endpoint_and_none_without_endpoints() -> None:
     svc = lb("a", ingress_ip="172.30.0.1", pool="p", external_local=True)
     pool = {"p": AddressPool("p", ("172.30.0.0/24",))}

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from flatnet import keys
 from flatnet.lb.announce import Announcement, plan
-from flatnet.model import AddressPool
+from flatnet.model import AddressPool, Heartbeat
 from flatnet.store import KV, Event, Store
 from flatnet.store.follow import follow
 from flatnet.view import ClusterView
@@ -48,6 +48,7 @@ class Announcer:
         self.status_lease = status_lease
         self.view = ClusterView()
         self.alive: set[str] = set()
+        self.nets: dict[str, list[str]] = {}  # each live node's underlay networks
         self.pools: dict[str, AddressPool] = {}
         self.now = Announcement()
         self._published: Announcement | None = None
@@ -58,7 +59,13 @@ class Announcer:
 
     def _take(self, key: str, value: str | None) -> None:
         if key.startswith(keys.HEARTBEATS):
-            (self.alive.add if value is not None else self.alive.discard)(keys.last(key))
+            node = keys.last(key)
+            if value is None:
+                self.alive.discard(node)
+                self.nets.pop(node, None)
+            else:
+                self.alive.add(node)
+                self.nets[node] = Heartbeat.from_json(value).nets
         elif key.startswith(keys.POOLS):
             if value is None:
                 self.pools.pop(keys.last(key), None)
@@ -66,7 +73,7 @@ class Announcer:
                 self.pools[keys.last(key)] = AddressPool.from_json(value)
 
     def listed(self, kvs: list[KV], rev: int) -> None:
-        self.alive, self.pools = set(), {}
+        self.alive, self.nets, self.pools = set(), {}, {}
         for kv in kvs:
             self._take(kv.key, kv.value)
         self.view = ClusterView(kv for kv in kvs if kv.key.startswith((keys.SERVICES, keys.PODS)))
@@ -86,7 +93,7 @@ class Announcer:
             for svc in self.view.services.values()
             if svc.ingress_ip
         ]
-        want = plan(self.node, lbs, self.alive, self.pools, self.backend)
+        want = plan(self.node, lbs, self.alive, self.pools, self.backend, self.nets)
         if want.bgp != self.now.bgp:
             if self.bgp is not None:
                 self.bgp(want.bgp)

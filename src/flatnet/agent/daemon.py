@@ -157,7 +157,7 @@ def assemble(o: AgentOptions, ready: threading.Event) -> Parts:
         announcer = Announcer(store, o.node, cfg.backend, arp.hold, speaker, ttl)
         keeper.subscribe(announcer.rebind)
         cni = CNIServer(o.socket_path, CNIHandler(cfg, pods, ready))
-        heartbeat = HeartbeatKeeper(store, o.node, o.heartbeat, 3 * o.heartbeat)
+        heartbeat = HeartbeatKeeper(store, o.node, o.heartbeat, 3 * o.heartbeat, under.nets)
         undo.pop_all()
     log.info(
         "node %s: subnet %s, underlay %s on %s (MTU %d), backend %s, pod MTU %d",

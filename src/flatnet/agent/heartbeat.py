@@ -32,15 +32,23 @@ def heartbeats(store: Store) -> dict[str, Heartbeat]:
 
 
 class HeartbeatKeeper:
-    def __init__(self, store: Store, node: str, interval: float = 1.0, ttl: float = 3.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        node: str,
+        interval: float = 1.0,
+        ttl: float = 3.0,
+        nets: tuple[str, ...] = (),
+    ) -> None:
         self.store, self.node, self.interval, self.ttl = store, node, interval, ttl
+        self.nets = list(nets)  # published: whose ARP a LoadBalancer address can reach
         self.since = time.time()
         self.lease = 0
 
     def beat(self) -> None:
         """Publish the heartbeat under a new TTL lease."""
         self.lease = self.store.grant(self.ttl)
-        hb = Heartbeat(self.node, self.since, self.ttl, os.getpid())
+        hb = Heartbeat(self.node, self.since, self.ttl, os.getpid(), self.nets)
         self.store.put(keys.heartbeat(self.node), hb.to_json(), lease=self.lease)
 
     def run(self, stop: threading.Event) -> None:

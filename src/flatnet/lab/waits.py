@@ -120,12 +120,13 @@ def wait_announced(store: Store, backend: str, router: str = "", timeout: float 
         pools = {
             keys.last(kv.key): AddressPool.from_json(kv.value) for kv in store.range(keys.POOLS)
         }
-        alive = set(heartbeats(store))
+        beats = heartbeats(store)
+        alive, nets = set(beats), {n: hb.nets for n, hb in beats.items()}
         said = {keys.last(kv.key): json.loads(kv.value) for kv in store.range(keys.LB)}
         late: list[str] = []
         by_bgp: dict[str, int] = {}  # address -> how many nodes announce it
         for node in sorted(alive):
-            want = plan(node, lbs, alive, pools, backend)
+            want = plan(node, lbs, alive, pools, backend, nets)
             bgp = want.bgp if backend == "bgp" else frozenset()
             have = said.get(node, {})
             if set(have.get("l2", [])) != want.l2 or set(have.get("bgp", [])) != bgp:

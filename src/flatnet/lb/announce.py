@@ -10,6 +10,9 @@
   the one with the smallest ``sha256("<node>#<ip>")`` — every node computes
   the same winner from the same store, so there is no election; when the
   winner dies its heartbeat lapses and the next in that order takes over.
+  Only nodes with the address on one of their underlay networks (their
+  heartbeat says which) are candidates: on a routed underlay an address on
+  no segment has none, and nobody claims to announce it.
 
 The pool's ``advertisement`` decides the mode; unset, BGP where the nodes run
 the bgp backend, else L2.
@@ -18,7 +21,8 @@ the bgp backend, else L2.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from flatnet.model import AddressPool, Service
@@ -46,6 +50,16 @@ def l2_order(ip: str, nodes: Iterable[str]) -> list[str]:
     return sorted(nodes, key=lambda n: (hashlib.sha256(f"{n}#{ip}".encode()).hexdigest(), n))
 
 
+def on_link(ip: str, nodes: Iterable[str], nets: Mapping[str, Sequence[str]]) -> list[str]:
+    """Those of ``nodes`` with ``ip`` on one of their networks (or none known)."""
+    addr = ipaddress.IPv4Address(ip)
+    return [
+        n
+        for n in nodes
+        if not nets.get(n) or any(addr in ipaddress.IPv4Network(c, strict=False) for c in nets[n])
+    ]
+
+
 def eligible(svc: Service, eps: Iterable[Endpoint], alive: set[str]) -> set[str]:
     eps = list(eps)
     if not eps:
@@ -61,9 +75,13 @@ def plan(
     alive: set[str],
     pools: dict[str, AddressPool],
     backend: str,
+    nets: Mapping[str, Sequence[str]] | None = None,
 ) -> Announcement:
     """What node ``me`` announces, given each LoadBalancer service with its
-    ready endpoints (all ports together), the live nodes and the pools."""
+    ready endpoints (all ports together), the live nodes and the pools. In
+    L2 mode only nodes with the address on one of their underlay networks
+    (``nets``; a node that published none counts as on-link) can answer ARP:
+    anywhere else no one would ask them."""
     bgp, l2 = set(), set()
     for svc, eps in services:
         if not svc.ingress_ip:
@@ -73,6 +91,6 @@ def plan(
             continue
         if mode(pools.get(svc.pool), backend) == "BGP":
             bgp.add(svc.ingress_ip)
-        elif l2_order(svc.ingress_ip, nodes)[0] == me:
+        elif l2_order(svc.ingress_ip, on_link(svc.ingress_ip, nodes, nets or {}))[:1] == [me]:
             l2.add(svc.ingress_ip)
     return Announcement(frozenset(bgp), frozenset(l2))
