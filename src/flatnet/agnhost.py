@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -42,9 +43,15 @@ class _Handler(BaseHTTPRequestHandler):
             body = urllib.parse.parse_qs(url.query).get("msg", [""])[0]
         elif url.path in ("/healthz", "/"):
             body = "ok"
-        else:
-            self.send_error(404)
-            return
+        else:  # any other path: the request as seen here (gateway-api's echo server)
+            body = json.dumps({
+                "path": self.path,
+                "host": self.headers.get("Host", ""),
+                "method": self.command,
+                "headers": {k: self.headers.get_all(k) for k in self.headers},
+                "pod": _hostname(),
+                "client": self.client_address[0],
+            }, sort_keys=True)  # fmt: skip
         data = body.encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")

@@ -93,6 +93,31 @@ def dns(
     srv.serve()
 
 
+@app.command("ingress-controller")
+def ingress_controller(
+    store: Annotated[str, typer.Option(help="sqlite://PATH or etcd://HOST:PORT")],
+    state_dir: Annotated[str, typer.Option(help="HAProxy's files: config, maps, socket")],
+    ingress_class: Annotated[str, typer.Option("--class", help="the IngressClass served")] = (
+        "flatnet"
+    ),
+    http_port: int = 80,
+) -> None:
+    """Run the ingress controller: the store's Ingresses, driven into HAProxy
+    (as the ingress controller's pod does)."""
+    import threading
+
+    from flatnet.ingress.controller import Controller
+    from flatnet.ingress.haproxy import Frontends
+    from flatnet.store import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    c = Controller(open_store(store), Path(state_dir), ingress_class, Frontends(http_port))
+    c.run(stop)
+
+
 FileOpt = Annotated[str, typer.Option("-f", "--filename", help="manifest file, - for stdin")]
 LabOpt = Annotated[str | None, typer.Option()]
 StoreOpt = Annotated[str | None, typer.Option(help="datastore URL instead of a lab")]
@@ -134,6 +159,7 @@ def apply(
     manifest file. New pods are waited for until ready (or failed); those that
     are not are named."""
     from flatnet import keys, namespaces, services
+    from flatnet.ingress import objects as ingress_objects
     from flatnet.ipam import load_config
     from flatnet.lb import pools
     from flatnet.policy import objects as policy_objects
@@ -171,6 +197,10 @@ def apply(
             verdict = "created" if old is None else "unchanged" if old == svc else "configured"
             lb = f", external IP {svc.ingress_ip}" if svc.ingress_ip else ""
             out.print(f"service/{svc.name} {verdict} (clusterIP {svc.cluster_ip or '-'}{lb})")
+        for c, verdict in ingress_objects.apply_classes(s, m.ingress_classes):
+            out.print(f"ingressclass.networking.k8s.io/{c.name} {verdict}", markup=False)
+        for ing, verdict in ingress_objects.apply(s, m.ingresses):
+            out.print(f"ingress.networking.k8s.io/{ing.name} {verdict}", markup=False)
         not_ready = []
         if the is not None:
             not_ready = the.add_pods(plan.created, s, timeout=timeout)
@@ -234,6 +264,7 @@ def delete(
     manifest file; each is reported deleted or not found (exit 1, unless
     --ignore-not-found)."""
     from flatnet import namespaces, services
+    from flatnet.ingress import objects as ingress_objects
     from flatnet.lb import pools
     from flatnet.policy import objects as policy_objects
 
@@ -250,6 +281,15 @@ def delete(
                 out.print(f"{_policy_kind(p)}/{p.name} deleted")
             else:
                 missing.append(f"{_policy_kind(p)}/{p.name}")
+        gone = set(ingress_objects.delete(s, m.ingresses, m.ingress_classes))
+        for what, ref, name in [
+            *[("ingress.networking.k8s.io", i.ref, i.name) for i in m.ingresses],
+            *[("ingressclass.networking.k8s.io", c.name, c.name) for c in m.ingress_classes],
+        ]:
+            if ref in gone:
+                out.print(f"{what}/{name} deleted")
+            else:
+                missing.append(f"{what}/{name}")
         gone = set(services.delete(s, [(x.namespace, x.name) for x in svcs]))
         for x in svcs:
             if f"{x.namespace}/{x.name}" in gone:
@@ -943,7 +983,10 @@ KINDS = {k: kind for kind, names in {
     "networkpolicy": ("networkpolicies", "networkpolicy", "netpol"),
     "clusternetworkpolicy": ("clusternetworkpolicies", "clusternetworkpolicy", "cnp"),
     "ipaddresspool": ("ipaddresspools", "ipaddresspool", "ippool"),
+    "ingress": ("ingresses", "ingress", "ing"),
+    "ingressclass": ("ingressclasses", "ingressclass"),
 }.items() for k in names}  # fmt: skip
+CLUSTER_WIDE = ("node", "namespace", "clusternetworkpolicy", "ipaddresspool", "ingressclass")
 NsOpt = Annotated[str, typer.Option("-n", "--namespace", help="the namespace (default: default)")]
 AllNsOpt = Annotated[bool, typer.Option("-A", "--all-namespaces", help="every namespace")]
 
@@ -1089,6 +1132,12 @@ def _items(
     elif what == "ipaddresspool":
         items = query.address_pools(s)
         cols = ["name", "addresses", "autoAssign", "advertisement", "inUse"]
+    elif what == "ingress":
+        items = query.ingresses(s)
+        cols = ["name", "class", "hosts", "address", "ports", "age", "conflicts"]
+    elif what == "ingressclass":
+        items = query.ingress_classes(s)
+        cols = ["name", "controller", "default"]
     else:
         rows = query.services(s)
         items = [dict(r.to_dict(), proxies=r.proxies) for r in rows]
@@ -1098,7 +1147,7 @@ def _items(
         ]  # fmt: skip
         if what == "service" and any(i["announcedBy"] for i in items):
             cols.insert(4, "announcedBy")
-    namespaced = what not in ("node", "namespace", "clusternetworkpolicy", "ipaddresspool")
+    namespaced = what not in CLUSTER_WIDE
     if namespaced and not all_namespaces:
         items = [it for it in items if it["namespace"] == namespace]
     if namespaced and all_namespaces:
@@ -1121,7 +1170,7 @@ def _show(
     header: bool = True,
 ) -> None:
     """Print objects as ``get`` does: a table, or ``-o json|yaml|name``."""
-    namespaced = what not in ("node", "namespace", "clusternetworkpolicy", "ipaddresspool")
+    namespaced = what not in CLUSTER_WIDE
     items = [dict(it) for it in items]
     if output != Output.wide:
         for it in items:
@@ -1154,7 +1203,7 @@ def _cell(col: str, item: dict[str, Any]) -> str:
         return ", ".join(v) or "<none>"
     if col == "programmed":
         return f"{len(item['programmedOn'])}/{item.get('proxies', item.get('tables'))}"
-    if col == "ports":
+    if col == "ports" and isinstance(v, list) and v and isinstance(v[0], dict):
         from flatnet.query import port_text
 
         return ", ".join(port_text(p) for p in v) or "-"

@@ -32,6 +32,9 @@ __all__ = [
     "CLUSTER_POLICIES",
     "CONFIG",
     "HEARTBEATS",
+    "INGRESSES",
+    "INGRESS_CLASSES",
+    "INGRESS_STATUS",
     "LB",
     "LB_IPS",
     "POOLS",
@@ -57,6 +60,8 @@ __all__ = [
     "last",
     "namespace",
     "node",
+    "ingress",
+    "ingress_class",
     "network_policy",
     "node_port",
     "peer_status",
@@ -88,6 +93,9 @@ HEARTBEATS = PREFIX + "heartbeats/"
 POOLS = PREFIX + "ippools/"
 LB_IPS = PREFIX + "lbips/"
 LB = PREFIX + "lb/"
+INGRESSES = PREFIX + "ingresses/"
+INGRESS_CLASSES = PREFIX + "ingressclasses/"
+INGRESS_STATUS = PREFIX + "ingress/status"  # the ingress controller's report
 
 
 def _net_part(net: ipaddress.IPv4Network | str) -> str:
@@ -143,6 +151,14 @@ def pool(name: str) -> str:
 
 def lb_ip(ip: str) -> str:
     return LB_IPS + ip
+
+
+def ingress(namespace: str, name: str) -> str:
+    return f"{INGRESSES}{namespace}/{name}"
+
+
+def ingress_class(name: str) -> str:
+    return INGRESS_CLASSES + name
 
 
 def lb_status(node_name: str) -> str:

@@ -20,7 +20,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -36,6 +36,9 @@ from pydantic import (
 
 from flatnet.errors import LabFileError, ManifestErrors
 from flatnet.model import AddressPool, Namespace, Service, ServicePort
+
+if TYPE_CHECKING:
+    from flatnet.ingress.model import Ingress, IngressClass
 
 __all__ = [
     "AGNHOST_PORT",
@@ -578,6 +581,8 @@ class Manifest:
     pods: list[Pod] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     pools: list[AddressPool] = field(default_factory=list)
+    ingresses: list[Ingress] = field(default_factory=list)
+    ingress_classes: list[IngressClass] = field(default_factory=list)
     lines: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (kind, ns, name)
 
     def line(self, kind: str, namespace: str, name: str) -> int | None:
@@ -594,7 +599,11 @@ class Manifest:
                 f"{kind.lower()} '{o.name}': metadata.namespace: namespace '{o.namespace}' "
                 "not found (create it, or add a kind: Namespace document)",
             )
-            for kind, objs in (("Pod", self.pods), ("Service", self.services))
+            for kind, objs in (
+                ("Pod", self.pods),
+                ("Service", self.services),
+                ("Ingress", self.ingresses),
+            )
             for o in objs
             if o.namespace not in have
         ]
@@ -607,6 +616,8 @@ KINDS = (
     "Pod",
     "Service",
     "IPAddressPool",
+    "Ingress",
+    "IngressClass",
     "NetworkPolicy",
     "ClusterNetworkPolicy",
 )  # policies: flatnet.policy.files
@@ -615,8 +626,11 @@ KINDS = (
 def objects(
     docs: list[tuple[yaml.Node, Any]], path: str, nodes: list[str] | tuple[str, ...] | None
 ) -> Manifest:
-    """The Namespace, Pod and Service documents of a file (anything else is an
-    error); every mistake of the file is reported at once."""
+    """The Namespace, Pod, Service, IPAddressPool, Ingress and IngressClass
+    documents of a file (anything else is an error); every mistake of the file
+    is reported at once."""
+    from flatnet.ingress.manifest import ingress, ingress_class  # it builds on this module
+
     out = Manifest()
     errors: list[LabFileError] = []
     for node, data in docs:
@@ -636,6 +650,12 @@ def objects(
             elif kind == "IPAddressPool":
                 obj = pool(data, node, path)
                 out.pools.append(obj)
+            elif kind == "Ingress":
+                obj = ingress(data, node, path)
+                out.ingresses.append(obj)
+            elif kind == "IngressClass":
+                obj = ingress_class(data, node, path)
+                out.ingress_classes.append(obj)
             else:
                 raise LabFileError(
                     path, line, f"kind '{kind}' is not supported here ({', '.join(KINDS)})"

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from flatnet import keys
 from flatnet.agent.heartbeat import heartbeats
 from flatnet.model import (
+    Lease,
     NodeRecord,
     PeerStatus,
     PodRecord,
     ProxyStatus,
+    Service,
     ServicePort,
 )
 from flatnet.namespaces import load_all
@@ -395,3 +397,60 @@ def address_pools(store: Store) -> list[dict[str, object]]:
             "holders": used,
         })  # fmt: skip
     return out
+
+
+INGRESS_SERVICE = ("kube-system", "flatnet-ingress")  # what exposes the controller
+
+
+def ingresses(store: Store) -> list[dict[str, object]]:
+    """The Ingresses, each with its address (the controller's Service's
+    external IP, else its node ports), its hosts and ports, and what the
+    controller reports: conflicts that touch it, reloads."""
+    from flatnet.ingress import objects
+
+    status = store.get(keys.INGRESS_STATUS)
+    said = json.loads(status.value) if status is not None else {}
+    kv = store.get(keys.service(*INGRESS_SERVICE))
+    svc = Service.from_json(kv.value) if kv is not None else None
+    address = svc.ingress_ip if svc is not None else ""
+    if svc is not None and not address and svc.ports and svc.ports[0].node_port:
+        # NodePort, externalTrafficPolicy Local: the nodes of the controller's pods
+        pods = [PodRecord.from_json(kv.value) for kv in store.range(keys.PODS + "kube-system/")]
+        nodes = {p.node for p in pods if selects_pod(svc, p)}
+        ips = sorted(Lease.from_json(kv.value).underlay_ip for kv in store.range(keys.SUBNETS)
+                     if Lease.from_json(kv.value).node in nodes)  # fmt: skip
+        address = ", ".join(f"{ip}:{svc.ports[0].node_port}" for ip in ips)
+    out: list[dict[str, object]] = []
+    for i in objects.load_all(store).values():
+        conflicts = [c for c in said.get("conflicts", []) if c.startswith(f"ingress {i.ref}:")]
+        served = not i.class_name or i.class_name == said.get("class")  # else: another's
+        out.append({
+            "name": i.name,
+            "namespace": i.namespace,
+            "class": i.class_name or "<none>",
+            "hosts": sorted({r.host or "*" for r in i.rules}) or ["*"],
+            "address": address if served else "",
+            "ports": "80, 443" if i.tls else "80",
+            "created": i.created,
+            "conflicts": conflicts,
+            "reloads": said.get("reloads", 0),
+            "lastReload": said.get("lastReload", 0.0),
+            "status": {"loadBalancer": {"ingress": [{"ip": svc.ingress_ip}]
+                                        if svc is not None and svc.ingress_ip else []}},
+        })  # fmt: skip
+    return out
+
+
+def selects_pod(svc: Service, p: PodRecord) -> bool:
+    return p.namespace == svc.namespace and all(
+        p.labels.get(k) == v for k, v in svc.selector.items()
+    )
+
+
+def ingress_classes(store: Store) -> list[dict[str, object]]:
+    from flatnet.ingress import objects
+
+    return [
+        {"name": c.name, "controller": c.controller, "default": c.default}
+        for c in objects.load_classes(store).values()
+    ]

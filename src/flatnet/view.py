@@ -17,7 +17,7 @@ from flatnet import keys
 from flatnet.model import PodRecord, Service, ServicePort
 from flatnet.store.base import KV, Event
 
-__all__ = ["ClusterView", "Endpoint", "PodIndex", "endpoints"]
+__all__ = ["ClusterView", "Endpoint", "PodIndex", "ViewFollower", "endpoints"]
 
 
 @dataclass(frozen=True)
@@ -134,3 +134,38 @@ def endpoints(svc: Service, pods: Iterable[PodRecord]) -> dict[ServicePort, list
                 eps.append(Endpoint(pod.ip, port, pod.node, f"{pod.namespace}/{pod.name}"))
         out[sp] = sorted(eps, key=lambda e: (e.ip, e.port))
     return out
+
+
+class ViewFollower:
+    """What a follower of the store (:func:`flatnet.store.follow.follow`) that
+    needs services and pods shares: ``listed`` and ``changed`` keep
+    ``self.view`` current, hand every other key to ``_take`` (``None``: it was
+    deleted; ``_reset`` clears what ``_take`` fills before a new listing) and
+    call ``sync`` after each batch."""
+
+    view: ClusterView
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _take(self, key: str, value: str | None) -> None:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        raise NotImplementedError
+
+    def listed(self, kvs: list[KV], rev: int) -> None:
+        self._reset()
+        for kv in kvs:
+            if not kv.key.startswith((keys.SERVICES, keys.PODS)):
+                self._take(kv.key, kv.value)
+        self.view = ClusterView(kv for kv in kvs if kv.key.startswith((keys.SERVICES, keys.PODS)))
+        self.sync()
+
+    def changed(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.key.startswith((keys.SERVICES, keys.PODS)):
+                self.view.apply(ev)
+            else:
+                self._take(ev.key, ev.value if ev.type == "put" else None)
+        self.sync()

@@ -7,10 +7,14 @@ from __future__ import annotations
 import pytest
 
 from flatnet.errors import ManifestErrors
+from flatnet.ingress.desired import desired, select
 from flatnet.ingress.manifest import ingress, ingress_class
-from flatnet.ingress.model import Backend, HTTPPath, Ingress, Rule
+from flatnet.ingress.model import Backend, HTTPPath, Ingress, IngressClass, Rule
 from flatnet.ingress.routes import match, table
 from flatnet.manifest import docs
+from flatnet.model import PodRecord, Service, ServicePort
+from flatnet.store.base import KV
+from flatnet.view import ClusterView
 
 
 def ing(name: str, *paths: tuple[str, str, str], host: str = "", created: float = 0.0) -> Ingress:
@@ -163,3 +167,44 @@ def test_ingress_class_default_annotation() -> None:
     (node, data), *_ = docs(text, "c.yaml")
     c = ingress_class(data, node, "c.yaml")
     assert c.default and c.controller == "flatnet.io/haproxy"
+
+
+# -- what the controller wants --------------------------------------------------------
+def _kvs() -> list[KV]:
+    from flatnet import keys
+
+    svc = Service("cart", "default", cluster_ip="10.96.0.20", selector={"app": "cart"},
+                  ports=(ServicePort(80, "TCP", "http", 8080),))  # fmt: skip
+    pods = [PodRecord(f"cart-{i}", "default", "n1", ip=f"10.244.0.{i + 2}",
+                      labels={"app": "cart"}, phase="Running", ready=True)
+            for i in range(10)]  # fmt: skip
+    out = [KV(keys.service("default", "cart"), svc.to_json(), 1, 1)]
+    return out + [KV(keys.pod(p.namespace, p.name), p.to_json(), 1, 1) for p in pods]
+
+
+def test_select_by_class_and_the_default_class() -> None:
+    named, unnamed = Ingress("a", class_name="flatnet"), Ingress("b")
+    other = Ingress("c", class_name="nginx")
+    fl = IngressClass("flatnet", "flatnet.io/haproxy")
+    assert select([named, unnamed, other], [fl], "flatnet") == [named]
+    default = IngressClass("flatnet", "flatnet.io/haproxy", default=True)
+    assert select([named, unnamed, other], [default], "flatnet") == [named, unnamed]
+
+
+def test_desired_backends_by_port_number_or_name_and_slots_only_grow() -> None:
+    view = ClusterView(_kvs())
+    by_name = Ingress("a", rules=(Rule("", (HTTPPath("/a", "Prefix", Backend("cart", "http")),)),))
+    missing = Ingress("b", rules=(Rule("", (HTTPPath("/b", "Prefix", Backend("gone", 80)),)),))
+    want = desired([by_name, missing], view)
+    backends = {b.name: b for b in want.backends}
+    assert backends["be_default_cart_http"].servers == tuple(
+        sorted((f"10.244.0.{i + 2}", 8080) for i in range(10))
+    )
+    assert backends["be_default_cart_http"].slots == 16  # 10 endpoints: 8 doubled
+    assert backends["be_default_gone_80"].servers == ()  # HAProxy answers 503
+    assert want.default == "be_404"
+    # fewer endpoints later: the same slots, so no reload
+    fewer = ClusterView(_kvs()[:3])
+    again = desired([by_name, missing], fewer, {"be_default_cart_http": 16})
+    assert again.structure == want.structure
+    assert len({b.name: b for b in again.backends}["be_default_cart_http"].servers) == 2

@@ -24,16 +24,16 @@ from collections.abc import Callable
 from flatnet import keys
 from flatnet.lb.announce import Announcement, plan
 from flatnet.model import AddressPool, Heartbeat
-from flatnet.store import KV, Event, Store
+from flatnet.store import Store
 from flatnet.store.follow import follow
-from flatnet.view import ClusterView
+from flatnet.view import ClusterView, ViewFollower
 
 __all__ = ["Announcer"]
 
 log = logging.getLogger("flatnet.agent.announcer")
 
 
-class Announcer:
+class Announcer(ViewFollower):
     def __init__(
         self,
         store: Store,
@@ -72,20 +72,8 @@ class Announcer:
             else:
                 self.pools[keys.last(key)] = AddressPool.from_json(value)
 
-    def listed(self, kvs: list[KV], rev: int) -> None:
+    def _reset(self) -> None:
         self.alive, self.nets, self.pools = set(), {}, {}
-        for kv in kvs:
-            self._take(kv.key, kv.value)
-        self.view = ClusterView(kv for kv in kvs if kv.key.startswith((keys.SERVICES, keys.PODS)))
-        self.sync()
-
-    def changed(self, events: list[Event]) -> None:
-        for ev in events:
-            if ev.key.startswith((keys.SERVICES, keys.PODS)):
-                self.view.apply(ev)
-            else:
-                self._take(ev.key, ev.value if ev.type == "put" else None)
-        self.sync()
 
     def sync(self) -> None:
         lbs = [

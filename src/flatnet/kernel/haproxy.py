@@ -1,11 +1,12 @@
 """How it works — one HAProxy (Debian's 2.6), owned by the process that started it.
 
 Files, all in one directory of the owner's: ``haproxy.cfg``, the map files
-it names, ``admin.sock`` (the runtime API, level admin, ``expose-fd
-listeners`` so a reload hands its listening sockets over) and
-``haproxy.pid``. HAProxy runs as ``haproxy -W -D -f haproxy.cfg -p
-haproxy.pid`` in the owner's network namespace: a master process (its PID in
-the PID file) and one worker, in a session of their own.
+it names, ``admin.sock`` (the worker's runtime API, level admin, ``expose-fd
+listeners`` so a reload hands its listening sockets over), ``master.sock``
+(the master's CLI) and ``haproxy.pid``. HAProxy runs as ``haproxy -W -D -S
+master.sock -f haproxy.cfg -p haproxy.pid`` in the owner's network
+namespace: a master process (its PID in the PID file) and one worker, in a
+session of their own.
 
 - :meth:`HAProxy.ensure` writes the files and starts HAProxy, or adopts the
   one running from this directory (checked against its command line);
@@ -18,8 +19,12 @@ the PID file) and one worker, in a session of their own.
 - :meth:`HAProxy.set_servers` fills a backend's server slots (``set server
   addr/port``, ``state ready``) and empties the rest (``state maint``).
 
-The runtime API answers one command per connection (commands separated by
-``;`` run in order); a reply line starting with an error word is raised.
+Every runtime command goes through the master's CLI as ``@1 <command>``: to
+the current worker. Right after a reload the old worker still answers on
+``admin.sock`` for a moment, and a map swapped there would be lost with it
+(seen in a test: a reload "done" by one answer from the new worker, then the
+old one answered again). One connection per call, commands separated by
+``;`` run in order; a reply line starting with an error word is raised.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class HAProxy:
         self.ns, self.dir = ns, state
         self.conf = state / "haproxy.cfg"
         self.sock = state / "admin.sock"
+        self.master = state / "master.sock"
         self.pidfile = state / "haproxy.pid"
 
     # -- life -----------------------------------------------------------------
@@ -67,7 +73,9 @@ class HAProxy:
         self._check(config)
         _write(self.conf, config)
         self.sock.unlink(missing_ok=True)
-        argv = [HAPROXY, "-W", "-D", "-f", str(self.conf), "-p", str(self.pidfile)]
+        self.master.unlink(missing_ok=True)
+        argv = [HAPROXY, "-W", "-D", "-S", str(self.master), "-f", str(self.conf), "-p",
+                str(self.pidfile)]  # fmt: skip
         r = subprocess.run(argv, capture_output=True, text=True, preexec_fn=netns.preexec(self.ns))
         if r.returncode != 0:
             raise KernelError(f"HAProxy did not start ({self.conf}): {_alerts(r)}")
@@ -123,24 +131,37 @@ class HAProxy:
 
     # -- the runtime API --------------------------------------------------------
     def command(self, cmd: str, payload: str = "") -> str:
-        """One command (or several, ``;``-separated); the reply's text."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5.0)
+        """One command (or several, ``;``-separated) to the current worker; the
+        reply's text. While the master re-executes (a reload) it is retried."""
+        line = "; ".join(f"@1 {c.strip()}" for c in cmd.split(";"))
+        body = payload.rstrip("\n").encode()  # the payload ends at its first empty line
+        data = line.encode() + (b" <<\n" + body + b"\n\n" if payload else b"\n")
+        deadline = time.monotonic() + 3.0
+        while True:
             try:
-                s.connect(str(self.sock))
-                s.sendall(
-                    cmd.encode() + (b" <<\n" + payload.encode() + b"\n" if payload else b"\n")
-                )
-                chunks = []
-                while chunk := s.recv(65536):
-                    chunks.append(chunk)
+                out = self._exchange(data)
+                break
+            except (ConnectionResetError, ConnectionRefusedError, FileNotFoundError) as e:
+                if time.monotonic() > deadline:
+                    raise KernelError(f"HAProxy's master CLI {self.master}: {cmd[:60]}: {e}") from e
+                time.sleep(0.02)
             except OSError as e:
-                raise KernelError(f"HAProxy's runtime API {self.sock}: {cmd[:60]}: {e}") from e
-        out = b"".join(chunks).decode(errors="replace")
+                raise KernelError(f"HAProxy's master CLI {self.master}: {cmd[:60]}: {e}") from e
         bad = [ln for ln in out.splitlines() if ln.startswith(_ERRORS)]
         if bad:
             raise KernelError(f"HAProxy's runtime API: {cmd[:60]}: {bad[0]}")
         return out
+
+    def _exchange(self, data: bytes) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5.0)
+            s.connect(str(self.master))
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)  # the master CLI answers, then closes
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
 
     def worker_pid(self) -> int:
         for line in self.command("show info").splitlines():

@@ -35,6 +35,9 @@ from pathlib import Path
 from flatnet import keys, namespaces, services
 from flatnet.cni.install import install
 from flatnet.errors import ConfigError, FlatnetError
+from flatnet.ingress import objects as ingress_objects
+from flatnet.ingress.manifest import CONTROLLER
+from flatnet.ingress.model import IngressClass
 from flatnet.ipam import load_config, save_config
 from flatnet.kernel import links
 from flatnet.lab import pods as pods_
@@ -165,11 +168,43 @@ class _Builder:
         pods_.add_pods(self.st, list(self.t.pods), store, self.progress)
         if self.t.pools:
             lb_pools.apply(store, load_config(store), list(self.t.pools))
-        if self.t.services:
-            done = services.apply(store, load_config(store), self.t.services)
+        svcs = [*self.t.services, *self.ingress(store)]
+        if svcs:
+            done = services.apply(store, load_config(store), svcs)
             wait_proxies(store, revision_of(store, [s.key for s in done]))
-            if any(s.type == "LoadBalancer" for s in self.t.services):
+            if any(s.type == "LoadBalancer" for s in svcs):
                 wait_announced(store, self.t.network.backend, self.st.router)
+
+    def ingress(self, store: Store) -> list[Service]:
+        """With Ingresses or IngressClasses in the file: those in the store
+        (and the IngressClass ``flatnet``, the default, if the file has none of
+        flatnet's), the controller's pod ``kube-system/ingress-haproxy`` (HAProxy
+        in its namespace, its files in ``<lab>/ingress/``) and the Service that
+        exposes it, ``kube-system/flatnet-ingress`` — LoadBalancer where the
+        file has an address pool, else NodePort. Returns that Service."""
+        t = self.t
+        if not (t.ingresses or t.ingress_classes):
+            return []
+        ours = [c for c in t.ingress_classes if c.controller == CONTROLLER]
+        classes = [*t.ingress_classes] + (
+            [] if ours else [IngressClass("flatnet", CONTROLLER, True)]
+        )
+        served = (ours or classes[-1:])[0].name
+        ingress_objects.apply_classes(store, classes)
+        ingress_objects.apply(store, t.ingresses)
+        argv = py("flatnet", "ingress-controller", "--store", self.agent_url,
+                  "--state-dir", str(self.st.dir / "ingress"), "--class", served)  # fmt: skip
+        labels = {"app.kubernetes.io/name": "flatnet-ingress"}
+        pod = Pod("ingress-haproxy", "kube-system", t.nodes[0], labels, "bridge", (tuple(argv),),
+                  {"http": [80, "TCP"]}, probe=80)  # fmt: skip
+        pods_.add_pods(self.st, [pod], store)
+        return [Service(
+            "flatnet-ingress", "kube-system",
+            type="LoadBalancer" if t.pools else "NodePort",
+            external_local=True,  # the client's address reaches HAProxy (X-Forwarded-For)
+            selector=labels,
+            ports=(ServicePort(80, "TCP", "http", 80),),
+        )]  # fmt: skip
 
     def dns(self, store: Store) -> None:
         """The cluster DNS: a kube-dns pod in kube-system running ``flatnet dns``

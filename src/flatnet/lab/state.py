@@ -21,6 +21,7 @@ from typing import Any
 from flatnet.errors import ConfigError
 from flatnet.kernel import netns
 from flatnet.kernel.bird import Bird
+from flatnet.kernel.haproxy import HAProxy
 from flatnet.model import Camel
 
 __all__ = ["LABS_DIR", "LabState", "NodeState", "PodState", "Process", "alive", "list_labs"]
@@ -168,6 +169,7 @@ class LabState:
         self.kill()
         for node in self.nodes:
             Bird(None, self.dir / "nodes" / node / "bird").stop()
+        HAProxy(None, self.dir / "ingress").stop()  # the ingress controller's (it outlives it)
         removed = [ns for ns in reversed(self.namespaces) if netns.delete(ns)]
         for d in self.etc_dirs:
             shutil.rmtree(d, ignore_errors=True)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flatnet import manifest
 from flatnet.errors import ConfigError, LabFileError
+from flatnet.ingress.model import Ingress, IngressClass
 from flatnet.lb import pools as lb_pools
 from flatnet.manifest import Pod
 from flatnet.model import AddressPool, Namespace, NetworkConfig, Service
@@ -107,6 +108,8 @@ class LabTopo:
     policies: tuple[AnyPolicy, ...] = ()
     router_as: int = 64500
     pools: tuple[AddressPool, ...] = ()
+    ingresses: tuple[Ingress, ...] = ()
+    ingress_classes: tuple[IngressClass, ...] = ()
 
     def segments(self) -> list[str]:
         a = ipaddress.IPv4Network(self.underlay_cidr)
@@ -214,6 +217,8 @@ def parse(text: str, path: str = "<lab>") -> LabTopo:
         tuple(p for _, p in policies),
         lab.routerAS,
         tuple(m.pools),
+        tuple(m.ingresses),
+        tuple(m.ingress_classes),
     )
     if net.backend == "bgp" and lab.underlay == "routed":
         members = [[n for n in topo.nodes if topo.segment_of(n) == seg] for seg in (0, 1)]
