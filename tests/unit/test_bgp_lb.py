@@ -281,3 +281,27 @@ def test_a_lab_file_pool_is_checked_before_anything_is_built() -> None:
             head + pool.format("p", "172.30.0.0/24") + pool.format("q", "172.30.0.9-172.30.0.20"),
             "lab.yaml",
         )  # noqa: E501
+
+
+def test_an_adopted_bird_is_not_configured_before_the_sessions_are_known(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The announcer's thread starts before the peer watcher's: announcing the
+    LoadBalancer addresses first re-rendered an adopted BIRD with no sessions,
+    which dropped them all (an agent restart flapped every route; CI caught it)."""
+    from flatnet.kernel import bird
+
+    configured: list[str] = []
+    monkeypatch.setattr(bird.Bird, "ensure", lambda self, text, reconfigure=True: "adopted")
+    monkeypatch.setattr(bird.Bird, "configure", lambda self, text: configured.append(text))
+    b = Bgp()
+    lease = Lease("10.244.0.0/24", "node1", "192.168.50.11", "bgp")
+    b.setup(Context(None, lease, "eth0", 1500, ("192.168.50.0/24",), {}, str(tmp_path)))
+    b.announce(frozenset({"172.30.0.1"}))
+    assert configured == []
+    peer = BgpSession("node2", "192.168.50.12", 64512)
+    from flatnet.backends import Desired
+
+    b.program(Desired(bgp=frozenset({peer})))
+    assert len(configured) == 1
+    assert "neighbor 192.168.50.12" in configured[0] and "172.30.0.1/32" in configured[0]

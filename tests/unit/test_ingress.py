@@ -197,14 +197,17 @@ def test_desired_backends_by_port_number_or_name_and_slots_only_grow() -> None:
     missing = Ingress("b", rules=(Rule("", (HTTPPath("/b", "Prefix", Backend("gone", 80)),)),))
     want = desired([by_name, missing], view)
     backends = {b.name: b for b in want.backends}
-    assert backends["be_default_cart_http"].servers == tuple(
+    assert backends["be_default_cart_80"].servers == tuple(
         sorted((f"10.244.0.{i + 2}", 8080) for i in range(10))
     )
-    assert backends["be_default_cart_http"].slots == 16  # 10 endpoints: 8 doubled
+    assert backends["be_default_cart_80"].slots == 16  # 10 endpoints: 8 doubled
     assert backends["be_default_gone_80"].servers == ()  # HAProxy answers 503
+    # a port by name and the same by number: one backend
+    both = Ingress("c", rules=(Rule("x", (HTTPPath("/", "Prefix", Backend("cart", 80)),)),))
+    assert len(desired([by_name, both], view).backends) == 1
     assert want.default == "be_404"
     # fewer endpoints later: the same slots, so no reload
     fewer = ClusterView(_kvs()[:3])
-    again = desired([by_name, missing], fewer, {"be_default_cart_http": 16})
+    again = desired([by_name, missing], fewer, {"be_default_cart_80": 16})
     assert again.structure == want.structure
-    assert len({b.name: b for b in again.backends}["be_default_cart_http"].servers) == 2
+    assert len({b.name: b for b in again.backends}["be_default_cart_80"].servers) == 2

@@ -186,6 +186,11 @@ class Bgp:
             if self._speaker is None or self._bird is None:
                 return
             self._speaker = replace(self._speaker, **change)
+            if not self._text and "sessions" not in change:
+                # an adopted BIRD keeps its config until the peer watcher brings the
+                # sessions: configured now (the announcer's addresses, say) it would
+                # drop every session and flap every route (a CI run caught it)
+                return
             text = node(self._speaker)
             if text != self._text:
                 self._bird.configure(text)

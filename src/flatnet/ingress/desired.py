@@ -13,15 +13,16 @@ changes; everything else is set at runtime.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flatnet import keys
 from flatnet.ingress.haproxy import NOT_FOUND, Backend, backend_name, maps, slots_for
+from flatnet.ingress.model import Backend as IngressBackend
 from flatnet.ingress.model import Ingress, IngressClass
 from flatnet.ingress.routes import Target, table
 from flatnet.view import ClusterView
 
-__all__ = ["Desired", "desired", "select", "servers"]
+__all__ = ["Desired", "desired", "numbered", "select", "servers"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,30 @@ def servers(view: ClusterView, t: Target) -> list[tuple[str, int]]:
     return []
 
 
+def numbered(ing: Ingress, view: ClusterView) -> Ingress:
+    """``ing`` with each backend's port named by number where its Service
+    says which (``http`` and ``80`` of one Service are one HAProxy backend)."""
+
+    def num(b: IngressBackend) -> IngressBackend:
+        svc = view.services.get(keys.service(ing.namespace, b.service))
+        if isinstance(b.port, str) and svc is not None:
+            for p in svc.ports:
+                if p.name == b.port:
+                    return IngressBackend(b.service, p.port)
+        return b
+
+    rules = tuple(
+        replace(r, paths=tuple(replace(p, backend=num(p.backend)) for p in r.paths))
+        for r in ing.rules
+    )
+    default = num(ing.default_backend) if ing.default_backend else None
+    return replace(ing, rules=rules, default_backend=default)
+
+
 def desired(
     ingresses: Iterable[Ingress], view: ClusterView, slots_now: dict[str, int] | None = None
 ) -> Desired:
-    t = table(ingresses)
+    t = table(numbered(i, view) for i in ingresses)
     now = slots_now or {}
     backends: dict[str, Backend] = {}
     for target in sorted(t.targets, key=backend_name):

@@ -168,11 +168,13 @@ class _Builder:
         pods_.add_pods(self.st, list(self.t.pods), store, self.progress)
         if self.t.pools:
             lb_pools.apply(store, load_config(store), list(self.t.pools))
-        svcs = [*self.t.services, *self.ingress(store)]
-        if svcs:
-            done = services.apply(store, load_config(store), svcs)
+        cfg = load_config(store)
+        done = services.apply(store, cfg, self.t.services) if self.t.services else []
+        extra = self.ingress(store)  # its controller finds the services there from the start
+        done += services.apply(store, cfg, extra) if extra else []
+        if done:
             wait_proxies(store, revision_of(store, [s.key for s in done]))
-            if any(s.type == "LoadBalancer" for s in svcs):
+            if any(s.type == "LoadBalancer" for s in done):
                 wait_announced(store, self.t.network.backend, self.st.router)
 
     def ingress(self, store: Store) -> list[Service]:
