@@ -417,8 +417,8 @@ def ingresses(store: Store) -> list[dict[str, object]]:
         # NodePort, externalTrafficPolicy Local: the nodes of the controller's pods
         pods = [PodRecord.from_json(kv.value) for kv in store.range(keys.PODS + "kube-system/")]
         nodes = {p.node for p in pods if selects_pod(svc, p)}
-        ips = sorted(Lease.from_json(kv.value).underlay_ip for kv in store.range(keys.SUBNETS)
-                     if Lease.from_json(kv.value).node in nodes)  # fmt: skip
+        leases = [Lease.from_json(kv.value) for kv in store.range(keys.SUBNETS)]
+        ips = sorted(lease.underlay_ip for lease in leases if lease.node in nodes)
         address = ", ".join(f"{ip}:{svc.ports[0].node_port}" for ip in ips)
     out: list[dict[str, object]] = []
     for i in objects.load_all(store).values():

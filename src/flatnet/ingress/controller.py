@@ -79,34 +79,33 @@ class Controller(ViewFollower):
         if have is not None and want == have:
             return
         t0 = time.perf_counter()
-        if have is None or want.structure != have.structure:
+        if have is None:
             text = render(self.state, list(want.backends), want.default, self.fe)
-            if have is None:
-                how = self.haproxy.ensure(text, want.maps)
-            else:
-                for name, entries in want.maps.items():
-                    if entries != have.maps.get(name):
-                        self.haproxy.set_map(name, entries)
-                self.haproxy.reload(text)
-                how = "reloaded"
-            self.reloads += 1
-            self.last_reload = time.time()
-            log.info("HAProxy %s: %d backend(s) (%.3fs)", how, len(want.backends),
-                     time.perf_counter() - t0)  # fmt: skip
-        else:
-            for name, entries in want.maps.items():
-                if entries != have.maps.get(name):
-                    self.haproxy.set_map(name, entries)
+            self._reloaded(self.haproxy.ensure(text, want.maps), want, t0)
+            have = want  # started (or adopted) with all of it
+        for name, entries in want.maps.items():  # the map files too: a reload reads them
+            if entries != have.maps.get(name):
+                self.haproxy.set_map(name, entries)
+        if want.structure != have.structure:
+            self.haproxy.reload(render(self.state, list(want.backends), want.default, self.fe))
+            self._reloaded("reloaded", want, t0)
+        elif have is not want:
             old = {b.name: b.servers for b in have.backends}
             for b in want.backends:
                 if old.get(b.name) != b.servers:
                     self.haproxy.set_servers(b.name, b.slots, list(b.servers))
             log.info("HAProxy changed at runtime (%.3fs)", time.perf_counter() - t0)
         for c in want.conflicts:
-            if have is None or c not in have.conflicts:
+            if self.running is None or c not in self.running.conflicts:
                 log.warning("%s", c)
         self.running = want
         self._publish(len(mine))
+
+    def _reloaded(self, how: str, want: Desired, t0: float) -> None:
+        self.reloads += 1
+        self.last_reload = time.time()
+        log.info("HAProxy %s: %d backend(s) (%.3fs)", how, len(want.backends),
+                 time.perf_counter() - t0)  # fmt: skip
 
     def _publish(self, ingresses: int) -> None:
         assert self.running is not None

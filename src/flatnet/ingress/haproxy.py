@@ -1,8 +1,7 @@
 """How it works — Ingress routes as HAProxy's configuration and maps.
 
 The configuration holds what changes rarely (a change means a reload): the
-frontends (``http`` on port 80, ``https`` on 443 with one certificate per
-TLS Secret, chosen by SNI), one backend per Service port that some route
+frontend (``http``, on port 80; TLS is not there yet), one backend per Service port that some route
 names, each with ``slots`` server lines, and a ``be_404`` for requests that
 match nothing. Everything that changes often lives elsewhere:
 
@@ -59,8 +58,6 @@ class Backend:
 @dataclass(frozen=True)
 class Frontends:
     http_port: int = 80
-    https_port: int = 443
-    certs: Path | None = None  # a crt-list file: TLS on https_port when set
 
 
 def maps(t: Table) -> dict[str, list[tuple[str, str]]]:
@@ -96,8 +93,6 @@ def render(
         "frontend http",
         f"  bind :{fe.http_port}",
     ]
-    if fe.certs is not None:
-        lines.append(f"  bind :{fe.https_port} ssl crt-list {fe.certs}")
     lines += [
         "  http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
         "  http-request set-var(txn.path) path",

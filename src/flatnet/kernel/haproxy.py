@@ -97,7 +97,7 @@ class HAProxy:
                 if self.worker_pid() not in (before, 0):
                     return
             except KernelError:
-                pass  # the socket moves to the new worker
+                pass  # the master re-executes: its CLI is back in a moment
             time.sleep(0.01)
         raise KernelError(f"HAProxy of {self.dir} did not reload within 10s")
 
